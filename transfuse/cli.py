@@ -1,0 +1,192 @@
+"""``transfuse`` command line: parse → spec → library call. No logic lives here.
+
+Every user error (:class:`~transfuse.errors.TransfuseError`) prints one line, ``error: ...``, and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import TransfuseError
+
+__all__ = ["main"]
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run and store it in the workspace")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", required=True, help="e.g. builtin:brain_tissue, medmnist:retinamnist@28, csv:labels.csv")
+    d.add_argument("--data-root", help="folder with dataset files (default: $TRANSFUSE_DATA)")
+    d.add_argument("--n-train", type=int, help="stratified subsample of the training set")
+    d.add_argument("--fraction", type=float, help="keep this fraction of the training set")
+    d.add_argument("--channels", type=int, choices=(1, 3), help="force grayscale (1) or RGB (3)")
+    d.add_argument("--image-size", type=int, help="resize images to this side length")
+    d.add_argument("--label-columns", help="CSV: comma-separated label column(s)")
+    d.add_argument("--path-column", default="path", help="CSV: image path column")
+    d.add_argument("--split-column", help="CSV: column with train/val/test")
+    d.add_argument("--uncertain", default="ignore", help="-1 labels: ignore, ones or zeros")
+    d.add_argument("--split-seed", type=int, default=0)
+    m = p.add_argument_group("model and init")
+    m.add_argument("--model", required=True, help="see `transfuse models`")
+    m.add_argument("--spatial-dims", type=int, choices=(2, 3), help="default: as the data")
+    m.add_argument("--init", default="random", help="initialisation strategy")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, help="optimiser steps (default 200 unless --epochs)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--optimizer", default="sgd", help="sgd, adam or adamw")
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--schedule", default="cosine", help="constant, cosine, step or linear")
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--eval-every", type=int, default=50)
+    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--study", help="group the run under a study name")
+    p.add_argument("--workspace", default="workspace", help="run store folder (default ./workspace)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec
+    from .run import train_run
+
+    cols = tuple(c.strip() for c in a.label_columns.split(",") if c.strip()) if a.label_columns else ()
+    steps = a.steps if a.steps is not None or a.epochs is not None else 200
+    spec = RunSpec(
+        data=DataSpec(name=a.dataset, data_root=a.data_root, n_train=a.n_train, fraction=a.fraction,
+                      channels=a.channels, image_size=a.image_size, uncertain=a.uncertain,
+                      label_columns=cols, path_column=a.path_column, split_column=a.split_column,
+                      split_seed=a.split_seed),
+        model=ModelSpec(name=a.model, spatial_dims=a.spatial_dims),
+        init=InitSpec(name=a.init),
+        train=TrainSpec(steps=steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                        optimizer=a.optimizer, weight_decay=a.weight_decay, schedule=a.schedule,
+                        warmup_steps=a.warmup_steps, eval_every=a.eval_every, amp=not a.no_amp,
+                        num_workers=a.num_workers),
+        seed=a.seed, study=a.study,
+    )
+    out = train_run(spec, workspace=a.workspace, device=a.device, progress=not a.no_progress)
+    if out.record is None:  # a non-zero DDP rank: rank 0 reports
+        return 0
+    if a.json:
+        print(json.dumps({"run_id": out.record.run_id, "skipped": out.skipped, "test": out.test}))
+        return 0
+    r = out.record
+    what = "already finished; stored results" if out.skipped else "finished"
+    auc = out.test.get("auc")
+    print(f"run {r.run_id} {what}: {r.spec['model']['name']} on {r.spec['data']['name']} "
+          f"(init {r.spec['init']['name']}, seed {r.spec['seed']})")
+    print(f"  test AUC {auc:.4f}  acc {out.test.get('acc', float('nan')):.4f}  "
+          f"best step {r.summary.get('best_step')}/{r.summary.get('steps')}  "
+          f"{r.summary.get('train_seconds')} s" if auc is not None else "  test AUC undefined")
+    print(f"  stored in {Path(a.workspace) / 'transfuse.db'}; checkpoints in {r.run_dir}")
+    return 0
+
+
+def _datasets(a: argparse.Namespace) -> int:
+    from .data import DATASETS
+    from .data.medmnist import MEDMNIST_INFO
+
+    print("Dataset families and built-in datasets:")
+    for e in DATASETS:
+        print(f"  {e.name:<24} {e.meta.get('description', '')}")
+    print("\nMedMNIST flags (medmnist:<flag>@<size>; files from --data-root / $TRANSFUSE_DATA):")
+    for flag, (task, k, c, dims, desc) in MEDMNIST_INFO.items():
+        print(f"  {flag:<16} {dims}D {task:<10} {k:>2} classes  {c} ch  {desc}")
+    return 0
+
+
+def _models(a: argparse.Namespace) -> int:
+    from .models import MODELS
+
+    print(f"  {'name':<16} {'dims':<6} {'min px':<7} description")
+    for e in MODELS:
+        dims = "/".join(f"{d}D" for d in e.meta["spatial_dims"])
+        print(f"  {e.name:<16} {dims:<6} {e.meta['min_size']:<7} {e.meta['description']}")
+    print("  timm:<name>      2D     any timm model, e.g. timm:efficientnet_lite0")
+    return 0
+
+
+def _runs(a: argparse.Namespace) -> int:
+    from .store import Store
+
+    if not (Path(a.workspace) / "transfuse.db").is_file():
+        raise TransfuseError(f"no run store in {a.workspace}; pass --workspace or train a run first")
+    store = Store(a.workspace)
+    if a.runs_cmd == "list":
+        runs = store.list_runs(study=a.study)
+        print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<14} {'init':<10} {'seed':>4} {'test AUC':>9}")
+        for r in runs:
+            auc = store.final_metrics(r.run_id).get("auc") if r.status == "finished" else None
+            print(f"{r.run_id:<13} {r.status:<9} {r.spec['data']['name'][:28]:<28} "
+                  f"{r.spec['model']['name']:<14} {r.spec['init']['name']:<10} {r.spec['seed']:>4} "
+                  f"{'' if auc is None else f'{auc:.4f}':>9}")
+        return 0
+    if a.runs_cmd == "show":
+        r = store.get_run(a.run_id)
+        test = store.final_metrics(r.run_id)
+        print(json.dumps({"run_id": r.run_id, "status": r.status, "study": r.study, "spec": r.spec,
+                          "summary": r.summary, "test": test, "init_report": r.init_report,
+                          "data": r.data_info, "model": r.model_info, "env": r.env,
+                          "error": r.error, "run_dir": r.run_dir}, indent=2))
+        return 0
+    text = store.export(fmt=a.format, study=a.study)
+    if a.output:
+        Path(a.output).write_text(text)
+        print(f"wrote {a.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transfuse", description="Transfer learning for medical imaging.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"transfuse {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_train(sub)
+    sub.add_parser("datasets", help="list dataset families, built-in datasets and MedMNIST flags")
+    sub.add_parser("models", help="list models")
+    runs = sub.add_parser("runs", help="inspect stored runs")
+    rs = runs.add_subparsers(dest="runs_cmd", required=True)
+    for name in ("list", "show", "export"):
+        q = rs.add_parser(name)
+        q.add_argument("--workspace", default="workspace")
+        if name == "show":
+            q.add_argument("run_id", help="run id or a unique prefix")
+        else:
+            q.add_argument("--study")
+        if name == "export":
+            q.add_argument("--format", choices=("csv", "json"), default="csv")
+            q.add_argument("-o", "--output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on usage errors already
+        return int(e.code or 0)
+    handlers = {"train": _train, "datasets": _datasets, "models": _models, "runs": _runs}
+    try:
+        return handlers[a.cmd](a)
+    except TransfuseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Run specifications: frozen dataclasses, canonical JSON and the run id.
+
+A run is fully described by a :class:`RunSpec` (data, model, init, training, seed). Its canonical
+JSON — sorted keys, no whitespace, defaults written out — is hashed into ``run_id``, so the same
+spec always maps to the same run in the store and finished runs are never repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict"]
+
+UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "linear")
+
+
+def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{field_name}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to train on and how to prepare it.
+
+    Attributes:
+        name: dataset name, e.g. ``"medmnist:retinamnist@28"``, ``"builtin:brain_tissue"`` or
+            ``"csv:labels.csv"`` (see ``transfuse datasets``).
+        data_root: folder holding dataset files (MedMNIST ``.npz``, the CSV's images); ``None``
+            uses ``$TRANSFUSE_DATA`` or the dataset's default.
+        n_train: keep this many training examples (stratified, seeded); ``None`` keeps all.
+        fraction: keep this fraction of the training set instead of ``n_train``.
+        channels: force 1 (grayscale) or 3 (RGB) input channels; ``None`` keeps the data's own.
+        image_size: resize images to this side length; ``None`` keeps the native size.
+        uncertain: CheXpert-style policy for ``-1`` labels: ``ignore`` (masked out of loss and
+            AUC), ``ones`` or ``zeros``.
+        label_columns: CSV datasets: the label column(s); one column = single-label classes,
+            several 0/1(/-1) columns = multi-label.
+        path_column: CSV datasets: the column with image paths relative to ``data_root``.
+        split_column: CSV datasets: optional column with ``train``/``val``/``test``.
+        split_seed: seed of the train/val/test split and of subsampling.
+        val_fraction: fraction held out for validation when the data has no official split.
+        test_fraction: fraction held out for testing when the data has no official split.
+    """
+
+    name: str
+    data_root: str | None = None
+    n_train: int | None = None
+    fraction: float | None = None
+    channels: int | None = None
+    image_size: int | None = None
+    uncertain: str = "ignore"
+    label_columns: tuple[str, ...] = ()
+    path_column: str = "path"
+    split_column: str | None = None
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_choice("data.uncertain", self.uncertain, UNCERTAIN_POLICIES)
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels={self.channels!r} must be 1, 3 or unset")
+        if self.n_train is not None and self.fraction is not None:
+            raise ConfigError("give data.n_train or data.fraction, not both")
+        if self.n_train is not None and self.n_train < 1:
+            raise ConfigError(f"data.n_train={self.n_train} must be >= 1")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"data.fraction={self.fraction} must be in (0, 1]")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"data.image_size={self.image_size} must be >= 8")
+        for nm in ("val_fraction", "test_fraction"):
+            v = getattr(self, nm)
+            if not 0 <= v < 1:
+                raise ConfigError(f"data.{nm}={v} must be in [0, 1)")
+        object.__setattr__(self, "label_columns", tuple(self.label_columns))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which architecture to build (see ``transfuse models``).
+
+    ``spatial_dims`` ``None`` means "as the data": it is filled in before the run id is computed.
+    """
+
+    name: str
+    spatial_dims: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (None, 2, 3):
+            raise ConfigError(f"model.spatial_dims={self.spatial_dims!r} must be 2 or 3")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How to initialise the model before training.
+
+    Attributes:
+        name: init strategy; ``random`` is the framework default initialisation.
+        source: pretrained source for strategies that need one (later issues).
+    """
+
+    name: str = "random"
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimisation settings for :func:`transfuse.train.fit`.
+
+    Attributes:
+        steps: number of optimiser steps (takes precedence over ``epochs``).
+        epochs: number of passes over the training set when ``steps`` is unset.
+        batch_size: examples per step (per process under DDP).
+        lr: peak learning rate.
+        optimizer: ``sgd`` (Nesterov momentum), ``adam`` or ``adamw``.
+        momentum: SGD momentum.
+        weight_decay: L2 / decoupled weight decay.
+        schedule: ``constant``, ``cosine``, ``step`` (×0.1 at 50 % and 75 %) or ``linear`` decay.
+        warmup_steps: linear warm-up steps before the schedule.
+        eval_every: evaluate on the validation set every this many steps (and at the end).
+        amp: mixed precision on CUDA (ignored on CPU).
+        num_workers: data-loader worker processes.
+    """
+
+    steps: int | None = 200
+    epochs: int | None = None
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    eval_every: int = 50
+    amp: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        if self.steps is None and self.epochs is None:
+            raise ConfigError("give train.steps or train.epochs")
+        for nm in ("steps", "epochs"):
+            v = getattr(self, nm)
+            if v is not None and v < 1:
+                raise ConfigError(f"train.{nm}={v} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.eval_every < 1:
+            raise ConfigError(f"train.eval_every={self.eval_every} must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's result. ``run_id(spec)`` hashes it."""
+
+    data: DataSpec
+    model: ModelSpec
+    init: InitSpec = field(default_factory=InitSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    seed: int = 0
+    study: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of the spec (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace. Equal specs give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(spec: RunSpec) -> str:
+    """12-hex-digit id of a run: SHA-256 of the canonical spec JSON."""
+    return hashlib.sha256(spec.to_json().encode()).hexdigest()[:12]
+
+
+def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**d)
+    except TypeError as e:  # missing required field
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def spec_from_dict(d: dict[str, Any]) -> RunSpec:
+    """Build a :class:`RunSpec` from a nested dict (e.g. parsed JSON/YAML).
+
+    Raises:
+        ConfigError: an unknown or missing key, named with its dotted path.
+    """
+    d = dict(d)
+    parts = {
+        "data": (DataSpec, d.pop("data", None)),
+        "model": (ModelSpec, d.pop("model", None)),
+        "init": (InitSpec, d.pop("init", {}) or {}),
+        "train": (TrainSpec, d.pop("train", {}) or {}),
+    }
+    built = {}
+    for key, (cls, sub) in parts.items():
+        if sub is None:
+            raise ConfigError(f"missing key {key!r} in run spec")
+        if key == "data" and "label_columns" in sub:
+            sub = {**sub, "label_columns": tuple(sub["label_columns"])}
+        built[key] = _build(cls, sub, key)
+    return _build(RunSpec, {**built, **d}, "run")

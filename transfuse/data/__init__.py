@@ -1,0 +1,16 @@
+"""Datasets: one interface for 2D and 3D, named ``family:argument``.
+
+>>> data = load_dataset("builtin:brain_tissue", n_train=200)
+>>> x, y, m = data.train[0]
+"""
+
+from .base import DatasetInfo, PreparedData, SplitArrays, split_indices, stratified_subsample
+from .registry import DATASETS, RawData, list_datasets, load_dataset, prepare, register_dataset
+from . import medmnist as _medmnist  # noqa: F401  (registers loaders)
+from . import csvfolder as _csvfolder  # noqa: F401
+from . import builtin as _builtin  # noqa: F401
+
+__all__ = [
+    "DatasetInfo", "PreparedData", "SplitArrays", "RawData", "DATASETS", "load_dataset",
+    "list_datasets", "prepare", "register_dataset", "split_indices", "stratified_subsample",
+]

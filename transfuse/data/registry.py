@@ -1,0 +1,167 @@
+"""Dataset registry and :func:`load_dataset`.
+
+A dataset name is ``family:argument`` — ``medmnist:retinamnist@28``, ``builtin:brain_tissue``,
+``csv:labels.csv``. Each family (or fully named built-in) is registered with a loader
+``loader(spec, arg) -> RawData``; :func:`load_dataset` runs it and then :func:`prepare`, which is
+the same for every source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._registry import Registry
+from ..config import DataSpec
+from ..errors import ConfigError, DataError
+from .base import (
+    ArrayDataset,
+    DatasetInfo,
+    PreparedData,
+    SplitArrays,
+    channel_stats,
+    convert_channels,
+    resize,
+    resolve_labels,
+    split_indices,
+    stratified_subsample,
+    to_float,
+    validate_split,
+)
+
+__all__ = ["RawData", "DATASETS", "register_dataset", "load_dataset", "list_datasets", "prepare"]
+
+
+@dataclass
+class RawData:
+    """What a loader returns before the shared preparation.
+
+    Attributes:
+        task: ``multiclass`` or ``multilabel``.
+        class_names: one per class / label.
+        spatial_dims: 2 or 3.
+        splits: ``train``/``val``/``test`` arrays, or a single ``all`` that :func:`prepare` splits
+            with the spec's fractions and seed.
+        source, license, description: provenance, shown by ``transfuse datasets``.
+        prepared: a loader that builds its splits itself (file-backed data) sets this instead
+            of ``splits``: ``spec -> (train, val, test, mean, std, shape, channels)``.
+    """
+
+    task: str
+    class_names: tuple[str, ...]
+    spatial_dims: int
+    splits: dict[str, SplitArrays] = field(default_factory=dict)
+    source: str = ""
+    license: str = ""
+    description: str = ""
+    prepared: Callable[[DataSpec], Any] | None = None
+
+
+Loader = Callable[[DataSpec, str], RawData]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def register_dataset(name: str, **meta: Any) -> Callable[[Loader], Loader]:
+    """Register a loader for a family (``"medmnist"``) or a full name (``"builtin:x"``)."""
+    return DATASETS.register(name, **meta)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset families and built-in names matching ``pattern``."""
+    return DATASETS.list(pattern)
+
+
+def _lookup(name: str) -> tuple[Loader, str]:
+    if name in DATASETS:
+        return DATASETS.get(name).fn, ""
+    family, sep, arg = name.partition(":")
+    if not sep or not arg:
+        raise ConfigError(
+            f"dataset name {name!r} must look like family:argument, e.g. medmnist:retinamnist@28, "
+            "builtin:brain_tissue or csv:labels.csv (see `transfuse datasets`)"
+        )
+    return DATASETS.get(family).fn, arg
+
+
+def prepare(raw: RawData, spec: DataSpec) -> PreparedData:
+    """Split, validate, subsample, convert, resize and normalise raw arrays (see ``base``)."""
+    splits = dict(raw.splits)
+    if "all" in splits:
+        allsplit = splits.pop("all")
+        validate_split(allsplit, split="all", task=raw.task, num_classes=len(raw.class_names))
+        idx = split_indices(allsplit.labels, seed=spec.split_seed,
+                            val_fraction=spec.val_fraction, test_fraction=spec.test_fraction)
+        splits = {k: SplitArrays(allsplit.images[v], allsplit.labels[v], allsplit.origin)
+                  for k, v in idx.items()}
+    for k in ("train", "val", "test"):
+        if k not in splits:
+            raise DataError(f"dataset {spec.name!r} has no {k} split; give val/test fractions > 0")
+        validate_split(splits[k], split=k, task=raw.task, num_classes=len(raw.class_names))
+
+    tr = splits["train"]
+    n_keep = spec.n_train
+    if spec.fraction is not None:
+        n_keep = max(1, int(round(spec.fraction * len(tr.labels))))
+    if n_keep is not None:
+        keep = stratified_subsample(tr.labels, n_keep, seed=spec.split_seed)
+        splits["train"] = SplitArrays(tr.images[keep], tr.labels[keep], tr.origin)
+
+    tensors = {}
+    for k, s in splits.items():
+        x = to_float(s.images)
+        if spec.channels is not None:
+            x = convert_channels(x, spec.channels)
+        if spec.image_size is not None:
+            x = resize(x, spec.image_size)
+        tensors[k] = x
+    mean, std = channel_stats(tensors["train"])
+    shape = (-1,) + (1,) * raw.spatial_dims
+    datasets = {}
+    for k, x in tensors.items():
+        x = (x - mean.view(shape)) / std.view(shape)
+        y, m = resolve_labels(splits[k].labels, task=raw.task, policy=spec.uncertain)
+        datasets[k] = ArrayDataset(x, y, m)
+    info = DatasetInfo(
+        name=spec.name, task=raw.task, class_names=tuple(raw.class_names),
+        spatial_dims=raw.spatial_dims, in_channels=int(tensors["train"].shape[1]),
+        image_shape=tuple(int(s) for s in tensors["train"].shape[2:]), source=raw.source,
+        license=raw.license, description=raw.description,
+        norm_mean=tuple(round(float(v), 6) for v in mean),
+        norm_std=tuple(round(float(v), 6) for v in std),
+        split_sizes={k: len(v) for k, v in datasets.items()},
+    )
+    return PreparedData(info, datasets["train"], datasets["val"], datasets["test"])
+
+
+def load_dataset(spec: DataSpec | str, **overrides: Any) -> PreparedData:
+    """Load and prepare a dataset.
+
+    Args:
+        spec: a :class:`DataSpec` or just a dataset name.
+        **overrides: fields of :class:`DataSpec` to set (e.g. ``n_train=100``).
+
+    Returns:
+        :class:`PreparedData` with ``info`` and ``train``/``val``/``test`` datasets that yield
+        ``(image, target, mask)``.
+
+    Raises:
+        ConfigError: unknown dataset name.
+        DataError: missing or invalid files, named in the message.
+    """
+    if isinstance(spec, str):
+        spec = DataSpec(name=spec, **overrides)
+    elif overrides:
+        spec = replace(spec, **overrides)
+    loader, arg = _lookup(spec.name)
+    raw = loader(spec, arg)
+    if raw.prepared is not None:
+        return raw.prepared(spec)
+    return prepare(raw, spec)
+
+
+def as_numpy_labels(t: torch.Tensor) -> np.ndarray:
+    return t.numpy()

@@ -1,0 +1,15 @@
+"""Models: one contract for 2D and 3D, named stages, built by the library that owns them.
+
+>>> model = create_model("cbr_small", spatial_dims=3, in_channels=1, num_classes=2)
+>>> [s.name for s in model.stage_info]
+['stem', 'block1', 'block2', 'block3', 'head']
+"""
+
+from ._stages import Stage, get_stages, stage_module, stage_names, stage_of, stage_parameters
+from .registry import MODELS, create_model, list_models, model_info, register_model
+from . import torchvision_models as _tv  # noqa: F401  (registers builders)
+
+__all__ = [
+    "Stage", "MODELS", "create_model", "list_models", "model_info", "register_model",
+    "get_stages", "stage_module", "stage_names", "stage_of", "stage_parameters",
+]

@@ -1,0 +1,114 @@
+"""Model registry and :func:`create_model`.
+
+Builders are registered with the spatial dimensions they support and the smallest input side
+they accept; :func:`create_model` checks both up front, builds the network with the library that
+owns it (transfuse's CBRs, torchvision, timm) and attaches the model contract (``stage_info``,
+``spatial_dims``, ``model_name``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .._registry import Registry
+from ..errors import ModelError
+from . import _stages
+from .cbr import CBR, CBR_CONFIGS
+
+__all__ = ["MODELS", "create_model", "list_models", "register_model", "model_info"]
+
+Builder = Callable[..., tuple[nn.Module, list[tuple[str, tuple[str, ...], str]]]]
+MODELS: Registry[Builder] = Registry("model")
+
+
+def register_model(name: str, *, spatial_dims: tuple[int, ...] = (2,), min_size: int = 8,
+                   family: str = "", description: str = "",
+                   probe_size: int | None = None) -> Callable[[Builder], Builder]:
+    """Register a builder ``fn(*, spatial_dims, in_channels, num_classes, **kw) -> (model, groups)``.
+
+    ``groups`` lists the stages as ``(name, module prefixes, output module)``; channels and
+    strides are measured by :func:`~transfuse.models._stages.probe_stages`.
+    """
+    return MODELS.register(name, spatial_dims=tuple(spatial_dims), min_size=min_size,
+                           family=family, description=description, probe_size=probe_size)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching ``pattern``; ``timm:<name>`` works for any timm model."""
+    return MODELS.list(pattern)
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Registry metadata of a model: supported ``spatial_dims``, ``min_size``, family."""
+    if name.startswith("timm:"):
+        return {"spatial_dims": (2,), "min_size": 32, "family": "timm", "description": "timm model"}
+    return dict(MODELS.get(name).meta)
+
+
+def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_classes: int,
+                 **kwargs: Any) -> nn.Module:
+    """Build a model and attach its stage list.
+
+    Args:
+        name: a registered name (``transfuse models``) or ``timm:<timm model name>``.
+        spatial_dims: 2 for images ``(N, C, H, W)``, 3 for volumes ``(N, C, D, H, W)``.
+        in_channels: input channels.
+        num_classes: outputs of the classifier.
+        **kwargs: passed to the builder (e.g. ``drop_rate``).
+
+    Returns:
+        ``nn.Module`` mapping ``(N, in_channels, *spatial)`` to logits ``(N, num_classes)``, with
+        ``stage_info`` (list of :class:`~transfuse.models.Stage`), ``spatial_dims`` and
+        ``model_name`` attributes.
+
+    Raises:
+        ConfigError: unknown name (with close matches).
+        ModelError: unsupported ``spatial_dims`` or bad channel/class counts.
+    """
+    if in_channels < 1:
+        raise ModelError(f"in_channels={in_channels} must be >= 1")
+    if num_classes < 1:
+        raise ModelError(f"num_classes={num_classes} must be >= 1")
+    if name.startswith("timm:"):
+        from .timm_models import build_timm
+
+        fn, meta = build_timm, model_info(name)
+        kwargs = {"timm_name": name[5:], **kwargs}
+    else:
+        entry = MODELS.get(name)
+        fn, meta = entry.fn, entry.meta
+    if spatial_dims not in meta["spatial_dims"]:
+        dims = " or ".join(f"{d}D" for d in meta["spatial_dims"])
+        raise ModelError(f"model {name!r} is {dims} only, not {spatial_dims}D; pick a model that "
+                         "supports it (`transfuse models`)")
+    model, groups = fn(spatial_dims=spatial_dims, in_channels=in_channels,
+                       num_classes=num_classes, **kwargs)
+    probe = (getattr(model, "probe_size", None) or meta.get("probe_size")
+             or max(meta["min_size"], 64 if spatial_dims == 2 else 32))
+    model.stage_info = _stages.probe_stages(model, groups, in_channels=in_channels,
+                                            spatial_dims=spatial_dims, size=probe)
+    model.spatial_dims = spatial_dims
+    model.model_name = name
+    model.min_input_size = meta["min_size"]
+    return model
+
+
+def _cbr_builder(cfg_name: str) -> Builder:
+    kernel, widths, pools = CBR_CONFIGS[cfg_name]
+
+    def build(*, spatial_dims: int, in_channels: int, num_classes: int, drop_rate: float = 0.0):
+        model = CBR(widths=widths, kernel=kernel, pools=pools, spatial_dims=spatial_dims,
+                    in_channels=in_channels, num_classes=num_classes, drop_rate=drop_rate)
+        groups = [(n, (n,), n) for n in model.block_names] + [("head", ("fc",), "fc")]
+        return model, groups
+
+    return build
+
+
+for _name, (_k, _w, _) in CBR_CONFIGS.items():
+    register_model(_name, spatial_dims=(2, 3), min_size=8, family="cbr",
+                   description=f"Transfusion CBR, {_k}x{_k} kernels, widths {'-'.join(map(str, _w))}")(
+        _cbr_builder(_name))

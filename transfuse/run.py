@@ -1,0 +1,126 @@
+"""One run end to end: spec → data → model → init → ``fit`` → store.
+
+:func:`train_run` is what ``transfuse train`` calls and what studies will call per grid cell. Bad
+input is caught before the run is registered, so a typo never leaves a row in the store; a run
+that fails during training is marked ``failed`` with its error and retried next time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunSpec, run_id
+from .data import PreparedData, load_dataset
+from .errors import ConfigError
+from .models import create_model, get_stages
+from .store import RunRecord, Store
+from .train.device import resolve_device, seed_everything
+from .train.loop import fit
+
+__all__ = ["train_run", "RunOutcome", "resolve_spec", "environment"]
+
+AVAILABLE_INITS = ("random",)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Result of :func:`train_run`: the stored record and whether it was already finished."""
+
+    record: RunRecord
+    test: dict[str, float | None]
+    skipped: bool
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware, stored with every run."""
+    import numpy
+    import torchvision
+
+    from . import __version__
+
+    env = {"transfuse": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+           "platform": platform.platform(), "host": socket.gethostname(), "device": str(device),
+           "cpu_threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", 1))}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def resolve_spec(spec: RunSpec, data: PreparedData) -> RunSpec:
+    """Fill what the data decides (spatial dims) and check model/data compatibility."""
+    from .models import model_info
+
+    info = model_info(spec.model.name)
+    dims = spec.model.spatial_dims or data.info.spatial_dims
+    if dims != data.info.spatial_dims:
+        raise ConfigError(f"model.spatial_dims={dims} but dataset {data.info.name!r} is "
+                          f"{data.info.spatial_dims}D; drop --spatial-dims or pick matching data")
+    side = min(data.info.image_shape)
+    if side < info["min_size"]:
+        raise ConfigError(f"model {spec.model.name!r} needs inputs of at least {info['min_size']} px "
+                          f"but {data.info.name!r} is {side} px; pass --image-size {info['min_size']} "
+                          "or larger")
+    if spec.init.name not in AVAILABLE_INITS:
+        raise ConfigError(f"init {spec.init.name!r} is not available; choose one of "
+                          f"{', '.join(AVAILABLE_INITS)}")
+    return replace(spec, model=replace(spec.model, spatial_dims=dims))
+
+
+def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None,
+              progress: bool = True) -> RunOutcome:
+    """Train one run and store it; a finished run is returned as is, not repeated.
+
+    Args:
+        spec: the run.
+        workspace: folder of the run store.
+        device: ``None`` (auto), ``"cpu"`` or ``"cuda[:i]"``.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`RunOutcome` with the stored record and test metrics.
+
+    Raises:
+        TransfuseError: bad input (dataset, model, options), before anything is stored.
+    """
+    data = load_dataset(spec.data)
+    spec = resolve_spec(spec, data)
+    store = Store(workspace)
+    rid = run_id(spec)
+    if store.status(rid) == "finished":
+        return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
+
+    dev = resolve_device(device)
+    seed_everything(spec.seed)
+    model = create_model(spec.model.name, spatial_dims=spec.model.spatial_dims,
+                         in_channels=data.info.in_channels, num_classes=data.info.num_classes)
+    init_report = {"strategy": spec.init.name, "source": spec.init.source,
+                   "note": "framework default initialisation"}
+    main = int(os.environ.get("RANK", 0)) == 0
+    if main:
+        store.start_run(spec, env=environment(dev))
+        store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
+            "name": spec.model.name, "parameters": sum(p.numel() for p in model.parameters()),
+            "stages": [s.to_dict() for s in get_stages(model)]})
+    try:
+        result = fit(model, data, spec.train, seed=spec.seed, device=device,
+                     run_dir=store.run_dir(rid), progress=progress,
+                     log=(lambda step, split, m: store.log_metrics(rid, step, split, m)) if main else None)
+    except BaseException as e:
+        if main:
+            store.fail_run(rid, f"{type(e).__name__}: {e}")
+        raise
+    if main:
+        store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
+            "best_step": result.best_step, "steps": result.steps,
+            "train_seconds": round(result.train_seconds, 3),
+            "examples_per_second": round(result.examples_per_second, 1)})
+        return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=False)
+    return RunOutcome(None, result.test, skipped=False)  # type: ignore[arg-type]

@@ -1,0 +1,284 @@
+"""The run store: one SQLite file per workspace (``<workspace>/transfuse.db``, WAL mode).
+
+Tables:
+
+- ``runs``: one row per run — ``run_id`` (hash of the canonical spec), the spec JSON, status
+  (``running`` / ``finished`` / ``failed``), timings, environment, dataset and model info, the
+  init report and the run folder (``<workspace>/runs/<run_id>/`` with the checkpoints).
+- ``metrics``: ``(run_id, step, split, name, value)``.
+
+Guarantees, enforced by the database itself (triggers), not only by this module:
+
+- a finished run is never modified or deleted, and no metric is added to it;
+- a run becomes ``finished`` in the same transaction that writes its test metrics, so a crash
+  never leaves a finished run with missing results. A run left ``running`` by a crash is restarted
+  from scratch (its partial metrics removed) the next time it is run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunSpec, run_id as compute_run_id
+from .errors import TransfuseError
+
+__all__ = ["Store", "RunRecord", "RunFinishedError"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    study TEXT,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    wall_seconds REAL,
+    env TEXT,
+    data_info TEXT,
+    model_info TEXT,
+    init_report TEXT,
+    summary TEXT,
+    error TEXT,
+    run_dir TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, step, split, name)
+);
+CREATE TRIGGER IF NOT EXISTS finished_runs_are_final BEFORE UPDATE ON runs
+    WHEN OLD.status = 'finished'
+    BEGIN SELECT RAISE(ABORT, 'run is finished and cannot be modified'); END;
+CREATE TRIGGER IF NOT EXISTS finished_runs_stay BEFORE DELETE ON runs
+    WHEN OLD.status = 'finished'
+    BEGIN SELECT RAISE(ABORT, 'run is finished and cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS no_metrics_after_finish BEFORE INSERT ON metrics
+    WHEN (SELECT status FROM runs WHERE run_id = NEW.run_id) = 'finished'
+    BEGIN SELECT RAISE(ABORT, 'run is finished; metrics are final'); END;
+CREATE TRIGGER IF NOT EXISTS finished_metrics_stay BEFORE DELETE ON metrics
+    WHEN (SELECT status FROM runs WHERE run_id = OLD.run_id) = 'finished'
+    BEGIN SELECT RAISE(ABORT, 'run is finished; metrics are final'); END;
+"""
+
+
+class RunFinishedError(TransfuseError):
+    """The run already finished; its results are final."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs`` with its JSON columns decoded."""
+
+    run_id: str
+    study: str | None
+    spec: dict[str, Any]
+    status: str
+    created: float
+    started: float | None
+    finished: float | None
+    wall_seconds: float | None
+    env: dict[str, Any]
+    data_info: dict[str, Any]
+    model_info: dict[str, Any]
+    init_report: dict[str, Any]
+    summary: dict[str, Any]
+    error: str | None
+    run_dir: str | None
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _value(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None  # SQLite has no NaN; NULL means "undefined"
+
+
+class Store:
+    """Run store of one workspace.
+
+    Args:
+        workspace: folder holding ``transfuse.db`` and ``runs/``; created if missing.
+    """
+
+    def __init__(self, workspace: str | Path) -> None:
+        self.workspace = Path(workspace).expanduser()
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TransfuseError(f"cannot create workspace {self.workspace}: {e}") from None
+        self.path = self.workspace / "transfuse.db"
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA busy_timeout=60000")
+            con.execute("PRAGMA foreign_keys=ON")
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.workspace / "runs" / run_id
+
+    # -- writing --------------------------------------------------------------------------------
+    def start_run(self, spec: RunSpec, *, env: dict[str, Any] | None = None) -> str:
+        """Create (or restart an unfinished) run for ``spec`` and mark it running.
+
+        Returns:
+            The run id.
+
+        Raises:
+            RunFinishedError: the run already finished (results are never overwritten).
+        """
+        rid = compute_run_id(spec)
+        now = time.time()
+        with self._tx() as con:
+            row = con.execute("SELECT status FROM runs WHERE run_id = ?", (rid,)).fetchone()
+            if row and row[0] == "finished":
+                raise RunFinishedError(f"run {rid} already finished; its results are final "
+                                       f"(see `transfuse runs show {rid}`)")
+            if row:  # a crashed or failed attempt: start over cleanly
+                con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
+                con.execute("UPDATE runs SET status='running', started=?, finished=NULL, "
+                            "wall_seconds=NULL, error=NULL, env=?, summary=NULL WHERE run_id=?",
+                            (now, _dumps(env or {}), rid))
+            else:
+                con.execute(
+                    "INSERT INTO runs (run_id, study, spec, status, created, started, env, run_dir)"
+                    " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                    (rid, spec.study, spec.to_json(), now, now, _dumps(env or {}),
+                     str(self.run_dir(rid))))
+        return rid
+
+    def set_info(self, run_id: str, **info: dict[str, Any]) -> None:
+        """Store JSON columns (``data_info``, ``model_info``, ``init_report``) of a running run."""
+        allowed = {"data_info", "model_info", "init_report"}
+        bad = set(info) - allowed
+        if bad:
+            raise ValueError(f"unknown info column(s): {sorted(bad)}")
+        with self._tx() as con:
+            for k, v in info.items():
+                con.execute(f"UPDATE runs SET {k} = ? WHERE run_id = ?", (_dumps(v), run_id))
+
+    def log_metrics(self, run_id: str, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Append metrics of one evaluation."""
+        with self._tx() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) VALUES (?,?,?,?,?)",
+                [(run_id, step, split, k, _value(v)) for k, v in metrics.items()])
+
+    def finish_run(self, run_id: str, *, step: int, test_metrics: dict[str, float],
+                   summary: dict[str, Any]) -> None:
+        """Write the test metrics and mark the run finished — one transaction."""
+        now = time.time()
+        with self._tx() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) VALUES (?,?,?,?,?)",
+                [(run_id, step, "test", k, _value(v)) for k, v in test_metrics.items()])
+            con.execute("UPDATE runs SET status='finished', finished=?, wall_seconds=? - started, "
+                        "summary=? WHERE run_id=?", (now, now, _dumps(summary), run_id))
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        """Mark a running run failed with an error message (it will be retried next time)."""
+        with self._tx() as con:
+            con.execute("UPDATE runs SET status='failed', finished=?, error=? "
+                        "WHERE run_id=? AND status != 'finished'", (time.time(), error, run_id))
+
+    # -- reading --------------------------------------------------------------------------------
+    def _record(self, row: sqlite3.Row) -> RunRecord:
+        d = dict(row)
+        for k in ("spec", "env", "data_info", "model_info", "init_report", "summary"):
+            d[k] = json.loads(d[k]) if d[k] else {}
+        return RunRecord(**d)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with id ``run_id`` (a unique prefix is enough)."""
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            rows = con.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
+        if len(rows) != 1:
+            what = "no run" if not rows else f"{len(rows)} runs"
+            raise TransfuseError(f"{what} with id {run_id!r} in {self.path}; see `transfuse runs list`")
+        return self._record(rows[0])
+
+    def status(self, run_id: str) -> str | None:
+        """Status of ``run_id`` or ``None`` if unknown."""
+        with self._connect() as con:
+            row = con.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def list_runs(self, *, study: str | None = None, status: str | None = None) -> list[RunRecord]:
+        """Runs, oldest first, optionally filtered by study and status."""
+        q, args = "SELECT * FROM runs WHERE 1=1", []
+        if study is not None:
+            q += " AND study = ?"
+            args.append(study)
+        if status is not None:
+            q += " AND status = ?"
+            args.append(status)
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            return [self._record(r) for r in con.execute(q + " ORDER BY created", args)]
+
+    def metrics(self, run_id: str, *, split: str | None = None) -> list[tuple[int, str, str, float | None]]:
+        """``(step, split, name, value)`` rows of a run, by step."""
+        q, args = "SELECT step, split, name, value FROM metrics WHERE run_id = ?", [run_id]
+        if split is not None:
+            q += " AND split = ?"
+            args.append(split)
+        with self._connect() as con:
+            return con.execute(q + " ORDER BY step, split, name", args).fetchall()
+
+    def final_metrics(self, run_id: str) -> dict[str, float | None]:
+        """Test metrics of a finished run as ``{name: value}``."""
+        return {name: v for _, _, name, v in self.metrics(run_id, split="test")}
+
+    def export(self, *, fmt: str = "csv", study: str | None = None) -> str:
+        """All metrics of the selected runs as long-format CSV or JSON (one record per value)."""
+        rows = []
+        for r in self.list_runs(study=study):
+            for step, split, name, value in self.metrics(r.run_id):
+                rows.append({"run_id": r.run_id, "study": r.study, "status": r.status,
+                             "dataset": r.spec["data"]["name"], "model": r.spec["model"]["name"],
+                             "init": r.spec["init"]["name"], "seed": r.spec["seed"],
+                             "step": step, "split": split, "metric": name, "value": value})
+        if fmt == "json":
+            return json.dumps(rows, indent=1)
+        buf = io.StringIO()
+        cols = ["run_id", "study", "status", "dataset", "model", "init", "seed", "step", "split",
+                "metric", "value"]
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()

@@ -1,0 +1,240 @@
+"""``fit()``: the training loop, readable in one sitting.
+
+Step-based: ``TrainSpec.steps`` optimiser steps (or ``epochs`` passes), validation every
+``eval_every`` steps and at the end, then the test split with the best-on-validation weights.
+Checkpoints ``init.pt`` (before any step — analysis compares init with final), ``best.pt`` and
+``last.pt`` hold the unwrapped model's ``state_dict`` and load with ``weights_only=True``.
+Under ``torchrun`` the model is wrapped in DDP and each process sees its shard of the training
+set; every process evaluates the full validation set (identical numbers, no gathering) and only
+rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..config import TrainSpec
+from ..data.base import PreparedData
+from .device import autocast, init_distributed, resolve_device
+from .metrics import classification_metrics
+
+__all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn"]
+
+LogFn = Callable[[int, str, dict[str, float]], None]
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: final test metrics and the curve of validation metrics."""
+
+    test: dict[str, float]
+    best_step: int
+    steps: int
+    history: list[tuple[int, str, dict[str, float]]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy (multi-class) or masked BCE (multi-label; masked labels add nothing)."""
+    if task == "multiclass":
+        return F.cross_entropy(logits, y)
+    per = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * m
+    return per.sum() / m.sum().clamp_min(1.0)
+
+
+def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, Adam or AdamW. No weight decay on norms and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
+    cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=spec.lr)
+
+
+def lr_lambda(spec: TrainSpec, total: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up, then constant / cosine / step / linear decay."""
+
+    def f(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        t = (step - spec.warmup_steps) / max(1, total - spec.warmup_steps)
+        if spec.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if spec.schedule == "linear":
+            return 1 - t
+        if spec.schedule == "step":
+            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+        return 1.0
+
+    return f
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, task: str,
+            amp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Probabilities ``(N, K)``, targets, masks and mean loss over ``loader``."""
+    was_training = model.training
+    model.eval()
+    probs, ys, ms, loss_sum, n = [], [], [], 0.0, 0
+    for x, y, m in loader:
+        x, y, m = x.to(device, non_blocking=True), y.to(device), m.to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += loss_fn(logits, y, m, task).item() * len(x)
+        n += len(x)
+        probs.append((logits.softmax(1) if task == "multiclass" else logits.sigmoid()).cpu())
+        ys.append(y.cpu())
+        ms.append(m.cpu())
+    model.train(was_training)
+    return (torch.cat(probs).numpy(), torch.cat(ys).numpy(), torch.cat(ms).numpy(), loss_sum / max(n, 1))
+
+
+def evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device: torch.device,
+             amp: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """Loss, macro and per-class AUC and accuracy on one split; also returns the probabilities."""
+    probs, y, m, loss = predict(model, loader, device, data.info.task, amp)
+    metrics = {"loss": loss, **classification_metrics(
+        probs, y, task=data.info.task, class_names=data.info.class_names, mask=m)}
+    return metrics, probs
+
+
+def _batches(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
+    epoch = 0
+    while True:  # an endless stream of batches; the step count decides when to stop
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _save(model: nn.Module, path: Path, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "step": step}, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
+        device: str | None = None, run_dir: Path | str | None = None, log: LogFn | None = None,
+        progress: bool = True) -> FitResult:
+    """Train ``model`` on ``data.train``, select on ``data.val``, report on ``data.test``.
+
+    Args:
+        model: maps ``(N, C, *spatial)`` to logits ``(N, K)``.
+        data: prepared splits yielding ``(image, target, mask)``.
+        spec: optimisation settings.
+        seed: seeds batch order (the model is initialised by the caller).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None`` for automatic.
+        run_dir: where ``init.pt``, ``best.pt``, ``last.pt`` and ``test_predictions.npz`` go.
+        log: called as ``log(step, split, metrics)`` after each evaluation (rank 0 only).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`FitResult` with test metrics of the best-on-validation checkpoint.
+    """
+    dev = resolve_device(device)
+    dist_info = init_distributed(dev)
+    task = data.info.task
+    run_dir = Path(run_dir) if run_dir is not None else None
+    main = dist_info.is_main
+    if run_dir is not None and main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    model.to(dev)
+    raw_model = model  # checkpoints always hold the unwrapped model's keys
+    if dist_info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    gen = torch.Generator().manual_seed(seed)
+    sampler = (DistributedSampler(data.train, shuffle=True, seed=seed, drop_last=True)
+               if dist_info.world_size > 1 else None)
+    bs = min(spec.batch_size, len(data.train) // dist_info.world_size)
+    pin = dev.type == "cuda"
+    train_loader = DataLoader(data.train, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+                              generator=gen, drop_last=True, num_workers=spec.num_workers,
+                              pin_memory=pin, persistent_workers=spec.num_workers > 0)
+    eval_loader = lambda ds: DataLoader(ds, batch_size=max(bs, 256), num_workers=spec.num_workers,  # noqa: E731
+                                        pin_memory=pin)
+    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
+    total = spec.steps or spec.epochs * len(train_loader)
+
+    opt = make_optimizer(raw_model, spec)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec, total))
+    history: list[tuple[int, str, dict[str, float]]] = []
+
+    def record(step: int, split: str, metrics: dict[str, float]) -> None:
+        history.append((step, split, metrics))
+        if log is not None and main:
+            log(step, split, metrics)
+
+    if run_dir is not None and main:
+        _save(raw_model, run_dir / "init.pt", 0)
+    best_auc, best_step, best_state = -math.inf, 0, None
+    val_metrics, _ = evaluate(model, val_loader, data=data, device=dev, amp=spec.amp)
+    record(0, "val", val_metrics)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, disable=not (progress and main), desc="train", unit="step", leave=False)
+    batches = _batches(train_loader, sampler)
+    loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
+    seen, t0 = 0, time.perf_counter()
+    model.train()
+    for step in range(1, total + 1):
+        x, y, m = next(batches)
+        x, y, m = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), m.to(dev, non_blocking=True)
+        with autocast(dev, spec.amp):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y, m, task)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_acc += loss.detach()
+        seen += len(x)
+        bar.update(1)
+
+        if step % spec.eval_every == 0 or step == total:
+            n_since = step - (step - 1) // spec.eval_every * spec.eval_every
+            train_loss = loss_acc.item() / n_since
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training loss is {train_loss} at step {step}; "
+                                         f"lower the learning rate (train.lr={spec.lr})")
+            record(step, "train", {"loss": train_loss, "lr": sched.get_last_lr()[0]})
+            loss_acc.zero_()
+            val_metrics, _ = evaluate(model, val_loader, data=data, device=dev, amp=spec.amp)
+            record(step, "val", val_metrics)
+            auc = val_metrics["auc"]
+            score = auc if math.isfinite(auc) else -val_metrics["loss"]
+            if score > best_auc:
+                best_auc, best_step = score, step
+                best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+                if run_dir is not None and main:
+                    _save(raw_model, run_dir / "best.pt", step)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{auc:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if run_dir is not None and main:
+        _save(raw_model, run_dir / "last.pt", total)
+
+    raw_model.load_state_dict(best_state)
+    test_metrics, test_probs = evaluate(model, test_loader, data=data, device=dev, amp=spec.amp)
+    if run_dir is not None and main:
+        targets = torch.stack([data.test[i][1] for i in range(len(data.test))]).numpy()
+        np.savez(run_dir / "test_predictions.npz", probs=test_probs, targets=targets)
+    return FitResult(test=test_metrics, best_step=best_step, steps=total, history=history,
+                     train_seconds=seconds, examples_per_second=seen * dist_info.world_size / seconds)
