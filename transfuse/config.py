@@ -182,8 +182,15 @@ class RunSpec:
 
 
 def run_id(spec: RunSpec) -> str:
-    """12-hex-digit id of a run: SHA-256 of the canonical spec JSON."""
-    return hashlib.sha256(spec.to_json().encode()).hexdigest()[:12]
+    """12-hex-digit id of a run: SHA-256 of the canonical spec JSON.
+
+    ``data.data_root`` is left out: where the files sit on this machine does not change what the
+    run is, so a study resumes after its data moves (or on another node of a cluster).
+    """
+    d = spec.to_dict()
+    d["data"].pop("data_root", None)
+    canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:

@@ -72,6 +72,10 @@ CREATE TRIGGER IF NOT EXISTS no_metrics_after_finish BEFORE INSERT ON metrics
 CREATE TRIGGER IF NOT EXISTS finished_metrics_stay BEFORE DELETE ON metrics
     WHEN (SELECT status FROM runs WHERE run_id = OLD.run_id) = 'finished'
     BEGIN SELECT RAISE(ABORT, 'run is finished; metrics are final'); END;
+CREATE TRIGGER IF NOT EXISTS finished_metrics_unchanged BEFORE UPDATE ON metrics
+    WHEN (SELECT status FROM runs WHERE run_id = OLD.run_id) = 'finished'
+      OR (SELECT status FROM runs WHERE run_id = NEW.run_id) = 'finished'
+    BEGIN SELECT RAISE(ABORT, 'run is finished; metrics are final'); END;
 """
 
 

@@ -145,6 +145,18 @@ def validate_split(arr: SplitArrays, *, split: str, task: str, num_classes: int)
             )
 
 
+def _strata(labels: np.ndarray) -> np.ndarray:
+    """Stratification key: the class index, or the first label of multi-label data.
+
+    A missing (NaN) first label is its own stratum: ``NaN == NaN`` is false, so without this such
+    rows would match no stratum and silently drop out of every split.
+    """
+    strat = labels if labels.ndim == 1 else labels[:, 0]
+    if np.issubdtype(strat.dtype, np.floating):
+        strat = np.where(np.isnan(strat), -2.0, strat)
+    return strat
+
+
 def split_indices(
     labels: np.ndarray, *, seed: int, val_fraction: float, test_fraction: float
 ) -> dict[str, np.ndarray]:
@@ -160,7 +172,7 @@ def split_indices(
     Returns:
         ``{"train": idx, "val": idx, "test": idx}``, sorted int64 index arrays.
     """
-    strat = labels if labels.ndim == 1 else labels[:, 0]
+    strat = _strata(labels)
     rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for cls in np.unique(strat):
@@ -188,7 +200,7 @@ def stratified_subsample(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray
     total = len(labels)
     if n >= total:
         return np.arange(total, dtype=np.int64)
-    strat = labels if labels.ndim == 1 else labels[:, 0]
+    strat = _strata(labels)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(strat, return_counts=True)
     # Largest-remainder allocation, then at least one per class if n allows.

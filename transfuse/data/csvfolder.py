@@ -94,6 +94,11 @@ def _read_rows(csv_path: Path, spec: DataSpec) -> tuple[list[str], list[dict[str
         raise DataError(f"{csv_path}: column {missing[0]!r} not found; columns are: {', '.join(header)}")
     if not rows:
         raise DataError(f"{csv_path}: the CSV has no rows; the dataset is empty")
+    for i, r in enumerate(rows):
+        short = [c for c in need if r.get(c) is None]
+        if short:  # DictReader fills the fields of a short row with None
+            raise DataError(f"{csv_path}: row {i + 2} has no value for column {short[0]!r}; "
+                            f"every row needs {len(header)} comma-separated fields")
     return header, rows
 
 
@@ -101,6 +106,9 @@ def _labels(rows: list[dict[str, str]], spec: DataSpec, csv_path: Path):
     cols = spec.label_columns
     if len(cols) == 1:
         values = [r[cols[0]].strip() for r in rows]
+        if "" in values:
+            raise DataError(f"{csv_path}: row {values.index('') + 2}: empty label in column "
+                            f"{cols[0]!r}; every image needs a class")
         if all(v.lstrip("-").isdigit() for v in values):
             ints = np.array([int(v) for v in values], dtype=np.int64)
             bad = np.flatnonzero(ints < 0)

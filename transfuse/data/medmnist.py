@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DataSpec
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import SplitArrays
 from .registry import RawData, register_dataset
 
@@ -73,14 +74,14 @@ def parse_arg(arg: str) -> tuple[str, int]:
 
         close = difflib.get_close_matches(flag, list(MEDMNIST_INFO), n=2)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DataError(f"unknown MedMNIST flag {flag!r}{hint} (valid: {', '.join(MEDMNIST_INFO)})")
+        raise ConfigError(f"unknown MedMNIST flag {flag!r}{hint} (valid: {', '.join(MEDMNIST_INFO)})")
     try:
         size = int(size_s) if size_s else 28
     except ValueError:
-        raise DataError(f"MedMNIST size {size_s!r} in {arg!r} is not a number; use e.g. @28") from None
+        raise ConfigError(f"MedMNIST size {size_s!r} in {arg!r} is not a number; use e.g. @28") from None
     sizes = SIZES_3D if MEDMNIST_INFO[flag][3] == 3 else SIZES_2D
     if size not in sizes:
-        raise DataError(f"{flag} comes in sizes {', '.join(map(str, sizes))}, not {size}")
+        raise ConfigError(f"{flag} comes in sizes {', '.join(map(str, sizes))}, not {size}")
     return flag, size
 
 
@@ -114,7 +115,7 @@ def load_medmnist(spec: DataSpec, arg: str) -> RawData:
                 splits[split] = (images, labels)
     except DataError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot read .npz ({type(e).__name__}: {e}); the file is "
                         "truncated or corrupt, download it again") from None
     out = {}

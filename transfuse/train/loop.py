@@ -41,7 +41,7 @@ class FitResult:
     best_step: int
     steps: int
     history: list[tuple[int, str, dict[str, float]]] = field(default_factory=list)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the training steps only: evaluation and checkpoints excluded
     examples_per_second: float = 0.0
 
 
@@ -192,7 +192,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     bar = tqdm(total=total, disable=not (progress and main), desc="train", unit="step", leave=False)
     batches = _batches(train_loader, sampler)
     loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
-    seen, t0 = 0, time.perf_counter()
+    seen, t0, eval_seconds = 0, time.perf_counter(), 0.0
     model.train()
     for step in range(1, total + 1):
         x, y, m = next(batches)
@@ -210,7 +210,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
         if step % spec.eval_every == 0 or step == total:
             n_since = step - (step - 1) // spec.eval_every * spec.eval_every
-            train_loss = loss_acc.item() / n_since
+            train_loss = loss_acc.item() / n_since  # waits for the queued steps to finish
+            t_eval = time.perf_counter()
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss is {train_loss} at step {step}; "
                                          f"lower the learning rate (train.lr={spec.lr})")
@@ -226,8 +227,9 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                 if run_dir is not None and main:
                     _save(raw_model, run_dir / "best.pt", step)
             bar.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{auc:.3f}")
+            eval_seconds += time.perf_counter() - t_eval
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
     if run_dir is not None and main:
         _save(raw_model, run_dir / "last.pt", total)
 

@@ -1,0 +1,145 @@
+"""Training-loop overhead (issue #2): ``transfuse.train.fit`` vs a bare PyTorch loop.
+
+Both loops train the same model (same seed), on the same in-memory ``ArrayDataset`` through a
+``DataLoader`` with the same batch size, with the same optimiser (SGD, Nesterov momentum 0.9,
+weight decay 1e-4) for the same number of steps. Throughput is training examples per second of
+the training steps only:
+
+- ``fit``: ``FitResult.examples_per_second`` (its clock excludes evaluation and checkpoints;
+  ``eval_every`` is larger than ``steps`` so it evaluates only before the first and after the
+  last step anyway, on a 16-example validation split);
+- bare loop: wall time from creating the batch iterator to the end of the last step.
+
+Each configuration is warmed up once, then the two loops run interleaved (alternating which goes
+first) ``--repeats`` times; the report gives the median throughputs and the ratio
+``fit / bare`` (target >= 0.95).
+
+    python bench/train_overhead.py                      # cbr_small, 32 px, batch 32, 40 steps
+    python bench/train_overhead.py --model resnet18 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from transfuse.config import TrainSpec
+from transfuse.data.base import ArrayDataset, DatasetInfo, PreparedData
+from transfuse.models import create_model
+from transfuse.train import fit
+
+
+def make_data(n_train: int, size: int, channels: int, classes: int) -> PreparedData:
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> ArrayDataset:
+        x = torch.randn(n, channels, size, size, generator=g)
+        y = torch.randint(0, classes, (n,), generator=g)
+        x[y == 1, :, : size // 2, : size // 2] += 1.0  # learnable, not that it matters here
+        return ArrayDataset(x, y, torch.ones(n))
+
+    info = DatasetInfo(name="bench", task="multiclass", class_names=tuple(f"c{i}" for i in range(classes)),
+                       spatial_dims=2, in_channels=channels, image_shape=(size, size))
+    return PreparedData(info, split(n_train), split(16), split(16))
+
+
+def new_model(args) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(args.model, in_channels=args.channels, num_classes=args.classes)
+
+
+def run_fit(args, data: PreparedData, steps: int) -> float:
+    spec = TrainSpec(steps=steps, batch_size=args.batch, lr=0.01, optimizer="sgd", momentum=0.9,
+                     weight_decay=1e-4, schedule="cosine", eval_every=steps + 1, amp=False,
+                     num_workers=0)
+    res = fit(new_model(args), data, spec, seed=0, device="cpu", progress=args.progress)
+    return res.examples_per_second
+
+
+def run_bare(args, data: PreparedData, steps: int) -> float:
+    model = new_model(args)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    loader = DataLoader(data.train, batch_size=args.batch, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    model.train()
+    seen, step = 0, 0
+    t0 = time.perf_counter()
+    while step < steps:
+        for x, y, _ in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(x)
+            step += 1
+            if step == steps:
+                break
+    return seen / (time.perf_counter() - t0)
+
+
+def environment() -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}\n"
+            f"cpu: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+            f"load average {' '.join(f'{v:.2f}' for v in load)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="cbr_small")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--n-train", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--progress", action="store_true", help="show fit's progress bar (as the CLI does)")
+    p.add_argument("--target", type=float, default=0.95)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    data = make_data(args.n_train, args.size, args.channels, args.classes)
+    print("environment:", environment())
+    print(f"config: {args.model} {args.size}x{args.size}x{args.channels}, batch {args.batch}, "
+          f"{args.steps} steps, SGD, {args.repeats} interleaved repeats (median), CPU")
+
+    run_bare(args, data, max(3, args.steps // 4))  # warm-up (allocator, oneDNN kernels)
+    run_fit(args, data, max(3, args.steps // 4))
+    fit_eps, bare_eps = [], []
+    for r in range(args.repeats):
+        order = (("bare", run_bare), ("fit", run_fit)) if r % 2 == 0 else (("fit", run_fit), ("bare", run_bare))
+        for name, fn in order:
+            eps = fn(args, data, args.steps)
+            (fit_eps if name == "fit" else bare_eps).append(eps)
+        print(f"  repeat {r + 1}: bare {bare_eps[-1]:8.1f} ex/s   fit {fit_eps[-1]:8.1f} ex/s   "
+              f"ratio {fit_eps[-1] / bare_eps[-1]:.3f}", flush=True)
+    bare_med, fit_med = statistics.median(bare_eps), statistics.median(fit_eps)
+    ratio = fit_med / bare_med
+    pair = statistics.median(f / b for f, b in zip(fit_eps, bare_eps))
+    print(f"bare loop: {bare_med:.1f} examples/s (median)")
+    print(f"fit():     {fit_med:.1f} examples/s (median)")
+    print(f"ratio fit/bare: {ratio:.3f} (median of per-repeat ratios {pair:.3f}); target >= {args.target}: "
+          f"{'PASS' if ratio >= args.target else 'BELOW TARGET'}")
+    print("environment after:", environment().splitlines()[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
