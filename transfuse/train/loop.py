@@ -108,6 +108,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device
              amp: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Loss, macro and per-class AUC and accuracy on one split; also returns the probabilities."""
     probs, y, m, loss = predict(model, loader, device, data.info.task, amp)
+    if not np.isfinite(probs).all():
+        raise FloatingPointError("the model predicts NaN/inf; training diverged — lower the "
+                                 "learning rate or check the inputs for extreme values")
     metrics = {"loss": loss, **classification_metrics(
         probs, y, task=data.info.task, class_names=data.info.class_names, mask=m)}
     return metrics, probs
@@ -189,7 +192,11 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, disable=not (progress and main), desc="train", unit="step", leave=False)
+    import sys
+
+    # On a terminal the bar redraws 10×/s; in logs (CI, nohup) one line every 10 s is enough.
+    bar = tqdm(total=total, disable=not (progress and main), desc="train", unit="step", leave=False,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     batches = _batches(train_loader, sampler)
     loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
     seen, t0, eval_seconds = 0, time.perf_counter(), 0.0
@@ -233,7 +240,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     if run_dir is not None and main:
         _save(raw_model, run_dir / "last.pt", total)
 
-    raw_model.load_state_dict(best_state)
+    if best_state is not None:  # else: no evaluation scored (cannot happen with finite losses)
+        raw_model.load_state_dict(best_state)
     test_metrics, test_probs = evaluate(model, test_loader, data=data, device=dev, amp=spec.amp)
     if run_dir is not None and main:
         targets = torch.stack([data.test[i][1] for i in range(len(data.test))]).numpy()
