@@ -127,8 +127,17 @@ class Store:
         except OSError as e:
             raise TransfuseError(f"cannot create workspace {self.workspace}: {e}") from None
         self.path = self.workspace / "transfuse.db"
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        # Several processes (DDP ranks, study workers) may open a new store at once; switching
+        # to WAL and creating the schema can then meet a lock, so retry briefly.
+        for attempt in range(8):
+            try:
+                with self._connect() as con:
+                    con.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 7:
+                    raise
+                time.sleep(0.05 * 2**attempt)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
