@@ -33,7 +33,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model and init")
     m.add_argument("--model", required=True, help="see `transfuse models`")
     m.add_argument("--spatial-dims", type=int, choices=(2, 3), help="default: as the data")
-    m.add_argument("--init", default="random", help="initialisation strategy")
+    m.add_argument("--init", default="random",
+                   help="init strategy, e.g. random, pretrained, meanvar, transfusion:block1+meanvar "
+                   "(see `transfuse inits`)")
+    m.add_argument("--source", help="pretrained weights: imagenet:efficientnet_lite0, "
+                   "torchvision:resnet50.IMAGENET1K_V2, timm:<name>, file:ckpt.pt, run:<run_id>")
+    m.add_argument("--init-partial", action="store_true",
+                   help="tensors the source cannot provide stay default instead of an error")
+    d.add_argument("--normalize", default="data", choices=("data", "source"),
+                   help="normalise with the training split's statistics or the source's")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, help="optimiser steps (default 200 unless --epochs)")
     t.add_argument("--epochs", type=int)
@@ -64,9 +72,9 @@ def _train(a: argparse.Namespace) -> int:
         data=DataSpec(name=a.dataset, data_root=a.data_root, n_train=a.n_train, fraction=a.fraction,
                       channels=a.channels, image_size=a.image_size, uncertain=a.uncertain,
                       label_columns=cols, path_column=a.path_column, split_column=a.split_column,
-                      split_seed=a.split_seed),
+                      split_seed=a.split_seed, normalize=a.normalize),
         model=ModelSpec(name=a.model, spatial_dims=a.spatial_dims),
-        init=InitSpec(name=a.init),
+        init=InitSpec(name=a.init, source=a.source, partial=a.init_partial),
         train=TrainSpec(steps=steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                         optimizer=a.optimizer, weight_decay=a.weight_decay, schedule=a.schedule,
                         warmup_steps=a.warmup_steps, eval_every=a.eval_every, amp=not a.no_amp,
@@ -115,6 +123,22 @@ def _models(a: argparse.Namespace) -> int:
     return 0
 
 
+def _inits(a: argparse.Namespace) -> int:
+    from .inits import INITS
+    from .weights import SOURCES
+
+    print("Init strategies (combine with +, e.g. transfusion:block1+meanvar):")
+    for e in INITS:
+        name = f"{e.name}:{e.meta['arg']}" if e.meta["arg"] else e.name
+        src = " [needs --source]" if e.meta["needs_source"] else ""
+        print(f"  {name:<24} {e.meta['description']}{src}")
+    print("\nPretrained source families (--source family:argument):")
+    for e in SOURCES:
+        net = "" if e.meta["offline"] else " [needs network]"
+        print(f"  {e.name:<12} {e.meta['description']}{net}")
+    return 0
+
+
 def _runs(a: argparse.Namespace) -> int:
     from .store import Store
 
@@ -156,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     sub.add_parser("datasets", help="list dataset families, built-in datasets and MedMNIST flags")
     sub.add_parser("models", help="list models")
+    sub.add_parser("inits", help="list init strategies and pretrained source families")
     runs = sub.add_parser("runs", help="inspect stored runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
     for name in ("list", "show", "export"):
@@ -177,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors already
         return int(e.code or 0)
-    handlers = {"train": _train, "datasets": _datasets, "models": _models, "runs": _runs}
+    handlers = {"train": _train, "datasets": _datasets, "models": _models, "inits": _inits,
+                "runs": _runs}
     try:
         return handlers[a.cmd](a)
     except TransfuseError as e:

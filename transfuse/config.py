@@ -49,6 +49,8 @@ class DataSpec:
         split_seed: seed of the train/val/test split and of subsampling.
         val_fraction: fraction held out for validation when the data has no official split.
         test_fraction: fraction held out for testing when the data has no official split.
+        normalize: ``data`` (per-channel mean/std of the training split) or ``source`` (the
+            pretrained source's mean/std, when the run has a source that declares them).
     """
 
     name: str
@@ -64,9 +66,11 @@ class DataSpec:
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    normalize: str = "data"
 
     def __post_init__(self) -> None:
         _check_choice("data.uncertain", self.uncertain, UNCERTAIN_POLICIES)
+        _check_choice("data.normalize", self.normalize, ("data", "source"))
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"data.channels={self.channels!r} must be 1, 3 or unset")
         if self.n_train is not None and self.fraction is not None:
@@ -105,11 +109,15 @@ class InitSpec:
 
     Attributes:
         name: init strategy; ``random`` is the framework default initialisation.
-        source: pretrained source for strategies that need one (later issues).
+        source: pretrained source for strategies that need one, e.g.
+            ``imagenet:efficientnet_lite0``, ``torchvision:resnet50.IMAGENET1K_V2``,
+            ``file:ckpt.pt`` or ``run:<run_id>``.
+        partial: tensors the source cannot provide stay at their default instead of raising.
     """
 
     name: str = "random"
     source: str | None = None
+    partial: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,16 @@ import torch
 
 from .config import RunSpec, run_id
 from .data import PreparedData, load_dataset
+from .inits import INITS, apply_init, parse_init
 from .errors import ConfigError
 from .models import create_model, get_stages
 from .store import RunRecord, Store
 from .train.device import resolve_device, seed_everything
 from .train.loop import fit
+from .weights import SourceWeights, resolve_source
 
 __all__ = ["train_run", "RunOutcome", "resolve_spec", "environment"]
 
-AVAILABLE_INITS = ("random",)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,19 @@ def resolve_spec(spec: RunSpec, data: PreparedData) -> RunSpec:
         raise ConfigError(f"model {spec.model.name!r} needs inputs of at least {info['min_size']} px "
                           f"but {data.info.name!r} is {side} px; pass --image-size {info['min_size']} "
                           "or larger")
-    if spec.init.name not in AVAILABLE_INITS:
-        raise ConfigError(f"init {spec.init.name!r} is not available; choose one of "
-                          f"{', '.join(AVAILABLE_INITS)}")
     return replace(spec, model=replace(spec.model, spatial_dims=dims))
+
+
+def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
+    """Resolve the run's pretrained source (validating the init spec) before anything runs."""
+    parts = parse_init(spec.init.name)
+    needs = any(INITS.get(n).meta["needs_source"] for n, _ in parts)
+    if needs and not spec.init.source:
+        raise ConfigError(f"init {spec.init.name!r} needs pretrained weights: pass --source, e.g. "
+                          "imagenet:efficientnet_lite0, file:ckpt.pt or run:<run_id>")
+    if not spec.init.source:
+        return None
+    return resolve_source(spec.init.source, workspace=workspace)
 
 
 def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None,
@@ -90,7 +100,14 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     Raises:
         TransfuseError: bad input (dataset, model, options), before anything is stored.
     """
-    data = load_dataset(spec.data)
+    source = _source(spec, workspace)
+    norm = None
+    if spec.data.normalize == "source":
+        if source is None or source.mean is None or source.std is None:
+            raise ConfigError("data.normalize=source needs a pretrained source that declares its "
+                              "mean/std (--source); use data.normalize=data otherwise")
+        norm = (source.mean, source.std)
+    data = load_dataset(spec.data, norm=norm)
     spec = resolve_spec(spec, data)
     store = Store(workspace)
     rid = run_id(spec)
@@ -101,8 +118,8 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     seed_everything(spec.seed)
     model = create_model(spec.model.name, spatial_dims=spec.model.spatial_dims,
                          in_channels=data.info.in_channels, num_classes=data.info.num_classes)
-    init_report = {"strategy": spec.init.name, "source": spec.init.source,
-                   "note": "framework default initialisation"}
+    report = apply_init(model, spec.init, source=source, seed=spec.seed, workspace=workspace)
+    init_report = {**report.to_dict(), "source_info": source.to_dict() if source else None}
     main = int(os.environ.get("RANK", 0)) == 0
     if main:
         store.start_run(spec, env=environment(dev))

