@@ -18,7 +18,7 @@ import torch
 
 from .config import RunSpec, run_id
 from .data import PreparedData, load_dataset
-from .inits import INITS, apply_init, parse_init
+from .inits import INITS, apply_init, init_model_kwargs, parse_init
 from .errors import ConfigError
 from .models import create_model, get_stages
 from .store import RunRecord, Store
@@ -117,7 +117,8 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     dev = resolve_device(device)
     seed_everything(spec.seed)
     model = create_model(spec.model.name, spatial_dims=spec.model.spatial_dims,
-                         in_channels=data.info.in_channels, num_classes=data.info.num_classes)
+                         in_channels=data.info.in_channels, num_classes=data.info.num_classes,
+                         **init_model_kwargs(spec.init.name))
     report = apply_init(model, spec.init, source=source, seed=spec.seed, workspace=workspace)
     init_report = {**report.to_dict(), "source_info": source.to_dict() if source else None}
     main = int(os.environ.get("RANK", 0)) == 0

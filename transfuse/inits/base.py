@@ -35,7 +35,7 @@ from ..models import get_stages
 
 __all__ = [
     "Action", "InitContext", "InitReport", "TensorRecord", "INITS", "register_init", "list_inits",
-    "tensor_kind", "parse_init",
+    "tensor_kind", "parse_init", "init_model_kwargs",
 ]
 
 ACTIONS = ("loaded", "redrawn", "adapted", "default")
@@ -155,15 +155,31 @@ INITS: Registry[InitFn] = Registry("init")
 
 
 def register_init(name: str, *, needs_source: bool = False, description: str = "",
-                  arg: str = "") -> Callable[[InitFn], InitFn]:
+                  arg: str = "",
+                  model_kwargs: Callable[[str | None], dict[str, Any]] | None = None,
+                  ) -> Callable[[InitFn], InitFn]:
     """Register an init strategy (see the module docstring for the contract).
 
     Args:
         needs_source: the strategy reads pretrained weights (``--source`` is required).
         description: one line for ``transfuse inits``.
         arg: what the ``name:arg`` argument means, e.g. ``"stage"``; empty if none.
+        model_kwargs: for strategies that change the architecture (``slim``): maps the argument
+            to extra ``create_model`` keyword arguments; the model is built with them before
+            the strategy runs.
     """
-    return INITS.register(name, needs_source=needs_source, description=description, arg=arg)
+    return INITS.register(name, needs_source=needs_source, description=description, arg=arg,
+                          model_kwargs=model_kwargs)
+
+
+def init_model_kwargs(spec: str) -> dict[str, Any]:
+    """Extra ``create_model`` arguments an init spec asks for (e.g. ``slim`` widths)."""
+    out: dict[str, Any] = {}
+    for name, arg in parse_init(spec):
+        fn = INITS.get(name).meta.get("model_kwargs")
+        if fn is not None:
+            out.update(fn(arg))
+    return out
 
 
 def list_inits(pattern: str = "*") -> list[str]:
