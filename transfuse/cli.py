@@ -139,6 +139,41 @@ def _inits(a: argparse.Namespace) -> int:
     return 0
 
 
+def _show_run(r, test: dict) -> None:
+    """Human-readable view of one run: spec, result, and the init report per stage."""
+    sp = r.spec
+    print(f"run {r.run_id}  [{r.status}]  study={r.study or '-'}")
+    print(f"  data   {sp['data']['name']}  n_train={sp['data'].get('n_train')}  "
+          f"split sizes {r.data_info.get('split_sizes', {})}")
+    print(f"  model  {sp['model']['name']} ({sp['model'].get('spatial_dims')}D, "
+          f"{r.model_info.get('parameters', '?')} parameters)")
+    print(f"  init   {sp['init']['name']}" + (f"  source {sp['init']['source']}" if sp['init'].get('source') else ""))
+    t = sp["train"]
+    print(f"  train  {t['steps'] or str(t['epochs']) + ' epochs'} steps  lr {t['lr']}  {t['optimizer']}/"
+          f"{t['schedule']}  batch {t['batch_size']}  seed {sp['seed']}")
+    if test:
+        per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in test.items() if k.startswith("auc/") and v is not None)
+        auc, acc = test.get("auc"), test.get("acc")
+        print(f"  test   AUC {auc if auc is None else f'{auc:.4f}'}  acc {acc if acc is None else f'{acc:.4f}'}  ({per})")
+    if r.summary:
+        print(f"  best step {r.summary.get('best_step')}  train {r.summary.get('train_seconds')} s  "
+              f"{r.summary.get('examples_per_second')} ex/s")
+    if r.error:
+        print(f"  error  {r.error}")
+    rep = r.init_report or {}
+    if rep.get("tensors"):
+        print(f"  init report: {rep.get('counts')}")
+        for note in rep.get("notes", []):
+            print(f"    note: {note}")
+        stages: dict[str, dict[str, int]] = {}
+        for rec in rep["tensors"]:
+            stages.setdefault(rec["stage"], {}).setdefault(rec["action"], 0)
+            stages[rec["stage"]][rec["action"]] += 1
+        for stage, acts in stages.items():
+            print(f"    {stage:<10} " + ", ".join(f"{n} {k}" for k, n in sorted(acts.items())))
+    print(f"  checkpoints {r.run_dir}  (full record: transfuse runs show {r.run_id} --json)")
+
+
 def _runs(a: argparse.Namespace) -> int:
     from .store import Store
 
@@ -157,10 +192,13 @@ def _runs(a: argparse.Namespace) -> int:
     if a.runs_cmd == "show":
         r = store.get_run(a.run_id)
         test = store.final_metrics(r.run_id)
-        print(json.dumps({"run_id": r.run_id, "status": r.status, "study": r.study, "spec": r.spec,
-                          "summary": r.summary, "test": test, "init_report": r.init_report,
-                          "data": r.data_info, "model": r.model_info, "env": r.env,
-                          "error": r.error, "run_dir": r.run_dir}, indent=2))
+        if a.json:
+            print(json.dumps({"run_id": r.run_id, "status": r.status, "study": r.study, "spec": r.spec,
+                              "summary": r.summary, "test": test, "init_report": r.init_report,
+                              "data": r.data_info, "model": r.model_info, "env": r.env,
+                              "error": r.error, "run_dir": r.run_dir}, indent=2))
+        else:
+            _show_run(r, test)
         return 0
     text = store.export(fmt=a.format, study=a.study)
     if a.output:
@@ -188,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--workspace", default="workspace")
         if name == "show":
             q.add_argument("run_id", help="run id or a unique prefix")
+            q.add_argument("--json", action="store_true", help="the full record as JSON")
         else:
             q.add_argument("--study")
         if name == "export":
