@@ -111,7 +111,7 @@ def test_training_run_on_retinamnist_stores_test_metrics(retinamnist_npz, tmp_pa
     assert set(f"auc/grade{i}" for i in range(5)) <= set(out.test)
     store = Store(tmp_path / "ws")
     [rec] = store.list_runs()
-    assert rec.run_id == out.record.run_id and rec.spec["model"]["spatial_dims"] == 2
+    assert rec.run_id == out.record.run_id and rec.model_info["spatial_dims"] == 2
     assert store.final_metrics(rec.run_id)["auc"] == pytest.approx(out.test["auc"])
     assert rec.data_info["split_sizes"] == {"train": 64, "val": 120, "test": 400}
     assert len(rec.data_info["norm_mean"]) == 3

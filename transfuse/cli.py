@@ -145,7 +145,7 @@ def _show_run(r, test: dict) -> None:
     print(f"run {r.run_id}  [{r.status}]  study={r.study or '-'}")
     print(f"  data   {sp['data']['name']}  n_train={sp['data'].get('n_train')}  "
           f"split sizes {r.data_info.get('split_sizes', {})}")
-    print(f"  model  {sp['model']['name']} ({sp['model'].get('spatial_dims')}D, "
+    print(f"  model  {sp['model']['name']} ({r.model_info.get('spatial_dims')}D, "
           f"{r.model_info.get('parameters', '?')} parameters)")
     print(f"  init   {sp['init']['name']}" + (f"  source {sp['init']['source']}" if sp['init'].get('source') else ""))
     t = sp["train"]

@@ -26,7 +26,7 @@ from .train.device import resolve_device, seed_everything
 from .train.loop import fit
 from .weights import SourceWeights, resolve_source
 
-__all__ = ["train_run", "RunOutcome", "resolve_spec", "environment"]
+__all__ = ["train_run", "RunOutcome", "check_compatible", "environment"]
 
 
 
@@ -55,8 +55,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def resolve_spec(spec: RunSpec, data: PreparedData) -> RunSpec:
-    """Fill what the data decides (spatial dims) and check model/data compatibility."""
+def check_compatible(spec: RunSpec, data: PreparedData) -> int:
+    """Check model/data compatibility; return the spatial dims to build the model with.
+
+    The spec itself is not changed (``model.spatial_dims=None`` means "as the data"), so a run's
+    id can be computed without loading its data.
+    """
     from .models import model_info
 
     info = model_info(spec.model.name)
@@ -69,7 +73,7 @@ def resolve_spec(spec: RunSpec, data: PreparedData) -> RunSpec:
         raise ConfigError(f"model {spec.model.name!r} needs inputs of at least {info['min_size']} px "
                           f"but {data.info.name!r} is {side} px; pass --image-size {info['min_size']} "
                           "or larger")
-    return replace(spec, model=replace(spec.model, spatial_dims=dims))
+    return dims
 
 
 def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
@@ -107,16 +111,16 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
             raise ConfigError("data.normalize=source needs a pretrained source that declares its "
                               "mean/std (--source); use data.normalize=data otherwise")
         norm = (source.mean, source.std)
-    data = load_dataset(spec.data, norm=norm)
-    spec = resolve_spec(spec, data)
     store = Store(workspace)
     rid = run_id(spec)
     if store.status(rid) == "finished":
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
+    data = load_dataset(spec.data, norm=norm)
+    dims = check_compatible(spec, data)
 
     dev = resolve_device(device)
     seed_everything(spec.seed)
-    model = create_model(spec.model.name, spatial_dims=spec.model.spatial_dims,
+    model = create_model(spec.model.name, spatial_dims=dims,
                          in_channels=data.info.in_channels, num_classes=data.info.num_classes,
                          **init_model_kwargs(spec.init.name))
     report = apply_init(model, spec.init, source=source, seed=spec.seed, workspace=workspace)
@@ -125,7 +129,8 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     if main:
         store.start_run(spec, env=environment(dev))
         store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
-            "name": spec.model.name, "parameters": sum(p.numel() for p in model.parameters()),
+            "name": spec.model.name, "spatial_dims": dims,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "stages": [s.to_dict() for s in get_stages(model)]})
     try:
         result = fit(model, data, spec.train, seed=spec.seed, device=device,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .._registry import Registry
-from ..errors import ConfigError
+from ..errors import ConfigError, TransfuseError
 from .io import WeightsError, clean_keys, load_state_dict
 
 __all__ = ["SourceWeights", "SOURCES", "register_source", "resolve_source", "list_sources"]
@@ -110,6 +110,14 @@ def resolve_source(name: str, *, workspace: str | Path | None = None) -> SourceW
             raise ConfigError(f"source {name!r} must look like family:argument, e.g. "
                               "imagenet:efficientnet_lite0, torchvision:resnet50.IMAGENET1K_V2, "
                               "file:/path/to/ckpt.pt or run:<run_id>")
+    if family not in SOURCES:
+        import difflib
+
+        close = difflib.get_close_matches(family, SOURCES.list(), n=2)
+        hint = f"did you mean {' or '.join(f'{c}:{arg}' for c in close)}? " if close else ""
+        raise ConfigError(f"unknown source family {family!r} in {name!r}; {hint}families: "
+                          f"{', '.join(SOURCES.list())} (see `transfuse inits`), e.g. "
+                          "imagenet:efficientnet_lite0 or file:/path/to/ckpt.pt")
     return SOURCES.get(family).fn(arg, workspace=workspace)
 
 
@@ -136,18 +144,26 @@ def _run(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
 
     if workspace is None or not (Path(workspace) / "transfuse.db").is_file():
         raise WeightsError(f"source run:{arg} needs the workspace that holds the run (--workspace)")
-    rec = Store(workspace).get_run(arg)
+    try:
+        rec = Store(workspace).get_run(arg)
+    except WeightsError:
+        raise
+    except TransfuseError as e:  # no run with that id, or an ambiguous prefix
+        raise WeightsError(f"source run:{arg}: {e}") from None
     if rec.status != "finished":
         raise WeightsError(f"source run:{arg}: run {rec.run_id} is {rec.status}, not finished; "
                            "finish it first (transfuse train with the same spec)")
     ckpt = Path(rec.run_dir or "") / "best.pt"
+    if not ckpt.is_file():
+        raise WeightsError(f"source run:{arg}: run {rec.run_id} is finished but its checkpoint "
+                           f"{ckpt} is missing (was the run folder moved or deleted?)")
     info = rec.data_info
     return SourceWeights(
         name=f"run:{rec.run_id}", arch=rec.spec["model"]["name"],
         mean=tuple(info.get("norm_mean") or ()) or None, std=tuple(info.get("norm_std") or ()) or None,
         input_size=tuple(info.get("image_shape") or ()) or None,
         in_channels=int(info.get("in_channels", 3)),
-        spatial_dims=int(rec.spec["model"].get("spatial_dims") or info.get("spatial_dims", 2)),
+        spatial_dims=int(rec.model_info.get("spatial_dims") or info.get("spatial_dims", 2)),
         num_classes=len(info.get("class_names") or ()) or None,
         license="as the training data of the run", origin=f"transfuse run {rec.run_id} ({info.get('name')})",
         categories=tuple(info.get("class_names") or ()), loader=lambda: load_state_dict(ckpt))
@@ -193,7 +209,12 @@ def _timm(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
     base = arg.split(".")[0]
     if not timm.is_model(base):
         raise ConfigError(f"timm has no model {base!r} (source timm:{arg})")
-    cfg = timm.models.get_pretrained_cfg(arg) or timm.models.get_pretrained_cfg(base)
+    try:
+        cfg = timm.models.get_pretrained_cfg(arg) or timm.models.get_pretrained_cfg(base)
+    except RuntimeError:  # "Invalid pretrained tag (x) for resnet18."
+        tags = timm.list_pretrained(f"{base}.*")
+        raise ConfigError(f"timm:{arg}: no pretrained weights tagged {arg.partition('.')[2]!r}; "
+                          f"choose one of {', '.join(tags) or '(none)'}") from None
     cfg_d = cfg.to_dict() if cfg is not None else {}
 
     def load() -> StateDict:
