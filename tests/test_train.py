@@ -169,7 +169,7 @@ def test_finished_run_is_not_repeated(twice):
 def test_run_record(twice):
     outcome, store, rid, d = twice["a"]
     r = outcome.record
-    assert r.status == "finished" and r.spec["model"]["spatial_dims"] == 2  # filled from the data
+    assert r.status == "finished" and r.model_info["spatial_dims"] == 2  # taken from the data
     assert r.model_info["name"] == "cbr_tiny"
     assert [s["name"] for s in r.model_info["stages"]] == ["stem", "block1", "block2", "block3", "head"]
     assert r.data_info["task"] == "multiclass" and r.data_info["in_channels"] == 1
