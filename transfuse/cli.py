@@ -174,6 +174,32 @@ def _show_run(r, test: dict) -> None:
     print(f"  checkpoints {r.run_dir}  (full record: transfuse runs show {r.run_id} --json)")
 
 
+def _study(a: argparse.Namespace) -> int:
+    from .study import load_study, run_study, study_status
+
+    study = load_study(a.file)
+    if a.study_cmd == "status":
+        rows = study_status(study, workspace=a.workspace, smoke=a.smoke)
+        counts: dict[str, int] = {}
+        for spec, rid, status in rows:
+            counts[status] = counts.get(status, 0) + 1
+            if a.verbose:
+                print(f"  {rid}  {status:<9} {spec.model.name:<14} {spec.init.name:<24} "
+                      f"n_train={spec.data.n_train} seed={spec.seed}")
+        name = rows[0][0].study if rows else study.name
+        print(f"study {name}: {len(rows)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        return 0
+    out = run_study(study, workspace=a.workspace, workers=a.workers, executor=a.executor,
+                    address=a.address, smoke=a.smoke, device=a.device, progress=not a.no_progress)
+    print(f"study {out.study}: {out.total} runs — {len(out.finished)} trained now, "
+          f"{len(out.skipped)} already finished, {len(out.busy)} running elsewhere, "
+          f"{len(out.failed)} failed")
+    for rid, msg in out.failed.items():
+        print(f"  run {rid} failed: {msg}", file=sys.stderr)
+    print(f"  results in {Path(a.workspace) / 'transfuse.db'}")
+    return 0 if out.ok else 1
+
+
 def _runs(a: argparse.Namespace) -> int:
     from .store import Store
 
@@ -219,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list dataset families, built-in datasets and MedMNIST flags")
     sub.add_parser("models", help="list models")
     sub.add_parser("inits", help="list init strategies and pretrained source families")
+    study = sub.add_parser("study", help="run a grid of runs from a YAML study file")
+    ss = study.add_subparsers(dest="study_cmd", required=True)
+    for name in ("run", "status"):
+        q = ss.add_parser(name)
+        q.add_argument("file", help="study YAML file (see examples/)")
+        q.add_argument("--workspace", default="workspace")
+        q.add_argument("--smoke", action="store_true", help="the shrunk, sub-minute version")
+        if name == "run":
+            q.add_argument("--workers", type=int, default=1, help="parallel local processes / Ray CPUs")
+            q.add_argument("--executor", default="local", choices=("local", "ray"))
+            q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+            q.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
+            q.add_argument("--no-progress", action="store_true")
+        else:
+            q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
     runs = sub.add_parser("runs", help="inspect stored runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
     for name in ("list", "show", "export"):
@@ -242,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on usage errors already
         return int(e.code or 0)
     handlers = {"train": _train, "datasets": _datasets, "models": _models, "inits": _inits,
-                "runs": _runs}
+                "study": _study, "runs": _runs}
     try:
         return handlers[a.cmd](a)
     except TransfuseError as e:

@@ -21,6 +21,8 @@ import csv
 import io
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from typing import Any
 from .config import RunSpec, run_id as compute_run_id
 from .errors import TransfuseError
 
-__all__ = ["Store", "RunRecord", "RunFinishedError"]
+__all__ = ["Store", "RunRecord", "RunFinishedError", "RunBusyError"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,7 +52,9 @@ CREATE TABLE IF NOT EXISTS runs (
     init_report TEXT,
     summary TEXT,
     error TEXT,
-    run_dir TEXT
+    run_dir TEXT,
+    owner TEXT,
+    heartbeat REAL
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -83,6 +87,33 @@ class RunFinishedError(TransfuseError):
     """The run already finished; its results are final."""
 
 
+class RunBusyError(TransfuseError):
+    """Another live process is running this run."""
+
+
+STALE_SECONDS = 15 * 60  # a run on another host with no heartbeat for this long is abandoned
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str | None, heartbeat: float | None, now: float) -> bool:
+    """Is the process that marked a run ``running`` still there?"""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        return True
+    return heartbeat is not None and now - heartbeat < STALE_SECONDS
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One row of ``runs`` with its JSON columns decoded."""
@@ -102,6 +133,8 @@ class RunRecord:
     summary: dict[str, Any]
     error: str | None
     run_dir: str | None
+    owner: str | None = None
+    heartbeat: float | None = None
 
 
 def _dumps(obj: Any) -> str:
@@ -166,32 +199,37 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
     def start_run(self, spec: RunSpec, *, env: dict[str, Any] | None = None) -> str:
-        """Create (or restart an unfinished) run for ``spec`` and mark it running.
+        """Create (or restart an unfinished) run for ``spec`` and mark it running by this process.
 
         Returns:
             The run id.
 
         Raises:
             RunFinishedError: the run already finished (results are never overwritten).
+            RunBusyError: another live process is running it right now (no duplicates).
         """
         rid = compute_run_id(spec)
         now = time.time()
+        me = _owner()
         with self._tx() as con:
-            row = con.execute("SELECT status FROM runs WHERE run_id = ?", (rid,)).fetchone()
+            row = con.execute("SELECT status, owner, heartbeat FROM runs WHERE run_id = ?",
+                              (rid,)).fetchone()
             if row and row[0] == "finished":
                 raise RunFinishedError(f"run {rid} already finished; its results are final "
                                        f"(see `transfuse runs show {rid}`)")
+            if row and row[0] == "running" and row[1] != me and _alive(row[1], row[2], now):
+                raise RunBusyError(f"run {rid} is being run by {row[1]}")
             if row:  # a crashed or failed attempt: start over cleanly
                 con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
                 con.execute("UPDATE runs SET status='running', started=?, finished=NULL, "
-                            "wall_seconds=NULL, error=NULL, env=?, summary=NULL WHERE run_id=?",
-                            (now, _dumps(env or {}), rid))
+                            "wall_seconds=NULL, error=NULL, env=?, summary=NULL, owner=?, "
+                            "heartbeat=? WHERE run_id=?", (now, _dumps(env or {}), me, now, rid))
             else:
                 con.execute(
-                    "INSERT INTO runs (run_id, study, spec, status, created, started, env, run_dir)"
-                    " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                    "INSERT INTO runs (run_id, study, spec, status, created, started, env, run_dir,"
+                    " owner, heartbeat) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                     (rid, spec.study, spec.to_json(), now, now, _dumps(env or {}),
-                     str(self.run_dir(rid))))
+                     str(self.run_dir(rid)), me, now))
         return rid
 
     def set_info(self, run_id: str, **info: dict[str, Any]) -> None:
@@ -205,8 +243,10 @@ class Store:
                 con.execute(f"UPDATE runs SET {k} = ? WHERE run_id = ?", (_dumps(v), run_id))
 
     def log_metrics(self, run_id: str, step: int, split: str, metrics: dict[str, float]) -> None:
-        """Append metrics of one evaluation."""
+        """Append metrics of one evaluation (and refresh the run's heartbeat)."""
         with self._tx() as con:
+            con.execute("UPDATE runs SET heartbeat=? WHERE run_id=? AND status='running'",
+                        (time.time(), run_id))
             con.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) VALUES (?,?,?,?,?)",
                 [(run_id, step, split, k, _value(v)) for k, v in metrics.items()])

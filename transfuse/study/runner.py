@@ -1,0 +1,184 @@
+"""Run a study: compute run ids, skip finished runs, run the rest — in local worker processes or
+on a Ray cluster — with one progress bar for the whole study.
+
+Resumable by construction: every run is stored transactionally by
+:func:`transfuse.run.train_run`, a finished run is final, and a run left ``running`` by a killed
+process is restarted from scratch the next time (a run another live process is running is
+skipped, so two runners never duplicate work).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from ..config import RunSpec, run_id, spec_from_dict
+from ..errors import ConfigError, TransfuseError
+from ..store import Store
+from .spec import StudySpec, expand
+
+__all__ = ["run_study", "study_status", "StudyOutcome", "RunTask"]
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """What one worker runs: a spec, where to store it, and how many CPU threads to use."""
+
+    spec: dict[str, Any]
+    workspace: str
+    device: str | None
+    threads: int
+
+
+@dataclass
+class StudyOutcome:
+    """What happened: run ids by result, and error messages of failed runs."""
+
+    study: str
+    total: int
+    finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def execute(task: RunTask) -> tuple[str, str, str]:
+    """Run one task in this process; returns ``(run_id, outcome, message)``.
+
+    ``outcome`` is ``finished``, ``skipped`` (already finished), ``busy`` (another process runs
+    it) or ``failed``. Never raises, so one bad run cannot stop the study.
+    """
+    import torch
+
+    from ..run import train_run
+    from ..store import RunBusyError
+
+    torch.set_num_threads(max(1, task.threads))
+    spec = spec_from_dict(task.spec)
+    rid = run_id(spec)
+    try:
+        out = train_run(spec, workspace=task.workspace, device=task.device, progress=False)
+    except RunBusyError as e:
+        return rid, "busy", str(e)
+    except TransfuseError as e:
+        return rid, "failed", str(e)
+    except Exception as e:  # a crash in one run is reported, the study goes on
+        tb = traceback.format_exception_only(type(e), e)[-1].strip()
+        return rid, "failed", tb
+    return rid, "skipped" if out.skipped else "finished", ""
+
+
+def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str, str]], None]) -> None:
+    if workers <= 1:
+        for t in tasks:
+            on_done(execute(t))
+        return
+    # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: set[Future] = {pool.submit(execute, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                on_done(f.result())
+
+
+def _ray(tasks: list[RunTask], workers: int, address: str | None,
+         on_done: Callable[[tuple[str, str, str]], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray: pip install 'transfuse[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": max(workers, 1)}
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
+    try:
+        remote = ray.remote(num_cpus=1)(execute)
+        pending = [remote.remote(t) for t in tasks]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                on_done(ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, executor: str = "local",
+              address: str | None = None, smoke: bool = False, device: str | None = None,
+              progress: bool = True) -> StudyOutcome:
+    """Run every missing run of ``study`` and store it.
+
+    Args:
+        study: the parsed study file.
+        workspace: run store folder (shared by all workers; on Ray, a path every node can reach).
+        workers: local processes (``executor="local"``) or Ray CPUs when starting a local Ray.
+        executor: ``local`` or ``ray``.
+        address: Ray cluster address (``ray://host:10001`` or ``auto``); ``None`` starts a local Ray.
+        smoke: run the shrunk study (see :mod:`transfuse.study.spec`).
+        device: device for every run (``None``: auto).
+        progress: one progress bar for the whole study.
+
+    Returns:
+        :class:`StudyOutcome`.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise ConfigError(f"workers={workers} must be >= 1")
+    specs = expand(study, smoke=smoke)
+    store = Store(workspace)
+    ids = [run_id(s) for s in specs]
+    done = {r.run_id for r in store.list_runs(status="finished")}
+    outcome = StudyOutcome(study=specs[0].study or study.name, total=len(specs))
+    outcome.skipped = [i for i in ids if i in done]
+    todo = [s for s, i in zip(specs, ids) if i not in done]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tasks = [RunTask(s.to_dict(), str(workspace), device, threads) for s in todo]
+
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(specs), initial=len(outcome.skipped), desc=f"study {outcome.study}",
+               unit="run", disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+    def on_done(res: tuple[str, str, str]) -> None:
+        rid, what, msg = res
+        if what == "failed":
+            outcome.failed[rid] = msg
+        else:
+            getattr(outcome, what).append(rid)
+        bar.update(1)
+        bar.set_postfix(failed=len(outcome.failed), refresh=False)
+
+    try:
+        if executor == "ray":
+            _ray(tasks, workers, address, on_done)
+        else:
+            _local(tasks, workers, on_done)
+    finally:
+        bar.close()
+    return outcome
+
+
+def study_status(study: StudySpec, *, workspace: str | Path, smoke: bool = False) -> list[tuple[RunSpec, str, str]]:
+    """``(spec, run_id, status)`` for every run of the study (``missing`` if never started)."""
+    specs = expand(study, smoke=smoke)
+    ws = Path(workspace)
+    statuses = {}
+    if (ws / "transfuse.db").is_file():
+        statuses = {r.run_id: r.status for r in Store(ws).list_runs()}
+    return [(s, run_id(s), statuses.get(run_id(s), "missing")) for s in specs]

@@ -1,0 +1,216 @@
+"""Study files: a base run plus grid axes, from one YAML file (safe-loaded, validated).
+
+.. code-block:: yaml
+
+    name: quickstart
+    base:                          # a run spec (see transfuse.config.RunSpec)
+      data: {name: builtin:brain_tissue}
+      model: {name: cbr_small}
+      train: {steps: 300, lr: 0.02, eval_every: 25}
+    grid:                          # dotted keys → values; the study is their cartesian product
+      model.name: [cbr_tiny, cbr_small]
+      init: [random, {name: meanvar, source: imagenet:efficientnet_lite0}]
+      data.n_train: [200, 1000]
+      seed: [0, 1, 2]
+    evaluation:
+      auc_thresholds: [0.8, 0.9]   # steps to reach each AUC (absolute)
+      relative_thresholds: [0.9, 0.95]  # … and each fraction of the run's final AUC
+    smoke:                         # dotted overrides for --smoke (defaults shown in SMOKE)
+      train.steps: 4
+
+Every error names the file and the dotted key. ``--smoke`` shrinks any study to a sub-minute CPU
+run: the first seed and the smallest training set only, a few steps on at most 64 examples,
+under the study name ``<name>-smoke`` so the numbers never mix with real ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, spec_from_dict
+from ..errors import ConfigError
+
+__all__ = ["StudySpec", "load_study", "expand", "SMOKE"]
+
+TOP_KEYS = ("name", "description", "base", "grid", "evaluation", "smoke")
+EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
+RUN_KEYS = ("seed",)
+SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 16,
+                         "train.warmup_steps": 0, "data.n_train": 64}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A parsed study file.
+
+    Attributes:
+        name: study name (runs are stored under it).
+        base: nested run dict every grid cell starts from.
+        grid: dotted key → list of values (cartesian product, in file order).
+        auc_thresholds: absolute AUC thresholds for steps-to-threshold.
+        relative_thresholds: fractions of each run's final AUC for steps-to-threshold.
+        smoke: dotted overrides applied by ``--smoke``.
+        path: the file it was read from.
+    """
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    auc_thresholds: tuple[float, ...] = (0.8, 0.9)
+    relative_thresholds: tuple[float, ...] = (0.9, 0.95)
+    smoke: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    path: str = ""
+
+
+def _check_path(dotted: str, where: str) -> None:
+    parts = dotted.split(".")
+    if parts[0] in RUN_KEYS and len(parts) == 1:
+        return
+    if parts[0] == "init" and len(parts) == 1:
+        return  # whole init: "meanvar" or {name, source, partial}
+    if parts[0] not in SECTIONS or len(parts) != 2:
+        raise ConfigError(f"{where}: unknown key {dotted!r}; use seed, init, or section.field with "
+                          f"a section of {', '.join(SECTIONS)} (e.g. train.lr)")
+    names = [f.name for f in fields(SECTIONS[parts[0]])]
+    if parts[1] not in names:
+        raise ConfigError(f"{where}: unknown key {dotted!r}; valid {parts[0]} keys: {', '.join(names)}")
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if parts == ["init"]:
+        d["init"] = {"name": value} if isinstance(value, str) else dict(value)
+        return
+    cur = d
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study YAML file (``yaml.safe_load``).
+
+    Raises:
+        ConfigError: unreadable file or a bad key/value; the message names the file and key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: study file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study file is a mapping with keys {', '.join(TOP_KEYS)}")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+    for key in ("name", "base"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing key {key!r}")
+    name = raw["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{path}: name must be a non-empty string")
+    base = raw["base"]
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base must be a mapping (a run spec)")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: grid must be a mapping of dotted keys to lists")
+    for k, v in grid.items():
+        _check_path(str(k), f"{path}: grid")
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{path}: grid.{k} must be a non-empty list")
+    ev = raw.get("evaluation") or {}
+    bad = sorted(set(ev) - set(EVAL_KEYS))
+    if bad:
+        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}; valid: {', '.join(EVAL_KEYS)}")
+    thr = {}
+    for k in EVAL_KEYS:
+        vals = ev.get(k, StudySpec.__dataclass_fields__[k].default)
+        try:
+            vals = tuple(float(x) for x in vals)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: evaluation.{k} must be a list of numbers") from None
+        if any(not 0 < x <= 1 for x in vals):
+            raise ConfigError(f"{path}: evaluation.{k} values must be in (0, 1]")
+        thr[k] = vals
+    smoke = raw.get("smoke") or {}
+    for k in smoke:
+        _check_path(str(k), f"{path}: smoke")
+    study = StudySpec(name=name.strip(), base=base, grid={str(k): list(v) for k, v in grid.items()},
+                      smoke=dict(smoke), description=str(raw.get("description", "")),
+                      path=str(path), **thr)
+    expand(study)  # validate every cell now, with the file named in errors
+    return study
+
+
+def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
+    """The study's runs, in grid order (later axes vary fastest); duplicates removed.
+
+    Args:
+        study: the parsed study.
+        smoke: shrink for a quick check (see module docstring).
+
+    Raises:
+        ConfigError: a cell is not a valid run spec (names the file, cell and key).
+    """
+    axes = list(study.grid.items())
+    if smoke:
+        axes = [(k, _smoke_axis(k, v)) for k, v in axes]
+    name = f"{study.name}-smoke" if smoke else study.name
+    out, seen = [], set()
+    for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
+        d = copy.deepcopy(study.base)
+        for (k, _), v in zip(axes, combo):
+            _set(d, k, v)
+        if smoke:
+            for k, v in {**SMOKE, **study.smoke}.items():
+                _smoke_set(d, k, v)
+        d["study"] = name
+        where = ", ".join(f"{k}={v}" for (k, _), v in zip(axes, combo)) or "base"
+        try:
+            spec = spec_from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{study.path or study.name}: grid cell [{where}]: {e}") from None
+        key = spec.to_json()
+        if key not in seen:
+            seen.add(key)
+            out.append(spec)
+    return out
+
+
+def _smoke_axis(key: str, values: list[Any]) -> list[Any]:
+    if key == "seed":
+        return values[:1]
+    if key in ("data.n_train", "data.fraction"):
+        return [min(values, key=lambda v: float("inf") if v is None else v)]
+    return values
+
+
+def _smoke_set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    sect, _, fld = dotted.partition(".")
+    cur = d.setdefault(sect, {}) if fld else d
+    if not fld:
+        d[sect] = value
+        return
+    if fld == "steps" and cur.get("epochs") is not None:
+        cur["epochs"] = None
+    if fld == "n_train" and value is not None:
+        have = cur.get("n_train")
+        if cur.get("fraction") is not None:
+            return  # a fraction axis stays; n_train and fraction are exclusive
+        cur[fld] = min(value, have) if have else value
+        return
+    if fld in ("steps", "batch_size", "eval_every") and cur.get(fld):
+        cur[fld] = min(value, cur[fld])
+        return
+    cur[fld] = value
