@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import pickle
+import re
+import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -23,6 +26,8 @@ __all__ = ["clean_keys", "load_state_dict", "WeightsError"]
 
 PREFIXES = ("module.", "_orig_mod.", "_forward_module.")
 NESTED = ("state_dict", "model", "model_state_dict", "net", "weights")
+RESAVE = ("re-save only the tensors where the file was made — torch.save(model.state_dict(), "
+          "'clean.pt') — or save them as .safetensors")
 
 
 class WeightsError(TransfuseError):
@@ -30,24 +35,39 @@ class WeightsError(TransfuseError):
 
 
 def clean_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip ``module.``, ``_orig_mod.`` and ``_forward_module.`` prefixes (repeatedly)."""
-    out = {}
-    for k, v in state.items():
-        changed = True
+    """Strip ``module.``, ``_orig_mod.`` and ``_forward_module.`` prefixes (repeatedly).
+
+    Raises:
+        WeightsError: two keys become the same once stripped (``module.x`` and ``x``).
+    """
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, v in state.items():
+        k, changed = key, True
         while changed:
             changed = False
             for p in PREFIXES:
                 if k.startswith(p):
                     k, changed = k[len(p):], True
-        out[k] = v
+        if k in out:
+            raise WeightsError(f"state dict keys {origin[k]!r} and {key!r} both become {k!r} once "
+                               f"the wrapper prefixes ({', '.join(PREFIXES)}) are stripped")
+        out[k], origin[k] = v, key
     return out
+
+
+def _has_tensors(obj: object, depth: int = 3) -> bool:
+    if not isinstance(obj, dict) or depth == 0:
+        return False
+    return any(isinstance(v, torch.Tensor) or _has_tensors(v, depth - 1) for v in obj.values())
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     for _ in range(3):  # {"state_dict": {...}} / {"model": {"state_dict": ...}}
         if not isinstance(obj, dict):
             break
-        nested = next((obj[k] for k in NESTED if isinstance(obj.get(k), dict)), None)
+        # The first wrapper key whose value holds tensors ({"model": cfg, "model_state_dict": sd}).
+        nested = next((obj[k] for k in NESTED if _has_tensors(obj.get(k))), None)
         if nested is not None:
             obj = nested
             continue
@@ -59,6 +79,63 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
                        f"{', '.join(NESTED)})")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]*)")
+
+
+def _cut_short(dotted: str) -> bool:
+    """A global that only a truncated legacy checkpoint names: ``collectio.`` (empty name), or
+    ``torch._utils._rebuild_tensor_`` (a torch/collections name that does not exist). Only those
+    modules are checked — a missing ``__main__.MyClass`` is a real payload — and nothing is
+    imported here (importing runs code)."""
+    parts = dotted.split(".")
+    if not all(parts):  # "collectio." — a GLOBAL opcode cut short
+        return True
+    if parts[0] not in ("torch", "collections"):
+        return False
+    for i in range(len(parts) - 1, 0, -1):
+        mod = sys.modules.get(".".join(parts[:i]))
+        if mod is not None:
+            obj: object = mod
+            for name in parts[i:]:
+                if not hasattr(obj, name):
+                    return True
+                obj = getattr(obj, name)
+            return False
+    return False
+
+
+def _refusal(path: Path, err: Exception) -> WeightsError:
+    """One-line error for a ``weights_only`` refusal: pickled object, or a damaged file."""
+    msg = _ANSI.sub("", str(err))
+    with open(path, "rb") as f:
+        zip_like = f.read(2) == b"PK"
+    if zip_like and not zipfile.is_zipfile(path):  # a cut-off zip that torch read as a pickle
+        return _damaged(path, err)
+    m = _GLOBAL.search(msg)
+    if m is None and ("truncated" in msg or "EOF" in msg or "ran out of input" in msg.lower()):
+        return _damaged(path, err)
+    if m is not None and _cut_short(m.group(1)):
+        return WeightsError(f"{path}: cannot read checkpoint (it names {m.group(1)}, which does not "
+                            "exist); the file is truncated or corrupt — copy or download it again")
+    what = f"a pickled Python object ({m.group(1)})" if m else "pickled Python objects"
+    if m is None:
+        detail = next((ln.strip() for ln in msg.splitlines()
+                       if ln.strip() and "WeightsUnpickler error" not in ln
+                       and not ln.startswith(("Weights only", "Check the doc", "Please file", "\t("))), "")
+        what += f" ({detail[:80]})" if detail else ""
+    return WeightsError(f"{path}: refused — the checkpoint contains {what}, and unpickling it "
+                        f"could run arbitrary code; transfuse loads tensors only "
+                        f"(torch.load weights_only=True). If you trust the file, {RESAVE}")
+
+
+def _damaged(path: Path, err: BaseException) -> WeightsError:
+    first = _ANSI.sub("", str(err)).strip().splitlines()
+    detail = f"{type(err).__name__}: {first[0][:120]}" if first else type(err).__name__
+    return WeightsError(f"{path}: cannot read checkpoint ({detail}); the file is truncated, "
+                        "corrupt or not a PyTorch checkpoint")
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a clean ``{key: tensor}`` dict on the CPU.
 
@@ -68,7 +145,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -76,16 +153,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return clean_keys(load_file(str(path), device="cpu"))
         except Exception as e:  # safetensors raises its own error types
-            raise WeightsError(f"{path}: cannot read safetensors file ({e})") from None
+            raise WeightsError(f"{path}: cannot read safetensors file ({str(e).strip()[:160]}); "
+                               "the file is truncated or not a safetensors file") from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not head:
+        raise WeightsError(f"{path}: cannot read checkpoint (the file is empty)")
+    if not head.startswith((b"PK", b"\x80")):  # neither torch.save's zip nor a pickle (protocol 2+)
+        raise WeightsError(f"{path}: cannot read checkpoint (it starts with {head!r}, not as a "
+                           "torch.save file does); the file is corrupt or not a PyTorch checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"{path}: refused — the checkpoint contains pickled Python objects, which can run "
-            f"arbitrary code ({str(e).splitlines()[0][:120]}); re-save it as a plain state_dict "
-            "(torch.save(model.state_dict(), ...)) or as .safetensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise WeightsError(f"{path}: cannot read checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:160]}); the file is truncated or not a "
-                           "PyTorch checkpoint") from None
+        raise _refusal(path, e) from None
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, struct.error, KeyError...: damaged
+        raise _damaged(path, e) from None
     return clean_keys(_unwrap(obj, path))

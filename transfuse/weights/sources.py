@@ -64,7 +64,7 @@ class SourceWeights:
     num_classes: int | None = None
     license: str = ""
     origin: str = ""
-    categories: tuple[str, ...] = ()
+    categories: tuple[str, ...] = field(default=(), repr=False)
     loader: Callable[[], StateDict] | None = field(default=None, repr=False, compare=False)
 
     def state_dict(self) -> StateDict:
@@ -123,8 +123,9 @@ def resolve_source(name: str, *, workspace: str | Path | None = None) -> SourceW
 
 def _offline_hint(what: str, url: str | None, err: Exception) -> WeightsError:
     where = f" from {url}" if url else ""
+    first = (str(err).strip().splitlines() or [""])[0][:100]
     return WeightsError(
-        f"cannot fetch {what}{where} ({type(err).__name__}: {str(err).splitlines()[0][:100]}); "
+        f"cannot fetch {what}{where} ({type(err).__name__}{': ' + first if first else ''}); "
         "are you offline? Download the file on a machine with network and pass it with "
         "--source file:/path/to/weights.pth")
 
@@ -216,15 +217,17 @@ def _timm(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
         raise ConfigError(f"timm:{arg}: no pretrained weights tagged {arg.partition('.')[2]!r}; "
                           f"choose one of {', '.join(tags) or '(none)'}") from None
     cfg_d = cfg.to_dict() if cfg is not None else {}
+    hub = cfg_d.get("hf_hub_id")
+    where = f"https://huggingface.co/{hub}" if hub else cfg_d.get("url")
 
     def load() -> StateDict:
         try:
             return timm.create_model(arg, pretrained=True).state_dict()
         except Exception as e:
-            raise _offline_hint(f"timm weights {arg}", cfg_d.get("hf_hub_id") or cfg_d.get("url"), e) from None
+            raise _offline_hint(f"timm weights {arg}", where, e) from None
 
     return SourceWeights(
         name=f"timm:{arg}", arch=f"timm:{base}", mean=tuple(cfg_d.get("mean", ())) or None,
         std=tuple(cfg_d.get("std", ())) or None, input_size=tuple(cfg_d.get("input_size", (3, 224, 224))[1:]),
         num_classes=cfg_d.get("num_classes"), license=str(cfg_d.get("license", "")),
-        origin=str(cfg_d.get("hf_hub_id") or cfg_d.get("url") or "timm"), loader=load)
+        origin=str(where or "timm"), loader=load)
