@@ -35,10 +35,12 @@ class Registry(Generic[F]):
 
     Args:
         kind: what the registry holds ("model", "dataset", ...), used in error messages.
+        list_command: the CLI command that lists the entries (default ``transfuse <kind>s``).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, list_command: str | None = None) -> None:
         self.kind = kind
+        self.list_command = list_command or f"transfuse {kind}s"
         self._entries: dict[str, Entry[F]] = {}
 
     def register(self, name: str, **meta: Any) -> Callable[[F], F]:
@@ -68,7 +70,7 @@ class Registry(Generic[F]):
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"unknown {self.kind} {name!r}{hint} (see `transfuse {self.kind}s` for the list)"
+                f"unknown {self.kind} {name!r}{hint} (see `{self.list_command}` for the list)"
             ) from None
 
     def list(self, pattern: str = "*") -> list[str]:

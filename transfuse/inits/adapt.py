@@ -80,6 +80,11 @@ def align_source(target: StateDict, source: StateDict, *, first_conv: str | None
             continue  # the head is replaced below
         else:
             out.problems[k] = f"{k}: model {tuple(t.shape)} vs source {tuple(s.shape)}"
+    # The classifier is transferred whole or not at all: a bias that happens to fit is dropped
+    # with a weight that does not.
+    if any(k in classifier and k not in out.state for k in target if not k.endswith("num_batches_tracked")):
+        for k in classifier:
+            out.state.pop(k, None)
     head_w = next((k for k in classifier if k.endswith("weight")), None)
     if head_w and head_w in source and head_w not in out.state:
         out.notes.append(f"classifier replaced: {source[head_w].shape[0]} source classes → "

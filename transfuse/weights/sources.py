@@ -82,7 +82,7 @@ class SourceWeights:
 
 
 Resolver = Callable[..., SourceWeights]
-SOURCES: Registry[Resolver] = Registry("source")
+SOURCES: Registry[Resolver] = Registry("source", list_command="transfuse inits")
 
 
 def register_source(family: str, *, description: str = "", offline: bool = True) -> Callable[[Resolver], Resolver]:
