@@ -24,6 +24,10 @@ Choices the appendix leaves open, made here and documented:
   re-implementations.
 
 One code path serves 2D and 3D: layer classes are looked up by ``spatial_dims``.
+
+Width multipliers: ``create_model("cbr_small", stage_widths={"block3": 0.5})`` builds the listed
+stages with ``round(width × multiplier)`` channels (the ``slim`` init asks for this); the next
+block's convolution and the linear head take the new widths as inputs.
 """
 
 from __future__ import annotations

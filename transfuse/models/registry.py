@@ -8,17 +8,21 @@ owns it (transfuse's CBRs, torchvision, timm) and attaches the model contract (`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from .._registry import Registry
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from . import _stages
 from .cbr import CBR, CBR_CONFIGS
 
-__all__ = ["MODELS", "create_model", "list_models", "register_model", "model_info"]
+__all__ = ["MODELS", "create_model", "list_models", "register_model", "model_info", "WidthsAbove",
+           "scaled_width"]
 
 Builder = Callable[..., tuple[nn.Module, list[tuple[str, tuple[str, ...], str]]]]
 MODELS: Registry[Builder] = Registry("model")
@@ -57,7 +61,10 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
         spatial_dims: 2 for images ``(N, C, H, W)``, 3 for volumes ``(N, C, D, H, W)``.
         in_channels: input channels.
         num_classes: outputs of the classifier.
-        **kwargs: passed to the builder (e.g. ``drop_rate``).
+        **kwargs: passed to the builder (e.g. ``drop_rate``). CBR and ResNet builders accept
+            ``stage_widths`` — ``{"block3": 0.5, ...}``, stage name → channel-width multiplier,
+            or a :class:`WidthsAbove` — and build those stages that much narrower (random
+            weights; the layers after them adapt their inputs).
 
     Returns:
         ``nn.Module`` mapping ``(N, in_channels, *spatial)`` to logits ``(N, num_classes)``, with
@@ -66,7 +73,8 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
 
     Raises:
         ConfigError: unknown name (with close matches).
-        ModelError: unsupported ``spatial_dims`` or bad channel/class counts.
+        ModelError: unsupported ``spatial_dims``, bad channel/class counts, or ``stage_widths``
+            for a model without width multipliers or naming a stage it cannot scale.
     """
     if in_channels < 1:
         raise ModelError(f"in_channels={in_channels} must be >= 1")
@@ -80,6 +88,14 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
     else:
         entry = MODELS.get(name)
         fn, meta = entry.fn, entry.meta
+    if "stage_widths" in kwargs:
+        widths = kwargs.pop("stage_widths")
+        if widths is not None and widths != {}:
+            if "stage_widths" not in inspect.signature(fn).parameters:
+                ok = [e.name for e in MODELS if "stage_widths" in inspect.signature(e.fn).parameters]
+                raise ModelError(f"model {name!r} has no width multipliers (stage_widths); models "
+                                 f"that do: {', '.join(ok)}")
+            kwargs["stage_widths"] = widths
     if spatial_dims not in meta["spatial_dims"]:
         dims = " or ".join(f"{d}D" for d in meta["spatial_dims"])
         raise ModelError(f"model {name!r} is {dims} only, not {spatial_dims}D; pick a model that "
@@ -96,10 +112,75 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
     return model
 
 
-def _cbr_builder(cfg_name: str) -> Builder:
-    kernel, widths, pools = CBR_CONFIGS[cfg_name]
+@dataclass(frozen=True)
+class WidthsAbove:
+    """``stage_widths`` for "every block stage above ``stage``, × ``width``" (what ``slim`` asks).
 
-    def build(*, spatial_dims: int, in_channels: int, num_classes: int, drop_rate: float = 0.0):
+    The builder resolves it against its own stages, so one value serves every model:
+    ``WidthsAbove("block2", 0.5)`` is ``{"block3": 0.5}`` for ``cbr_small`` and
+    ``{"block3": 0.5, "block4": 0.5}`` for ``resnet50``. ``label`` names the request in errors.
+    """
+
+    stage: str
+    width: float
+    label: str = ""
+
+    def resolve(self, model: str, stages: list[str]) -> dict[str, float]:
+        """``{s: width}`` for the stages after ``stage`` in ``stages`` (head excluded).
+
+        Raises:
+            ConfigError: ``stage`` is not one of ``stages``.
+        """
+        if self.stage not in stages:
+            what = self.label or f"widths above {self.stage!r}"
+            raise ConfigError(f"{what}: {self.stage!r} is not a stage of {model} that can be kept; "
+                              f"stages are {', '.join(stages)} (the head is always replaced)")
+        return {s: self.width for s in stages[stages.index(self.stage) + 1:]}
+
+
+def scaled_width(channels: int, multiplier: float) -> int:
+    """``channels × multiplier`` rounded half up, at least 1."""
+    return max(1, math.floor(channels * multiplier + 0.5))
+
+
+def resolve_stage_widths(stage_widths: Mapping[str, float] | WidthsAbove | None, *, model: str,
+                         stages: list[str], scalable: list[str]) -> dict[str, float]:
+    """Validate a builder's ``stage_widths`` → ``{stage: multiplier}`` (only stages ≠ 1×).
+
+    Args:
+        stages: the model's stages without the head, in order.
+        scalable: the stages whose width this builder can change.
+
+    Raises:
+        ModelError: unknown / unscalable stage (naming the valid ones) or a multiplier ≤ 0.
+    """
+    if stage_widths is None:
+        return {}
+    if isinstance(stage_widths, WidthsAbove):
+        stage_widths = stage_widths.resolve(model, stages)
+    if not isinstance(stage_widths, Mapping):
+        raise ModelError(f"stage_widths must map stage names to multipliers, e.g. {{'block3': 0.5}}; "
+                         f"got {type(stage_widths).__name__}")
+    out = {}
+    for s, w in stage_widths.items():
+        if s not in scalable:
+            raise ModelError(f"stage_widths: {model} has no stage {s!r} whose width can be "
+                             f"changed; valid stages are {', '.join(scalable)}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ModelError(f"stage_widths[{s!r}]={w!r} must be a number > 0")
+        if w != 1:
+            out[s] = float(w)
+    return out
+
+
+def _cbr_builder(cfg_name: str) -> Builder:
+    kernel, base_widths, pools = CBR_CONFIGS[cfg_name]
+    names = ["stem"] + [f"block{i}" for i in range(1, len(base_widths))]
+
+    def build(*, spatial_dims: int, in_channels: int, num_classes: int, drop_rate: float = 0.0,
+              stage_widths: Mapping[str, float] | WidthsAbove | None = None):
+        mult = resolve_stage_widths(stage_widths, model=cfg_name, stages=names, scalable=names)
+        widths = tuple(scaled_width(c, mult.get(n, 1.0)) for n, c in zip(names, base_widths))
         model = CBR(widths=widths, kernel=kernel, pools=pools, spatial_dims=spatial_dims,
                     in_channels=in_channels, num_classes=num_classes, drop_rate=drop_rate)
         groups = [(n, (n,), n) for n in model.block_names] + [("head", ("fc",), "fc")]

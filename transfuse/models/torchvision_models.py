@@ -3,14 +3,22 @@
 Parameter names are torchvision's own, so torchvision checkpoints load unchanged. For an input
 with other than 3 channels the first convolution is rebuilt with ``in_channels`` inputs (weights
 for it are adapted by the init strategies, not here).
+
+ResNets take ``stage_widths`` (``{"block3": 0.5}``, see :func:`~transfuse.models.create_model`):
+``layerN`` of each listed stage is rebuilt by torchvision's own ``ResNet._make_layer`` with
+``planes × multiplier``; the stages after the first rebuilt one are rebuilt too (their inputs
+change) and ``fc`` takes the new feature width. Rebuilt layers get torchvision's init (He-normal,
+fan-out convs; BatchNorm 1/0).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import nn
 from torchvision import models as tvm
 
-from .registry import register_model
+from .registry import WidthsAbove, register_model, resolve_stage_widths, scaled_width
 
 __all__: list[str] = []
 
@@ -22,9 +30,35 @@ def _replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
                      conv.padding, bias=conv.bias is not None)
 
 
+_RESNET_PLANES = (64, 128, 256, 512)  # planes of layer1..layer4 in torchvision's ResNet
+_RESNET_STAGES = ["stem", "block1", "block2", "block3", "block4"]
+
+
+def _rewiden(model: tvm.ResNet, mult: dict[str, float], num_classes: int) -> None:
+    """Rebuild ``layerN`` (N ≥ the first stage in ``mult``) with scaled planes, and ``fc``."""
+    first = min(int(s[5:]) for s in mult)
+    block = type(model.layer1[0])
+    model.inplanes = 64 if first == 1 else _RESNET_PLANES[first - 2] * block.expansion
+    model.dilation = 1
+    for i in range(first, 5):
+        planes = scaled_width(_RESNET_PLANES[i - 1], mult.get(f"block{i}", 1.0))
+        n_blocks = len(getattr(model, f"layer{i}"))
+        layer = model._make_layer(block, planes, n_blocks, stride=1 if i == 1 else 2)
+        for m in layer.modules():  # torchvision's ResNet init (BatchNorm defaults are 1 / 0)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        setattr(model, f"layer{i}", layer)
+    model.fc = nn.Linear(model.inplanes, num_classes)
+
+
 def _resnet(fn):
-    def build(*, spatial_dims: int, in_channels: int, num_classes: int, drop_rate: float = 0.0):
+    def build(*, spatial_dims: int, in_channels: int, num_classes: int, drop_rate: float = 0.0,
+              stage_widths: Mapping[str, float] | WidthsAbove | None = None):
+        mult = resolve_stage_widths(stage_widths, model=fn.__name__, stages=_RESNET_STAGES,
+                                    scalable=_RESNET_STAGES[1:])
         model = fn(weights=None, num_classes=num_classes)
+        if mult:
+            _rewiden(model, mult, num_classes)
         model.conv1 = _replace_first_conv(model.conv1, in_channels)
         if drop_rate:
             model.fc = nn.Sequential(nn.Dropout(drop_rate), model.fc)
