@@ -90,13 +90,15 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
             actions[k] = a
         remaining -= set(done)
 
-    model.load_state_dict(state, strict=True)
+    # Copy only what a strategy set; every other tensor is the model's own, unchanged.
+    result = model.load_state_dict({k: state[k] for k in actions}, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
     kinds = probe.key_kind
     records = []
     for k, v in state.items():
         a = actions.get(k, Action("default"))
         mb, sb = before[k]
-        ma, sa = _stats(v)
+        ma, sa = _stats(v) if k in actions else (mb, sb)  # default: after == before
         records.append(TensorRecord(key=k, stage=probe.key_stage[k], kind=kinds[k],
                                     shape=tuple(v.shape), action=a.action, mean_before=mb,
                                     std_before=sb, mean_after=ma, std_after=sa, note=a.note))
