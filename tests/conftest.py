@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 MEDMNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 
@@ -109,3 +110,12 @@ def write_medmnist_npz(path: Path, *, n: Sequence[int] = (12, 4, 4), shape: Sequ
 def make_npz() -> Callable[..., Path]:
     """``make_npz(path, **kw) -> path``; see write_medmnist_npz."""
     return write_medmnist_npz
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op thread for a module of tiny-tensor tests: faster, and immune to oversubscribed CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -56,12 +56,8 @@ def _loader(spec: DataSpec, arg: str) -> RawData:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscribed CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread_module):
+    """Tiny tensors: run this module with one intra-op thread (see conftest)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
