@@ -18,7 +18,7 @@ Every split yields ``(image, target, mask)``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,32 +302,6 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.images[i], self.targets[i], self.mask[i]
-
-
-class FileDataset(Dataset):
-    """File-backed split: each item is read, converted and normalised on access.
-
-    Args:
-        paths: absolute image paths.
-        targets: ``(N,)`` int64 or ``(N, K)`` float32.
-        mask: same leading shape as ``targets``.
-        read: ``path -> float32 tensor (C, *spatial)`` in 0–1, already resized/converted.
-        mean: per-channel mean ``(C,)``.
-        std: per-channel std ``(C,)``.
-    """
-
-    def __init__(self, paths: Sequence[str], targets: torch.Tensor, mask: torch.Tensor,
-                 read: Callable[[str], torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.paths, self.targets, self.mask, self.read = list(paths), targets, mask, read
-        self.mean, self.std = mean, std
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.read(self.paths[i])
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return (x - self.mean.view(shape)) / self.std.view(shape), self.targets[i], self.mask[i]
 
 
 @dataclass

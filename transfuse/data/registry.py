@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._registry import Registry
@@ -177,7 +176,3 @@ def load_dataset(spec: DataSpec | str, *,
     if raw.prepared is not None:
         return raw.prepared(spec)
     return prepare(raw, spec, norm=norm)
-
-
-def as_numpy_labels(t: torch.Tensor) -> np.ndarray:
-    return t.numpy()

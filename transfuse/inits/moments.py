@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
 from .adapt import Aligned, require
 from .base import Action, InitContext, register_init
-from .strategies import WEIGHT_KINDS, meanvar_tensor
+from .strategies import WEIGHT_KINDS, _no_arg, meanvar_tensor
 
 __all__ = ["permute_tensor", "covariance_tensor", "filter_moments"]
 
@@ -81,11 +80,6 @@ def covariance_tensor(like: torch.Tensor, ref: torch.Tensor, generator: torch.Ge
 def _keys(state: StateDict, ctx: InitContext) -> list[str]:
     return [k for k in state if k in ctx.eligible and ctx.key_kind[k] in WEIGHT_KINDS
             and k not in ctx.classifier]
-
-
-def _no_arg(name: str, ctx: InitContext) -> None:
-    if ctx.arg is not None:
-        raise ConfigError(f"init {name} takes no argument, got {ctx.arg!r}")
 
 
 @register_init("moments", needs_source=True,
