@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (see README):
-#   make demo   install, then train CBR-Small and ResNet-18 on the built-in brain-MRI data (offline)
+#   make demo   install, then run the quickstart study on built-in real data and write its report (offline)
 #   make test   install, then run the test suite (offline)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,18 +15,15 @@ $(BIN)/python:
 
 # spm-runtime ships SPM's templates inside a zip; its own dependencies are not needed (--no-deps).
 $(STAMP): pyproject.toml $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	$(BIN)/pip install --quiet --no-deps "spm-runtime>=25"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/transfuse train --dataset builtin:brain_tissue --model cbr_small --steps 300 \
-	    --eval-every 50 --lr 0.02 --seed 0 --workspace $(WS)
-	$(BIN)/transfuse train --dataset builtin:brain_tissue --model resnet18 --steps 300 \
-	    --eval-every 50 --lr 0.02 --seed 0 --workspace $(WS)
-	$(BIN)/transfuse runs list --workspace $(WS)
+	$(BIN)/transfuse study run examples/quickstart.yaml --workspace $(WS) --workers 2 --report
+	$(BIN)/transfuse runs list --workspace $(WS) --study quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -117,3 +117,66 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
     for snap in snapshots:  # whatever had finished before a kill is unchanged
         for rid, metrics in snap.items():
             assert store.final_metrics(rid) == metrics
+
+
+LINKED = """
+name: linked
+pretrain:
+  mod: {data: {name: "builtin:modality", n_train: 48}, model: {name: cbr_tiny},
+        train: {steps: 3, eval_every: 3, batch_size: 16}}
+base:
+  data: {name: "builtin:brain_tissue", n_train: 48}
+  model: {name: cbr_tiny}
+  train: {steps: 3, eval_every: 3, batch_size: 16}
+grid:
+  arch:
+    - {model.name: cbr_tiny, init.source: "pretrain:mod"}
+    - {model.name: cbr_small, init.source: "file:/nowhere.pt"}
+  init.name: [random, pretrained, gabor]
+exclude:
+  - {model.name: cbr_small, init.name: pretrained}
+"""
+
+
+def test_linked_axes_exclude_and_pretrain_sources(tmp_path):
+    from transfuse.study.spec import pretrain_specs
+
+    study = load_study(write(tmp_path, LINKED))
+    pre = pretrain_specs(study)
+    assert list(pre) == ["mod"] and pre["mod"].study == "linked-pretrain"
+    cells = [(s.model.name, s.init.name, s.init.source) for s in expand(study)]
+    assert cells == [
+        ("cbr_tiny", "random", None),  # no pretrained weights used: the source is dropped
+        ("cbr_tiny", "pretrained", f"run:{run_id(pre['mod'])}"),
+        ("cbr_tiny", "gabor", None),
+        ("cbr_small", "random", None),  # cbr_small × pretrained excluded
+        ("cbr_small", "gabor", None)]
+
+
+def test_pretrain_runs_first_and_feeds_the_grid(tmp_path):
+    text = LINKED.replace('    - {model.name: cbr_small, init.source: "file:/nowhere.pt"}\n', "")
+    study = load_study(write(tmp_path, text))
+    out = run_study(study, workspace=tmp_path / "ws", progress=False)
+    assert out.ok and out.total == 4 and len(out.finished) == 4
+    store = Store(tmp_path / "ws")
+    assert [r.study for r in store.list_runs()][0] == "linked-pretrain"
+    (pre,) = store.list_runs(study="linked-pretrain")
+    (pt,) = [r for r in store.list_runs(study="linked") if r.spec["init"]["name"] == "pretrained"]
+    assert pt.init_report["source_info"]["name"] == f"run:{pre.run_id}"
+    assert store.get_results("study", study="linked")["linked"]["auc_thresholds"] == [0.8, 0.9]
+
+
+def test_bad_pretrain_reference_names_the_cell(tmp_path):
+    text = LINKED.replace('init.source: "pretrain:mod"', 'init.source: "pretrain:moo"')
+    with pytest.raises(ConfigError, match=r"init.source 'pretrain:moo' names no entry of pretrain \(have: mod\)"):
+        load_study(write(tmp_path, text))
+
+
+def test_ray_executor_runs_the_study(tmp_path):
+    pytest.importorskip("ray")
+    study = load_study(write(tmp_path, TINY))
+    out = run_study(study, workspace=tmp_path / "ws", workers=2, executor="ray", progress=False)
+    assert out.ok and len(out.finished) == 4
+    again = run_study(study, workspace=tmp_path / "ws", workers=2, executor="ray", progress=False)
+    assert again.finished == [] and len(again.skipped) == 4  # nothing submitted to Ray twice
+    assert all(r.status == "finished" for r in Store(tmp_path / "ws").list_runs())

@@ -197,7 +197,21 @@ def _study(a: argparse.Namespace) -> int:
     for rid, msg in out.failed.items():
         print(f"  run {rid} failed: {msg}", file=sys.stderr)
     print(f"  results in {Path(a.workspace) / 'transfuse.db'}")
+    if getattr(a, "report", None) is not None:
+        from .report.study import build_report
+
+        dest = a.report or str(Path(a.workspace) / f"report-{out.study}.html")
+        print(f"report: {build_report(workspace=a.workspace, study=out.study, out=dest).resolve()}")
     return 0 if out.ok else 1
+
+
+def _report(a: argparse.Namespace) -> int:
+    from .report.study import build_report
+
+    out = a.output or str(Path(a.workspace) / f"report-{a.study}.html")
+    path = build_report(workspace=a.workspace, study=a.study, out=out)
+    print(f"report: {path.resolve()}")
+    return 0
 
 
 def _runs(a: argparse.Namespace) -> int:
@@ -258,8 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
             q.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
             q.add_argument("--no-progress", action="store_true")
+            q.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
+                           help="then write the study report (default WORKSPACE/report-STUDY.html)")
         else:
             q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+    rep = sub.add_parser("report", help="write a study's self-contained HTML report")
+    rep.add_argument("workspace", help="the workspace the study ran in")
+    rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
+    rep.add_argument("-o", "--output", default=None, help="HTML file (default WORKSPACE/report-STUDY.html)")
     runs = sub.add_parser("runs", help="inspect stored runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
     for name in ("list", "show", "export"):
@@ -283,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on usage errors already
         return int(e.code or 0)
     handlers = {"train": _train, "datasets": _datasets, "models": _models, "inits": _inits,
-                "study": _study, "runs": _runs}
+                "study": _study, "runs": _runs, "report": _report}
     try:
         return handlers[a.cmd](a)
     except TransfuseError as e:

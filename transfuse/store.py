@@ -6,6 +6,9 @@ Tables:
   (``running`` / ``finished`` / ``failed``), timings, environment, dataset and model info, the
   init report and the run folder (``<workspace>/runs/<run_id>/`` with the checkpoints).
 - ``metrics``: ``(run_id, step, split, name, value)``.
+- ``results``: derived results of later stages (representation analysis, self-training lineage,
+  …) as ``(kind, key) → JSON payload``, tagged with a study and/or run. They are recomputable from
+  the runs, so they may be replaced; runs and metrics never are.
 
 Guarantees, enforced by the database itself (triggers), not only by this module:
 
@@ -63,6 +66,15 @@ CREATE TABLE IF NOT EXISTS metrics (
     name TEXT NOT NULL,
     value REAL,
     PRIMARY KEY (run_id, step, split, name)
+);
+CREATE TABLE IF NOT EXISTS results (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    study TEXT,
+    run_id TEXT,
+    payload TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (kind, key)
 );
 CREATE TRIGGER IF NOT EXISTS finished_runs_are_final BEFORE UPDATE ON runs
     WHEN OLD.status = 'finished'
@@ -267,6 +279,28 @@ class Store:
         with self._tx() as con:
             con.execute("UPDATE runs SET status='failed', finished=?, error=? "
                         "WHERE run_id=? AND status != 'finished'", (time.time(), error, run_id))
+
+    def put_result(self, kind: str, key: str, payload: Any, *, study: str | None = None,
+                   run_id: str | None = None) -> None:
+        """Store (or replace) a derived result ``(kind, key)`` — one transaction."""
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO results (kind, key, study, run_id, payload, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (kind, key, study, run_id, _dumps(payload), time.time()))
+
+    def get_results(self, kind: str, *, study: str | None = None,
+                    run_id: str | None = None) -> dict[str, Any]:
+        """Derived results of one kind as ``{key: payload}``, optionally filtered, oldest first."""
+        q, args = "SELECT key, payload FROM results WHERE kind = ?", [kind]
+        if study is not None:
+            q += " AND study = ?"
+            args.append(study)
+        if run_id is not None:
+            q += " AND run_id = ?"
+            args.append(run_id)
+        with self._connect() as con:
+            rows = con.execute(q + " ORDER BY created, key", args).fetchall()
+        return {k: json.loads(p) for k, p in rows}
 
     # -- reading --------------------------------------------------------------------------------
     def _record(self, row: sqlite3.Row) -> RunRecord:

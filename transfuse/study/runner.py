@@ -21,7 +21,7 @@ from typing import Any
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
 from ..store import Store
-from .spec import StudySpec, expand
+from .spec import StudySpec, expand, pretrain_specs
 
 __all__ = ["run_study", "study_status", "StudyOutcome", "RunTask"]
 
@@ -138,22 +138,25 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
         raise ConfigError(f"executor {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
+    pre = list(pretrain_specs(study, smoke=smoke).values())
     specs = expand(study, smoke=smoke)
     store = Store(workspace)
-    ids = [run_id(s) for s in specs]
+    name = specs[0].study or study.name
+    store.put_result("study", name, {
+        "name": name, "description": study.description, "path": study.path,
+        "auc_thresholds": list(study.auc_thresholds),
+        "relative_thresholds": list(study.relative_thresholds),
+        "grid": {k: [str(x) for x in v] for k, v in study.grid.items()}, "smoke": smoke}, study=name)
     done = {r.run_id for r in store.list_runs(status="finished")}
-    outcome = StudyOutcome(study=specs[0].study or study.name, total=len(specs))
-    outcome.skipped = [i for i in ids if i in done]
-    todo = [s for s, i in zip(specs, ids) if i not in done]
+    outcome = StudyOutcome(study=name, total=len(specs) + len(pre))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    tasks = [RunTask(s.to_dict(), str(workspace), device, threads) for s in todo]
 
     import sys
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(specs), initial=len(outcome.skipped), desc=f"study {outcome.study}",
-               unit="run", disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    bar = tqdm(total=outcome.total, desc=f"study {outcome.study}", unit="run", disable=not progress,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
     def on_done(res: tuple[str, str, str]) -> None:
         rid, what, msg = res
@@ -165,10 +168,22 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
         bar.set_postfix(failed=len(outcome.failed), refresh=False)
 
     try:
-        if executor == "ray":
-            _ray(tasks, workers, address, on_done)
-        else:
-            _local(tasks, workers, on_done)
+        # Stage 1: the study's own pretraining runs (sources of stage 2); stage 2: the grid.
+        for stage in (pre, specs):
+            ids = [run_id(s) for s in stage]
+            skipped = [i for i in ids if i in done]
+            outcome.skipped += skipped
+            bar.update(len(skipped))
+            tasks = [RunTask(s.to_dict(), str(workspace), device, threads)
+                     for s, i in zip(stage, ids) if i not in done]
+            if stage is specs and pre and outcome.failed:
+                break  # a failed pretraining run leaves stage 2 without its source
+            if not tasks:
+                continue
+            if executor == "ray":
+                _ray(tasks, workers, address, on_done)
+            else:
+                _local(tasks, workers, on_done)
     finally:
         bar.close()
     return outcome
@@ -176,7 +191,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
 
 def study_status(study: StudySpec, *, workspace: str | Path, smoke: bool = False) -> list[tuple[RunSpec, str, str]]:
     """``(spec, run_id, status)`` for every run of the study (``missing`` if never started)."""
-    specs = expand(study, smoke=smoke)
+    specs = [*pretrain_specs(study, smoke=smoke).values(), *expand(study, smoke=smoke)]
     ws = Path(workspace)
     statuses = {}
     if (ws / "transfuse.db").is_file():

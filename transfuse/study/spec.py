@@ -12,11 +12,22 @@
       init: [random, {name: meanvar, source: imagenet:efficientnet_lite0}]
       data.n_train: [200, 1000]
       seed: [0, 1, 2]
+      arch:                        # a named axis of mappings sets several keys together
+        - {model.name: cbr_small, init.source: "pretrain:cbr"}
+        - {model.name: "timm:efficientnet_lite0", init.source: "imagenet:efficientnet_lite0"}
+    exclude:                       # drop cells matching every key of one entry
+      - {model.name: "timm:efficientnet_lite0", init.name: slim}
+    pretrain:                      # our own pretraining: runs done first, used as "pretrain:<name>"
+      cbr: {data: {name: "medmnist:pneumoniamnist@28"}, model: {name: cbr_small}}
     evaluation:
       auc_thresholds: [0.8, 0.9]   # steps to reach each AUC (absolute)
       relative_thresholds: [0.9, 0.95]  # … and each fraction of the run's final AUC
     smoke:                         # dotted overrides for --smoke (defaults shown in SMOKE)
       train.steps: 4
+
+An init that uses no pretrained weights (``random``, ``gabor``…) drops ``init.source``, so a
+source axis does not repeat identical random runs. Pretraining runs are stored under the study
+name ``<name>-pretrain``.
 
 Every error names the file and the dotted key. ``--smoke`` shrinks any study to a sub-minute CPU
 run: the first seed and the smallest training set only, a few steps on at most 64 examples,
@@ -36,9 +47,9 @@ import yaml
 from ..config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, spec_from_dict
 from ..errors import ConfigError
 
-__all__ = ["StudySpec", "load_study", "expand", "SMOKE"]
+__all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "SMOKE"]
 
-TOP_KEYS = ("name", "description", "base", "grid", "evaluation", "smoke")
+TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke")
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
 RUN_KEYS = ("seed",)
@@ -68,6 +79,8 @@ class StudySpec:
     smoke: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     path: str = ""
+    exclude: tuple[dict[str, Any], ...] = ()
+    pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _check_path(dotted: str, where: str) -> None:
@@ -126,9 +139,28 @@ def load_study(path: str | Path) -> StudySpec:
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: grid must be a mapping of dotted keys to lists")
     for k, v in grid.items():
-        _check_path(str(k), f"{path}: grid")
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{path}: grid.{k} must be a non-empty list")
+        if _is_linked(str(k), v):
+            for item in v:
+                for kk in item:
+                    _check_path(str(kk), f"{path}: grid.{k}")
+        else:
+            _check_path(str(k), f"{path}: grid")
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        raise ConfigError(f"{path}: exclude must be a list of mappings of dotted keys to values")
+    for e in exclude:
+        for kk in e:
+            _check_path(str(kk), f"{path}: exclude")
+    pretrain = raw.get("pretrain") or {}
+    if not isinstance(pretrain, dict) or not all(isinstance(v, dict) for v in pretrain.values()):
+        raise ConfigError(f"{path}: pretrain must map names to run specs (data, model, init, train)")
+    for pname, pspec in pretrain.items():
+        try:
+            spec_from_dict({**copy.deepcopy(pspec), "study": "x"})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: pretrain.{pname}: {e}") from None
     ev = raw.get("evaluation") or {}
     bad = sorted(set(ev) - set(EVAL_KEYS))
     if bad:
@@ -148,13 +180,72 @@ def load_study(path: str | Path) -> StudySpec:
         _check_path(str(k), f"{path}: smoke")
     study = StudySpec(name=name.strip(), base=base, grid={str(k): list(v) for k, v in grid.items()},
                       smoke=dict(smoke), description=str(raw.get("description", "")),
-                      path=str(path), **thr)
+                      path=str(path), exclude=tuple(dict(e) for e in exclude),
+                      pretrain={str(k): dict(v) for k, v in pretrain.items()}, **thr)
     expand(study)  # validate every cell now, with the file named in errors
     return study
 
 
+def _is_linked(key: str, values: list[Any]) -> bool:
+    """A linked axis: a name that is no run key, whose values are mappings of dotted keys."""
+    head = key.split(".")[0]
+    return head not in SECTIONS and head not in RUN_KEYS and all(isinstance(v, dict) for v in values)
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for p in dotted.split("."):
+        if not isinstance(cur, dict) or p not in cur:
+            return None
+        cur = cur[p]
+    return cur
+
+
+def _excluded(d: dict[str, Any], exclude: tuple[dict[str, Any], ...]) -> bool:
+    for e in exclude:
+        if all((_get(d, k)["name"] if k == "init" and isinstance(_get(d, k), dict) else _get(d, k)) == v
+               for k, v in e.items()):
+            return True
+    return False
+
+
+def pretrain_specs(study: StudySpec, *, smoke: bool = False) -> dict[str, RunSpec]:
+    """The study's pretraining runs by name (stored under ``<name>-pretrain``)."""
+    out = {}
+    for pname, pspec in study.pretrain.items():
+        d = copy.deepcopy(pspec)
+        if smoke:
+            for k, v in {**SMOKE, **study.smoke}.items():
+                _smoke_set(d, k, v)
+        d["study"] = f"{study.name}-smoke-pretrain" if smoke else f"{study.name}-pretrain"
+        try:
+            out[pname] = spec_from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{study.path or study.name}: pretrain.{pname}: {e}") from None
+    return out
+
+
+def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
+    from ..inits import INITS, parse_init
+
+    init = d.get("init") or {}
+    src = init.get("source")
+    if isinstance(src, str) and src.startswith("pretrain:"):
+        name = src.split(":", 1)[1]
+        if name not in pre:
+            raise ConfigError(f"{where}: init.source {src!r} names no entry of pretrain "
+                              f"(have: {', '.join(pre) or 'none'})")
+        init["source"] = pre[name]
+    try:
+        needs = any(INITS.get(n).meta["needs_source"] for n, _ in parse_init(init.get("name", "random")))
+    except ConfigError:
+        return  # an unknown init: spec validation reports it
+    if not needs and src is not None:
+        init["source"] = None  # random/gabor runs do not depend on the source axis
+
+
 def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
-    """The study's runs, in grid order (later axes vary fastest); duplicates removed.
+    """The study's runs, in grid order (later axes vary fastest); duplicates and excluded cells removed.
 
     Args:
         study: the parsed study.
@@ -163,28 +254,41 @@ def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
     Raises:
         ConfigError: a cell is not a valid run spec (names the file, cell and key).
     """
+    from ..config import run_id
+
     axes = list(study.grid.items())
     if smoke:
         axes = [(k, _smoke_axis(k, v)) for k, v in axes]
     name = f"{study.name}-smoke" if smoke else study.name
+    pre = {k: f"run:{run_id(v)}" for k, v in pretrain_specs(study, smoke=smoke).items()}
     out, seen = [], set()
     for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
         d = copy.deepcopy(study.base)
-        for (k, _), v in zip(axes, combo):
-            _set(d, k, v)
+        for (k, vals), v in zip(axes, combo):
+            if _is_linked(k, vals):
+                for kk, vv in v.items():
+                    _set(d, kk, vv)
+            else:
+                _set(d, k, v)
+        if _excluded(d, study.exclude):
+            continue
         if smoke:
             for k, v in {**SMOKE, **study.smoke}.items():
                 _smoke_set(d, k, v)
         d["study"] = name
-        where = ", ".join(f"{k}={v}" for (k, _), v in zip(axes, combo)) or "base"
+        where = f"{study.path or study.name}: grid cell [" + (", ".join(
+            f"{k}={v}" for (k, _), v in zip(axes, combo)) or "base") + "]"
+        _resolve_source(d, pre, where)
         try:
             spec = spec_from_dict(d)
         except ConfigError as e:
-            raise ConfigError(f"{study.path or study.name}: grid cell [{where}]: {e}") from None
+            raise ConfigError(f"{where}: {e}") from None
         key = spec.to_json()
         if key not in seen:
             seen.add(key)
             out.append(spec)
+    if not out:
+        raise ConfigError(f"{study.path or study.name}: exclude removes every cell of the grid")
     return out
 
 

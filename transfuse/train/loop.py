@@ -244,7 +244,9 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         raw_model.load_state_dict(best_state)
     test_metrics, test_probs = evaluate(model, test_loader, data=data, device=dev, amp=spec.amp)
     if run_dir is not None and main:
-        targets = torch.stack([data.test[i][1] for i in range(len(data.test))]).numpy()
-        np.savez(run_dir / "test_predictions.npz", probs=test_probs, targets=targets)
+        items = [data.test[i] for i in range(len(data.test))]
+        np.savez(run_dir / "test_predictions.npz", probs=test_probs,
+                 targets=torch.stack([it[1] for it in items]).numpy(),
+                 masks=torch.stack([torch.as_tensor(it[2]) for it in items]).numpy())
     return FitResult(test=test_metrics, best_step=best_step, steps=total, history=history,
                      train_seconds=seconds, examples_per_second=seen * dist_info.world_size / seconds)

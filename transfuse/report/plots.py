@@ -1,0 +1,186 @@
+"""The study report's figures (matplotlib, Agg backend): curves, bars, size plot, filter grids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..study.results import StudyResults
+from .html import esc, figure_img, new_figure
+
+__all__ = ["curves_figure", "steps_figure", "size_figure", "conv1_section", "filter_grid",
+           "first_conv_weight"]
+
+
+def _colors(names: list[str]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def curves_figure(res: StudyResults):
+    """Validation score vs step for each model (largest training-set size), one line per init."""
+    size = res.sizes[-1]
+    models = res.models
+    fig, axes = new_figure(width=min(4.2 * len(models), 13), height=3.4, ncols=len(models))
+    col = _colors(res.inits)
+    for ax, model in zip(axes[0], models):
+        for init in res.inits:
+            cell = res.cell(model, init, size)
+            if cell is None:
+                continue
+            steps = sorted({s for r in cell.runs for s in r.curve_steps})
+            ys = np.array([[dict(zip(r.curve_steps, r.curve)).get(s) for s in steps] for r in cell.runs],
+                          dtype=np.float64)  # None → nan
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(ys, 0)
+            ax.plot(steps, mean, label=init, color=col[init], lw=1.6)
+            if len(cell.runs) > 1:
+                ax.fill_between(steps, np.nanmin(ys, 0), np.nanmax(ys, 0), color=col[init], alpha=0.15)
+        ax.set_title(f"{model} (n_train={size})", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"validation {res.metric}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def steps_figure(res: StudyResults):
+    """Mean steps to each absolute threshold per init (error bar: sd); ✗ marks never reached."""
+    size = res.sizes[-1]
+    models = res.models
+    fig, axes = new_figure(width=min(4.2 * len(models), 13), height=3.4, ncols=len(models))
+    col = _colors(res.inits)
+    w = 0.8 / max(len(res.inits), 1)
+    for ax, model in zip(axes[0], models):
+        for j, init in enumerate(res.inits):
+            cell = res.cell(model, init, size)
+            if cell is None:
+                continue
+            for i, t in enumerate(res.thresholds):
+                s = cell.steps_abs[t]
+                x = i + (j - (len(res.inits) - 1) / 2) * w
+                if s is None:
+                    ax.text(x, 0, "✗", ha="center", va="bottom", color=col[init], fontsize=9)
+                    continue
+                ax.bar(x, s.mean, width=w, color=col[init], yerr=s.sd or 0,
+                       label=init if i == 0 else None, capsize=2)
+        ax.set_xticks(range(len(res.thresholds)), [f"{res.metric} ≥ {t:g}" for t in res.thresholds])
+        ax.set_title(f"{model} (n_train={size})", fontsize=9)
+        ax.set_ylabel("steps")
+        ax.grid(alpha=0.3, axis="y")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def size_figure(res: StudyResults):
+    """Test score vs training-set size, one line per init (error bar: 95 % CI)."""
+    models = res.models
+    fig, axes = new_figure(width=min(4.2 * len(models), 13), height=3.4, ncols=len(models))
+    col = _colors(res.inits)
+    xs = list(range(len(res.sizes)))
+    for ax, model in zip(axes[0], models):
+        for init in res.inits:
+            pts = [(x, res.cell(model, init, s)) for x, s in zip(xs, res.sizes)]
+            pts = [(x, c.final) for x, c in pts if c is not None and c.final is not None]
+            if not pts:
+                continue
+            m = [f.mean for _, f in pts]
+            err = [[f.mean - (f.ci_low if f.ci_low is not None else f.mean) for _, f in pts],
+                   [(f.ci_high if f.ci_high is not None else f.mean) - f.mean for _, f in pts]]
+            ax.errorbar([x for x, _ in pts], m, yerr=err, label=init, color=col[init], marker="o",
+                        capsize=3, lw=1.4)
+        ax.set_xticks(xs, res.sizes)
+        ax.set_xlabel("n_train")
+        ax.set_ylabel(f"test {res.metric}")
+        ax.set_title(model, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def first_conv_weight(state: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor] | None:
+    """The first convolution weight (4D or 5D) in state-dict order, with its key."""
+    for k, v in state.items():
+        if k.endswith("weight") and v.ndim in (4, 5):
+            return k, v
+    return None
+
+
+def filter_grid(w: torch.Tensor, *, max_filters: int = 32) -> np.ndarray:
+    """Tile conv filters ``(O, I, kh, kw)`` or ``(O, I, kd, kh, kw)`` into one image.
+
+    3D filters show their middle depth slice; 3 input channels show as RGB, others as the mean
+    over inputs (grayscale). Each filter is min-max scaled on its own.
+
+    Returns:
+        ``(H, W, 3)`` float array in [0, 1].
+    """
+    w = w.detach().float().cpu()
+    if w.ndim == 5:
+        w = w[:, :, w.shape[2] // 2]
+    w = w[:max_filters]
+    if w.shape[1] != 3:
+        w = w.mean(1, keepdim=True).repeat(1, 3, 1, 1)
+    o, _, kh, kw = w.shape
+    cols = int(math.ceil(math.sqrt(o)))
+    rows = int(math.ceil(o / cols))
+    pad = 1
+    grid = np.ones((rows * (kh + pad) + pad, cols * (kw + pad) + pad, 3), dtype=np.float32)
+    for i in range(o):
+        f = w[i].permute(1, 2, 0).numpy()
+        lo, hi = f.min(), f.max()
+        f = (f - lo) / (hi - lo) if hi > lo else np.full_like(f, 0.5)
+        r, c = divmod(i, cols)
+        grid[pad + r * (kh + pad): pad + r * (kh + pad) + kh, pad + c * (kw + pad): pad + c * (kw + pad) + kw] = f
+    return grid
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    return ck.get("state_dict", ck) if isinstance(ck, dict) else None
+
+
+def conv1_section(res: StudyResults, *, max_inits: int = 8) -> str:
+    """Filter grids at initialisation and after training (best checkpoint), per init.
+
+    One model (the first with a convolutional stem), the largest size, the lowest seed.
+    """
+    size = res.sizes[-1]
+    html = ""
+    for model in res.models:
+        pairs = []
+        for init in res.inits[:max_inits]:
+            cell = res.cell(model, init, size)
+            if cell is None or not cell.runs[0].run_dir:
+                continue
+            d = Path(cell.runs[0].run_dir)
+            s0, s1 = _load_state(d / "init.pt"), _load_state(d / "best.pt")
+            if s0 is None or s1 is None:
+                continue
+            w0, w1 = first_conv_weight(s0), first_conv_weight(s1)
+            if w0 is None or w1 is None:
+                continue
+            pairs.append((init, w0, w1, cell.runs[0].seed))
+        if not pairs:
+            continue
+        fig, axes = new_figure(width=2.0 * len(pairs) + 0.5, height=4.4, ncols=len(pairs), nrows=2)
+        for j, (init, (k0, w0), (_, w1), seed) in enumerate(pairs):
+            for i, (w, when) in enumerate(((w0, "init"), (w1, "trained"))):
+                ax = axes[i][j]
+                ax.imshow(filter_grid(w), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(f"{init}\n{when}" if i == 0 else when, fontsize=8)
+        html += figure_img(fig, alt=f"{model}: first-layer filters ({k0}) at initialisation (top) "
+                                    f"and after training (bottom), lowest seed ({seed}), n_train={size}")
+        html += f"<p>{esc(model)}: {len(pairs)} inits shown.</p>"
+        break
+    return html
