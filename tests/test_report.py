@@ -115,3 +115,16 @@ def test_report_cli_and_errors(study_ws, tmp_path, capsys):
     assert len(err) == 1 and "no runs of study 'nope'" in err[0] and "syn" in err[0]
     assert main(["report", str(tmp_path / "empty"), "--study", "syn"]) == 2
     assert "no run store" in capsys.readouterr().err
+
+
+def test_recommendations_follow_the_statistics(study_ws, tmp_path):
+    from transfuse.report.study import recommendations
+
+    (rec,) = recommendations(load_results(Store(study_ws), "syn"))
+    assert rec.startswith("[cbr_tiny, n_train=full] Use meanvar: it beat random by 0.053")
+    store = Store(tmp_path / "other")
+    for seed, (a, b) in enumerate([(0.80, 0.81), (0.82, 0.80), (0.79, 0.80)]):
+        _add_run(store, init="random", seed=seed, test_auc=a, curve=[0.5, 0.6, 0.7, 0.75, 0.8], dataset="d")
+        _add_run(store, init="pretrained", seed=seed, test_auc=b, curve=[0.5, 0.6, 0.7, 0.75, 0.8], dataset="d")
+    (rec,) = recommendations(load_results(store, "syn"))
+    assert "No init beat random significantly" in rec and "highest mean: random, 0.803" in rec

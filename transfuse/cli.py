@@ -186,7 +186,7 @@ def _study(a: argparse.Namespace) -> int:
             if a.verbose:
                 print(f"  {rid}  {status:<9} {spec.model.name:<14} {spec.init.name:<24} "
                       f"n_train={spec.data.n_train} seed={spec.seed}")
-        name = rows[0][0].study if rows else study.name
+        name = rows[-1][0].study if rows else study.name
         print(f"study {name}: {len(rows)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
         return 0
     out = run_study(study, workspace=a.workspace, workers=a.workers, executor=a.executor,
@@ -222,11 +222,11 @@ def _runs(a: argparse.Namespace) -> int:
     store = Store(a.workspace)
     if a.runs_cmd == "list":
         runs = store.list_runs(study=a.study)
-        print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<14} {'init':<10} {'seed':>4} {'test AUC':>9}")
+        print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<14} {'init':<20} {'seed':>4} {'test AUC':>9}")
         for r in runs:
             auc = store.final_metrics(r.run_id).get("auc") if r.status == "finished" else None
             print(f"{r.run_id:<13} {r.status:<9} {r.spec['data']['name'][:28]:<28} "
-                  f"{r.spec['model']['name']:<14} {r.spec['init']['name']:<10} {r.spec['seed']:>4} "
+                  f"{r.spec['model']['name']:<14} {r.spec['init']['name'][:20]:<20} {r.spec['seed']:>4} "
                   f"{'' if auc is None else f'{auc:.4f}':>9}")
         return 0
     if a.runs_cmd == "show":

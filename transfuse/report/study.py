@@ -23,7 +23,7 @@ from ..study.stats import Summary
 from .html import SECTIONS, Section, esc, figure_img, new_figure, table
 from .plots import conv1_section, curves_figure, size_figure, steps_figure
 
-__all__ = ["build_report", "verdicts", "EXTRA_SECTION_MODULES"]
+__all__ = ["build_report", "verdicts", "recommendations", "EXTRA_SECTION_MODULES"]
 
 # Modules of later stages that register report sections; missing ones are simply not there yet.
 EXTRA_SECTION_MODULES = ("transfuse.analysis.report", "transfuse.segmentation.report",
@@ -112,6 +112,35 @@ def verdicts(res: StudyResults, *, alpha: float = 0.05) -> list[str]:
     return out
 
 
+def recommendations(res: StudyResults, *, alpha: float = 0.05) -> list[str]:
+    """One sentence per (model, size): which init to use, judged on the numbers only."""
+    name = "AUC" if res.metric == "auc" else "Dice"
+    out = []
+    for model in res.models:
+        for size in res.sizes:
+            cells = [c for c in res.cells if c.model == model and c.size == size and c.final]
+            if not cells:
+                continue
+            best = max(cells, key=lambda c: c.final.mean)
+            comps = {c.init: c for c in res.comparisons if c.model == model and c.size == size}
+            better = [i for i, c in comps.items() if c.final and c.final.p is not None
+                      and c.final.p < alpha and c.final.mean_diff > 0]
+            where = f"{model}, n_train={size}"
+            if better:
+                top = max(better, key=lambda i: comps[i].final.mean_diff)
+                out.append(f"[{where}] Use {top}: it beat random by {comps[top].final.mean_diff:.3f} "
+                           f"test {name} (paired t-test p = {_p(comps[top].final.p)}).")
+            elif comps:
+                fast = [i for i, c in comps.items() if c.area and c.area.p is not None
+                        and c.area.p < alpha and c.area.mean_diff > 0]
+                speed = (f" {', '.join(fast)} converged significantly faster (area under the "
+                         f"validation curve), so it saves training time." if fast else "")
+                out.append(f"[{where}] No init beat random significantly on the final test {name} "
+                           f"(highest mean: {best.init}, {best.final.mean:.3f}); random is as good "
+                           f"for the final score at this data size.{speed}")
+    return out
+
+
 def _summary_section(res: StudyResults, info: dict) -> Section:
     datasets = sorted({r.dataset for r in res.rows})
     counts = f"{len(res.rows)} finished runs"
@@ -123,6 +152,9 @@ def _summary_section(res: StudyResults, info: dict) -> Section:
             f"training-set sizes {esc(', '.join(res.sizes))}.</p>")
     if info.get("description"):
         body += f"<p>{esc(info['description'])}</p>"
+    recs = "".join(f"<li>{esc(v)}</li>" for v in recommendations(res))
+    if recs:
+        body += f'<h3>How to initialise</h3><ul class="verdicts">{recs}</ul>'
     body += f'<h3>Verdicts</h3><ul class="verdicts">{items}</ul>'
     return Section("Summary", body, "summary")
 
