@@ -205,6 +205,42 @@ def _study(a: argparse.Namespace) -> int:
     return 0 if out.ok else 1
 
 
+def _add_selftrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selftrain", help="run a teacher-student self-training chain from a YAML file")
+    p.add_argument("file", help="chain YAML file (see examples/selftrain_*.yaml, docs/SELFTRAIN.md)")
+    p.add_argument("--workspace", default="workspace", help="run store folder (default ./workspace)")
+    p.add_argument("--smoke", action="store_true", help="the shrunk, sub-minute version")
+    p.add_argument("--status", action="store_true", help="show which runs are done; train nothing")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _selftrain(a: argparse.Namespace) -> int:
+    from .selftrain import chain_status, load_chain, run_chain
+    from .selftrain.report import chain_rows, chain_verdict, format_rows
+    from .store import Store
+
+    chain = load_chain(a.file)
+    if a.status:
+        for seed, role, gen, rid, status in chain_status(chain, workspace=a.workspace, smoke=a.smoke):
+            what = f"generation {gen}" if gen is not None else f"baseline {role}"
+            print(f"  seed {seed:<3} {what:<18} {rid}  {status}")
+        return 0
+    out = run_chain(chain, workspace=a.workspace, smoke=a.smoke, device=a.device,
+                    progress=not a.no_progress)
+    done = sum(not r.skipped for r in out.runs)
+    print(f"chain {out.chain}: {len(out.runs)} runs — {done} trained now, "
+          f"{len(out.runs) - done} already finished")
+    headers, rows = format_rows(chain_rows(Store(a.workspace), out.chain))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    print(chain_verdict(chain_rows(Store(a.workspace), out.chain)))
+    print(f"  results in {Path(a.workspace) / 'transfuse.db'}; report: transfuse report "
+          f"{a.workspace} --study {out.chain}")
+    return 0
+
+
 def _report(a: argparse.Namespace) -> int:
     from .report.study import build_report
 
@@ -276,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="then write the study report (default WORKSPACE/report-STUDY.html)")
         else:
             q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+    _add_selftrain(sub)
     rep = sub.add_parser("report", help="write a study's self-contained HTML report")
     rep.add_argument("workspace", help="the workspace the study ran in")
     rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
@@ -303,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on usage errors already
         return int(e.code or 0)
     handlers = {"train": _train, "datasets": _datasets, "models": _models, "inits": _inits,
-                "study": _study, "runs": _runs, "report": _report}
+                "study": _study, "runs": _runs, "report": _report, "selftrain": _selftrain}
     try:
         return handlers[a.cmd](a)
     except TransfuseError as e:

@@ -179,10 +179,16 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     seed: int = 0
     study: str | None = None
+    # Lineage of a derived run, e.g. a self-training student: {"teacher": run_id, "generation": n,
+    # ...}. Left out of the JSON when None, so the ids of ordinary runs do not change.
+    parent: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict of the spec (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain-JSON dict of the spec (tuples become lists; ``parent`` only when set)."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if d.get("parent") is None:
+            d.pop("parent", None)
+        return d
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace. Equal specs give equal strings."""

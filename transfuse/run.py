@@ -104,6 +104,10 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     Raises:
         TransfuseError: bad input (dataset, model, options), before anything is stored.
     """
+    if spec.parent is not None:
+        raise ConfigError(f"run spec has parent={spec.parent!r}: it is a derived run (e.g. a "
+                          "self-training student) and is trained by its own command "
+                          "(`transfuse selftrain FILE`), not as a plain run")
     source = _source(spec, workspace)
     norm = None
     if spec.data.normalize == "source":

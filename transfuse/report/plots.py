@@ -22,13 +22,19 @@ def _colors(names: list[str]) -> dict[str, tuple]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
+def _largest_size(res: StudyResults, model: str) -> str:
+    """The largest training-set size this model was run with."""
+    have = {r.size for r in res.rows if r.model == model}
+    return [s for s in res.sizes if s in have][-1]
+
+
 def curves_figure(res: StudyResults):
-    """Validation score vs step for each model (largest training-set size), one line per init."""
-    size = res.sizes[-1]
+    """Validation score vs step for each model (its largest training-set size), one line per init."""
     models = res.models
     fig, axes = new_figure(width=min(4.2 * len(models), 13), height=3.4, ncols=len(models))
     col = _colors(res.inits)
     for ax, model in zip(axes[0], models):
+        size = _largest_size(res, model)
         for init in res.inits:
             cell = res.cell(model, init, size)
             if cell is None:
@@ -51,12 +57,12 @@ def curves_figure(res: StudyResults):
 
 def steps_figure(res: StudyResults):
     """Mean steps to each absolute threshold per init (error bar: sd); ✗ marks never reached."""
-    size = res.sizes[-1]
     models = res.models
     fig, axes = new_figure(width=min(4.2 * len(models), 13), height=3.4, ncols=len(models))
     col = _colors(res.inits)
     w = 0.8 / max(len(res.inits), 1)
     for ax, model in zip(axes[0], models):
+        size = _largest_size(res, model)
         for j, init in enumerate(res.inits):
             cell = res.cell(model, init, size)
             if cell is None:
@@ -151,11 +157,11 @@ def _load_state(path: Path) -> dict[str, torch.Tensor] | None:
 def conv1_section(res: StudyResults, *, max_inits: int = 8) -> str:
     """Filter grids at initialisation and after training (best checkpoint), per init.
 
-    One model (the first with a convolutional stem), the largest size, the lowest seed.
+    One model (the first with a convolutional stem), its largest size, the lowest seed.
     """
-    size = res.sizes[-1]
     html = ""
     for model in res.models:
+        size = _largest_size(res, model)
         pairs = []
         for init in res.inits[:max_inits]:
             cell = res.cell(model, init, size)

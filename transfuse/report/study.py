@@ -186,6 +186,10 @@ def _tables_section(res: StudyResults) -> Section:
                           _p(c.final.p if c.final else None), dl or "–",
                           "–" if c.area is None else f"{c.area.mean_diff:+.3f} (p {_p(c.area.p)})",
                           ", ".join(sp) or "–"])
+    if not comp_rows:
+        body += ("<p>No comparison with random: the study has no random-init runs of the same "
+                 "model and size to pair with.</p>")
+        return Section("Final scores and comparisons", body, "tables")
     body += table(["model", "n_train", "init", "seeds", f"Δ test {name}", "95% CI", "paired t p",
                    "DeLong Δ (p) per seed", "Δ area under val curve (p)", "speed-up vs random"],
                   comp_rows, caption="Each init vs random on the same model, size and seed")
@@ -226,7 +230,7 @@ def _relative_table(res: StudyResults) -> str:
 
 
 def _figures(res: StudyResults, store: Store) -> list[Section]:
-    out = [Section("Learning curves", figure_img(curves_figure(res), alt=f"Validation {res.metric} vs step, mean over seeds (band: min to max)"), "curves"),
+    out = [Section("Learning curves", figure_img(curves_figure(res), alt=f"Validation {res.metric} vs step at each model's largest training-set size, mean over seeds (band: min to max)"), "curves"),
            Section("Steps to threshold", figure_img(steps_figure(res), alt="Steps to reach each absolute threshold, mean ± sd over the seeds that reached it")
                    + _relative_table(res), "steps")]
     if len(res.sizes) > 1:

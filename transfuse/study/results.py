@@ -218,6 +218,8 @@ def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0
         studies = sorted({r.study for r in store.list_runs() if r.study})
         raise TransfuseError(f"no runs of study {study!r} in {store.path}; studies here: "
                              f"{', '.join(studies) or 'none'} (run `transfuse study run FILE` first)")
+    # Derived runs (self-training students) have their own report section, not study cells.
+    records = [r for r in records if not r.spec.get("parent")]
     finished = [r for r in records if r.status == "finished"]
     unfinished: dict[str, int] = defaultdict(int)
     for r in records:

@@ -1,0 +1,286 @@
+"""Chain files: a teacher run spec plus the self-training settings, from one YAML file.
+
+.. code-block:: yaml
+
+    name: selftrain-pneumonia
+    base:                          # the teacher's run spec (data, model, init, train)
+      data: {name: "medmnist:pneumoniamnist@28", data_root: ../shared/data/medmnist}
+      model: {name: cbr_tiny}
+      init: {name: random}         # any init strategy (pretrained, meanvar, ...)
+      train: {steps: 300, lr: 0.02, batch_size: 64, eval_every: 25}
+    labelled_fraction: 0.01        # stratified labelled subset of the training split
+    labelled_subset: per_seed      # per_seed: a different subset per seed; fixed: one subset
+    generations: 3                 # students trained; each becomes the next teacher
+    seeds: [0, 1, 2]               # independent chains
+    unlabelled_limit: null         # cap the unlabelled pool (seeded sample); null = all of it
+    pseudo: {mode: soft, temperature: 1.0, threshold: 0.5, per_class: null, balance: true}
+    student:
+      model: {name: cbr_small}     # equal or larger; default: the teacher's
+      init: {name: random}         # default: the teacher's
+      train: {steps: 600}          # overrides of base.train
+      noise: {augment: true, ops: 2, magnitude: 9, dropout: 0.5, drop_path: 0.2}
+      finetune: {steps: 100, lr: 0.005}   # base.train overrides; on labelled data only; or null
+    baselines: [labelled, full]    # supervised student-architecture runs: labelled subset
+                                   # (base.train), 100 % of the labels (student.train)
+    smoke: {train.steps: 4}        # dotted overrides for --smoke (defaults in SMOKE)
+
+Every error names the file and the key. Run specs come out deterministic, so a chain's run ids
+are known before anything runs: generation 0 (the teacher) is a plain supervised run on the
+labelled subset; generation ``n`` carries ``parent = {"teacher": <run id of generation n-1>,
+"generation": n, ...settings}`` and therefore a different id for every teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RunSpec, TrainSpec, run_id, spec_from_dict
+from ..errors import ConfigError
+from .noise import NoiseSpec
+from .pseudo import PseudoSpec
+
+__all__ = ["ChainSpec", "load_chain", "chain_from_dict", "teacher_spec", "student_spec",
+           "baseline_specs", "finetune_spec", "SMOKE"]
+
+TOP_KEYS = ("name", "description", "base", "labelled_fraction", "labelled_subset", "generations",
+            "seeds", "unlabelled_limit", "pseudo", "student", "baselines", "smoke")
+STUDENT_KEYS = ("model", "init", "train", "noise", "finetune")
+BASELINES = ("labelled", "full")
+SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 16,
+                         "train.warmup_steps": 0, "finetune.steps": 2, "generations": 2,
+                         "unlabelled_limit": 256, "full.n_train": 64}
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """A parsed chain file (see the module docstring for the keys)."""
+
+    name: str
+    base: dict[str, Any]
+    labelled_fraction: float
+    generations: int = 3
+    seeds: tuple[int, ...] = (0,)
+    labelled_subset: str = "per_seed"
+    unlabelled_limit: int | None = None
+    pseudo: PseudoSpec = field(default_factory=PseudoSpec)
+    noise: NoiseSpec = field(default_factory=NoiseSpec)
+    student: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] | None = None
+    baselines: tuple[str, ...] = BASELINES
+    smoke: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    path: str = ""
+    full_n_train: int | None = None  # set by ``shrink``: the smoke's "100 %" baseline is small
+
+    def shrink(self) -> ChainSpec:
+        """The ``--smoke`` chain: first seed, ≤ 2 generations, a few steps, a small pool."""
+        o = {**SMOKE, **self.smoke}
+        train = {k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("train.")}
+
+        def small(t: dict[str, Any]) -> dict[str, Any]:
+            t = dict(t)
+            for k, v in train.items():
+                t[k] = min(v, t[k]) if k in ("steps", "batch_size", "eval_every") and t.get(k) else v
+            if "steps" in train:
+                t["epochs"] = None
+            return t
+
+        base = copy.deepcopy(self.base)
+        base["train"] = small(base.get("train") or {})
+        student = {**copy.deepcopy(self.student), "train": small(self.student.get("train") or {})}
+        ft = None
+        if self.finetune is not None:
+            ft = {**small(self.finetune), "steps": o["finetune.steps"], "epochs": None}
+        limit = min(o["unlabelled_limit"], self.unlabelled_limit or o["unlabelled_limit"])
+        return replace(self, name=f"{self.name}-smoke", base=base, student=student, finetune=ft,
+                       seeds=self.seeds[:1], generations=min(o["generations"], self.generations),
+                       unlabelled_limit=limit, full_n_train=o["full.n_train"])
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}: {key}" if path else key
+
+
+def _mapping(v: Any, where: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(v).__name__}")
+    return dict(v)
+
+
+def _dataclass(cls: type, d: Any, path: str, key: str) -> Any:
+    d = _mapping(d, _where(path, key))
+    names = [f.name for f in fields(cls)]
+    bad = sorted(set(d) - set(names))
+    if bad:
+        raise ConfigError(_where(path, f"unknown key {key}.{bad[0]}; valid keys: {', '.join(names)}"))
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(_where(path, f"{key}: {e}")) from None
+    except ConfigError as e:  # the dataclass names the key; add the file
+        raise ConfigError(_where(path, str(e))) from None
+
+
+def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
+    """Validate a chain mapping (parsed YAML) into a :class:`ChainSpec`.
+
+    Raises:
+        ConfigError: an unknown, missing or invalid key; the message names ``path`` and the key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(_where(path, f"a chain file is a mapping with keys {', '.join(TOP_KEYS)}"))
+    bad = sorted(set(raw) - set(TOP_KEYS))
+    if bad:
+        raise ConfigError(_where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(TOP_KEYS)}"))
+    for key in ("name", "base", "labelled_fraction"):
+        if key not in raw:
+            raise ConfigError(_where(path, f"missing key {key!r}"))
+    name = raw["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(_where(path, "name must be a non-empty string"))
+    base = _mapping(raw["base"], _where(path, "base"))
+    data = _mapping(base.get("data"), _where(path, "base.data"))
+    for k in ("fraction", "n_train"):
+        if data.get(k) is not None:
+            raise ConfigError(_where(path, f"base.data.{k} is set by the chain; use labelled_fraction"))
+    frac = raw["labelled_fraction"]
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
+        raise ConfigError(_where(path, f"labelled_fraction={frac!r} must be a number in (0, 1)"))
+    gens = raw.get("generations", 3)
+    if isinstance(gens, bool) or not isinstance(gens, int) or gens < 1:
+        raise ConfigError(_where(path, f"generations={gens!r} must be an integer >= 1"))
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(_where(path, "seeds must be a non-empty list of integers"))
+    subset = raw.get("labelled_subset", "per_seed")
+    if subset not in ("per_seed", "fixed"):
+        raise ConfigError(_where(path, f"labelled_subset={subset!r} must be per_seed or fixed"))
+    limit = raw.get("unlabelled_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(_where(path, f"unlabelled_limit={limit!r} must be an integer >= 1 or null"))
+    student = _mapping(raw.get("student"), _where(path, "student"))
+    bad = sorted(set(student) - set(STUDENT_KEYS))
+    if bad:
+        raise ConfigError(_where(path, f"unknown key student.{bad[0]}; valid keys: {', '.join(STUDENT_KEYS)}"))
+    baselines = raw.get("baselines", list(BASELINES)) or []
+    if not isinstance(baselines, list) or any(b not in BASELINES for b in baselines):
+        raise ConfigError(_where(path, f"baselines must be a list of {', '.join(BASELINES)}"))
+    smoke = _mapping(raw.get("smoke"), _where(path, "smoke"))
+    bad = sorted(set(smoke) - set(SMOKE))
+    if bad:
+        raise ConfigError(_where(path, f"unknown key smoke.{bad[0]}; valid keys: {', '.join(SMOKE)}"))
+    finetune = student.pop("finetune", None)
+    chain = ChainSpec(
+        name=name.strip(), base=base, labelled_fraction=float(frac), generations=gens,
+        seeds=tuple(seeds), labelled_subset=subset, unlabelled_limit=limit,
+        pseudo=_dataclass(PseudoSpec, raw.get("pseudo"), path, "pseudo"),
+        noise=_dataclass(NoiseSpec, student.pop("noise", None), path, "student.noise"),
+        student=student, finetune=None if finetune is None else _mapping(finetune, _where(path, "student.finetune")),
+        baselines=tuple(baselines), smoke=smoke, description=str(raw.get("description", "")),
+        path=path)
+    _validate_specs(chain)
+    return chain
+
+
+def _validate_specs(chain: ChainSpec) -> None:
+    """Build every kind of spec once so a bad key fails now, with the file named."""
+    try:
+        t = teacher_spec(chain, seed=chain.seeds[0])
+    except ConfigError as e:
+        raise ConfigError(_where(chain.path, f"base: {e}")) from None
+    try:
+        student_spec(chain, seed=chain.seeds[0], generation=1, teacher=run_id(t))
+    except ConfigError as e:
+        raise ConfigError(_where(chain.path, f"student: {e}")) from None
+    try:
+        finetune_spec(chain)
+    except ConfigError as e:
+        raise ConfigError(_where(chain.path, f"student.finetune: {e}")) from None
+
+
+def load_chain(path: str | Path) -> ChainSpec:
+    """Read and validate a chain YAML file (``yaml.safe_load``).
+
+    Raises:
+        ConfigError: unreadable file or a bad key/value; the message names the file and key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: chain file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return chain_from_dict(raw, path=str(path))
+
+
+def _data(chain: ChainSpec, seed: int) -> dict[str, Any]:
+    data = dict(chain.base.get("data") or {})
+    if chain.labelled_subset == "per_seed":  # a different labelled subset for every seed
+        data["split_seed"] = int(data.get("split_seed", 0)) + seed
+    data["fraction"] = chain.labelled_fraction
+    return data
+
+
+def teacher_spec(chain: ChainSpec, *, seed: int) -> RunSpec:
+    """Generation 0: the base run, supervised on the labelled subset (a plain run, no parent)."""
+    d = copy.deepcopy(chain.base)
+    d.update(data=_data(chain, seed), seed=seed, study=chain.name)
+    return spec_from_dict(d)
+
+
+def _student_dict(chain: ChainSpec, seed: int) -> dict[str, Any]:
+    d = copy.deepcopy(chain.base)
+    d.update(data=_data(chain, seed), seed=seed, study=chain.name)
+    if "model" in chain.student:
+        d["model"] = _mapping(chain.student["model"], "student.model")
+    if "init" in chain.student:
+        d["init"] = _mapping(chain.student["init"], "student.init")
+    d["train"] = {**(d.get("train") or {}), **_mapping(chain.student.get("train"), "student.train")}
+    return d
+
+
+def student_spec(chain: ChainSpec, *, seed: int, generation: int, teacher: str) -> RunSpec:
+    """Generation ``n >= 1``: the noisy student of run ``teacher`` (its id decides the child's)."""
+    ft = finetune_spec(chain)
+    d = _student_dict(chain, seed)
+    d["parent"] = {"teacher": teacher, "generation": generation, "method": "noisy_student",
+                   "pseudo": chain.pseudo.to_dict(), "noise": chain.noise.to_dict(),
+                   "unlabelled_limit": chain.unlabelled_limit,
+                   "finetune": None if ft is None else asdict(ft)}
+    return spec_from_dict(d)
+
+
+def baseline_specs(chain: ChainSpec, *, seed: int) -> dict[str, RunSpec]:
+    """Supervised runs (no noise) of the student's architecture: ``labelled`` subset, ``full`` (100 %).
+
+    Each gets the training budget of the chain member that sees the same images: ``labelled``
+    uses ``base.train`` like the teacher — so when the student is the teacher's architecture it
+    *is* generation 0 (same spec, same run id, trained once) — and ``full`` uses the students'
+    settings (they see the whole training split too, with pseudo-labels instead of labels).
+    """
+    out = {}
+    for b in chain.baselines:
+        d = _student_dict(chain, seed)
+        if b == "labelled":
+            d["train"] = copy.deepcopy(chain.base.get("train") or {})
+        else:
+            d["data"] = {**d["data"], "fraction": None, "n_train": chain.full_n_train}
+        out[b] = spec_from_dict(d)
+    return out
+
+
+def finetune_spec(chain: ChainSpec) -> TrainSpec | None:
+    """Training settings of the fine-tuning on labelled data (``base.train`` + overrides)."""
+    if chain.finetune is None:
+        return None
+    d = {**(chain.base.get("train") or {}), **chain.finetune}
+    return spec_from_dict({"data": {"name": "x"}, "model": {"name": "x"}, "train": d}).train
