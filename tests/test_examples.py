@@ -1,6 +1,5 @@
 """Every shipped study example runs with ``--smoke`` and yields a report (CI runs this)."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,21 +9,42 @@ from transfuse.study import load_study
 
 from .conftest import MEDMNIST_DIR
 
-EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")
-                  if not p.name.startswith("selftrain"))  # self-training chains: tests/test_selftrain.py
+ALL = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = [p for p in ALL if not p.name.startswith("selftrain")]
+CHAINS = [p for p in ALL if p.name.startswith("selftrain")]  # `transfuse selftrain` files
 
 
 def test_every_example_is_covered():
     assert {p.stem for p in EXAMPLES} >= {"quickstart", "transfusion", "medmnist_pneumonia"}
+    assert CHAINS and set(EXAMPLES) | set(CHAINS) == set(ALL)
+
+
+def _data_env(path, monkeypatch):
+    if "medmnist:" in path.read_text():
+        if not MEDMNIST_DIR.is_dir():
+            pytest.skip(f"MedMNIST files not found in {MEDMNIST_DIR}")
+        monkeypatch.setenv("TRANSFUSE_DATA", str(MEDMNIST_DIR))
+
+
+@pytest.mark.parametrize("path", CHAINS, ids=lambda p: p.stem)
+def test_selftrain_example_smoke_runs_and_reports(path, tmp_path, monkeypatch, capsys):
+    _data_env(path, monkeypatch)
+    ws = tmp_path / "ws"
+    rc = main(["selftrain", str(path), "--smoke", "--workspace", str(ws), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "teacher" in out.out and "supervised, 100 % labelled" in out.out
+    from transfuse.store import Store
+
+    (study,) = {r.study for r in Store(ws).list_runs()}
+    assert study.endswith("-smoke")
+    assert main(["report", str(ws), "--study", study, "-o", str(tmp_path / "r.html")]) == 0
+    assert "Self-training chain" in (tmp_path / "r.html").read_text()
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_smoke_runs_and_reports(path, tmp_path, monkeypatch, capsys):
-    text = path.read_text()
-    if "medmnist:" in text:
-        if not MEDMNIST_DIR.is_dir():
-            pytest.skip(f"MedMNIST files not found in {MEDMNIST_DIR}")
-        monkeypatch.setenv("TRANSFUSE_DATA", str(MEDMNIST_DIR))
+    _data_env(path, monkeypatch)
     study = load_study(path)
     ws = tmp_path / "ws"
     rc = main(["study", "run", str(path), "--smoke", "--workspace", str(ws), "--workers", "1",
