@@ -15,6 +15,11 @@ table gives medians over ``--repeats`` rounds. Target: every ratio < 1.
 
     python bench/init_speed.py                 # resnet50, 5 repeats, torch's default threads
     python bench/init_speed.py --threads 1 --repeats 7
+    python bench/init_speed.py --threads 1 --clock cpu   # CPU time: steadier on a shared machine
+
+On a machine shared with other jobs, prefer ``--threads 1`` (or ``OMP_WAIT_POLICY=PASSIVE``):
+with torch's default threads OpenMP spins for cores that other processes hold, and both the
+model build and the strategies slow down erratically.
 """
 
 from __future__ import annotations
@@ -57,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--specs", nargs="*", default=None, help="init specs (default: every strategy)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: time.perf_counter; cpu: this process's CPU time (time.process_time), "
+                        "which leaves out time spent descheduled by other processes — steadier "
+                        "on a shared machine, but with more than one thread it adds up the threads")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     specs = args.specs or default_specs()
 
     def build(**kw) -> torch.nn.Module:
@@ -73,22 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     t_build: list[float] = []
     t_apply: dict[str, list[float]] = {s: [] for s in specs}
     for rnd in range(args.repeats + 1):  # round 0 warms up
-        t0 = time.perf_counter()
+        t0 = clock()
         m = build()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         del m
         if rnd:
             t_build.append(dt)
         for s in specs:
-            t0 = time.perf_counter()
+            t0 = clock()
             apply_init(models[s], s, source=source, seed=rnd)
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             if rnd:
                 t_apply[s].append(dt)
 
     base = statistics.median(t_build)
     print(f"# {args.model}, 3 → {args.classes} classes, source {args.source_classes} classes; "
-          f"{args.repeats} repeats; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.repeats} repeats; {args.clock} clock; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"# create_model: median {base * 1000:.0f} ms "

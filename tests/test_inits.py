@@ -30,7 +30,8 @@ from transfuse.data.base import SplitArrays
 from transfuse.data.registry import DATASETS, RawData, register_dataset
 from transfuse.errors import ConfigError, ModelError
 from transfuse.inits import INITS, adapt_input_conv, apply_init, init_model_kwargs, list_inits, parse_init
-from transfuse.inits.base import ACTIONS, tensor_kind
+from transfuse.inits.base import ACTIONS, Action, tensor_kind
+from transfuse.inits.stats import mean_std, mean_std_many
 from transfuse.models import create_model, get_stages, list_models, model_info, stage_module, stage_of
 from transfuse.models.cbr import CBR_CONFIGS
 from transfuse.models.registry import WidthsAbove, scaled_width
@@ -323,6 +324,12 @@ def test_pretrained_same_classes_loads_everything():
     for k, a in actions.items():
         assert a == ("default" if k.endswith("num_batches_tracked") else "loaded"), (k, a)
     assert not any("classifier" in n for n in report.notes)
+    # the model holds copies: training it later cannot change the source's tensors
+    kept = {k: v.clone() for k, v in src.items()}
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.add_(1)
+    assert all(torch.equal(src[k], v) for k, v in kept.items())
 
 
 def test_pretrained_adapts_input_conv_and_replaces_head():
@@ -585,6 +592,66 @@ def test_mismatch_names_tensors_and_partial_keeps_defaults():
             assert a == "loaded", k  # BN tensors have matching shapes
     report = apply_init(model, InitSpec("meanvar", partial=True), source=sw)
     assert report.counts()["redrawn"] == 0 and report.counts()["default"] == len(actions)
+
+
+def test_source_for_another_architecture_says_which_model_fits():
+    model = create_model("cbr_small", in_channels=1, num_classes=2)
+    src = source_for("resnet18", 2)
+    sw = SourceWeights(name="imagenet:r18", arch="resnet18", loader=lambda: src)
+    for spec in ("meanvar", "pretrained", "transfusion:block1"):
+        with pytest.raises(ConfigError, match=r"stem\.0\.weight: missing in source.*imagenet:r18 "
+                                              r"holds resnet18 weights, the model is cbr_small: "
+                                              r"--model resnet18 fits it.*partial") as e:
+            apply_init(model, spec, source=sw)
+        assert "\n" not in str(e.value)
+    # same architecture: no hint
+    with pytest.raises(ConfigError) as e:
+        apply_init(create_model("resnet18", num_classes=2), "pretrained",
+                   source=SourceWeights(name="x", arch="resnet18", loader=lambda: {}))
+    assert "fits it" not in str(e.value)
+
+
+# -- the framework: statistics, no copies, strategies must not write in place -------------------
+def test_mean_std_matches_float64_reference():
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(3, 5000, generator=g), torch.ones(3000), torch.ones(30000),
+             0.3 + 1e-3 * torch.randn(100_000, generator=g),  # |mean| = 300 std: cancellation
+             1000.0 + torch.rand(40_000, generator=g), 0.05 * torch.randn(5_000_000, generator=g),
+             torch.tensor([3.0]), torch.tensor(7), torch.randn(64, generator=g).half(),
+             torch.randn(70_000, generator=g).bfloat16(), torch.arange(100_000),
+             torch.randn(20_000, generator=g, dtype=torch.float64), torch.zeros(2, 3, 0)]
+    cases += [torch.randn(64, generator=g) * (i + 1) for i in range(5)]  # a batched group
+    got = mean_std_many(cases)
+    for t, (m, s) in zip(cases, got):
+        rm, rs = _stats(t) if t.numel() else (0.0, 0.0)
+        assert (m, s) == pytest.approx(mean_std(t), rel=1e-6, abs=1e-12)  # batched == single
+        assert abs(m - rm) <= 1e-6 * max(rs, 1e-3 * abs(rm), 1e-30), (t.shape, t.dtype, m, rm, rs)
+        assert abs(s - rs) <= 1e-6 * rs + 1e-12, (t.shape, t.dtype, s, rs)
+
+
+def test_strategy_writing_in_place_is_refused(monkeypatch, tiny: Case):
+    from transfuse._registry import Entry
+
+    def bad(state, source, ctx):
+        k = next(k for k in ctx.eligible if ctx.key_kind[k] == "conv")
+        state[k].mul_(2)
+        return {k: Action("redrawn", "doubled in place")}
+
+    monkeypatch.setitem(INITS._entries, "bad_inplace", Entry("bad_inplace", bad, {"needs_source": False}))
+    tiny.model.load_state_dict(tiny.default)
+    with pytest.raises(RuntimeError, match=r"init bad_inplace wrote into the model's tensors in place "
+                                           r"\(\S+\.weight, \.\.\.\): assign state\[key\] = new_tensor"):
+        apply_init(tiny.model, "bad_inplace")
+    tiny.model.load_state_dict(tiny.default)
+
+
+def test_failed_combination_leaves_model_untouched(tiny: Case):
+    """Strategies work on the model's own tensors without copying them; a part that fails after
+    another one succeeded must still leave the model as it was."""
+    tiny.model.load_state_dict(tiny.default)
+    with pytest.raises(ConfigError, match="stage 'nope' is not a stage"):
+        apply_init(tiny.model, "meanvar+transfusion:nope", source=tiny.source)
+    assert all(torch.equal(v, tiny.default[k]) for k, v in tiny.model.state_dict().items())
 
 
 # -- end to end: train_run with slim ------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transfuse.errors import ConfigError
 from transfuse.inits import apply_init
 from transfuse.inits.gabor import gabor_bank, gabor_kernel, gabor_kernel_3d, gabor_params
+import transfuse.inits.moments as moments_mod
 from transfuse.inits.moments import covariance_tensor, filter_moments, permute_tensor
 from transfuse.models import create_model
 from transfuse.weights.sources import SourceWeights
@@ -324,6 +325,45 @@ def test_moments_seeded(cbr_src):
     assert sorted(permute_tensor(x, g).tolist()) == x.tolist()
 
 
+def test_permute_large_tensor_bucketed_path():
+    """Above ``FY_MAX`` values the shuffle is bucketed (Rao–Sandelius): still an exact
+    permutation, uncorrelated with the source, seeded, shape and dtype kept."""
+    rows = moments_mod.FY_MAX // 25 + 500
+    src = torch.arange(rows * 25, dtype=torch.float32).reshape(rows, 1, 5, 5)  # value = index
+    n = src.numel()
+    assert n > moments_mod.FY_MAX
+    out = permute_tensor(src, torch.Generator().manual_seed(1))
+    assert out.shape == src.shape and out.dtype == src.dtype and out.is_contiguous()
+    assert torch.equal(out.flatten().sort().values, src.flatten())
+    assert abs(_corr(out, src)) < 0.01
+    # any stretch of the output draws from the whole source: mean source index ≈ (n - 1) / 2
+    flat = out.flatten().double()
+    for part in (flat[: n // 10], flat[n // 2: n // 2 + n // 10], flat[-(n // 10):]):
+        assert abs(float(part.mean()) / ((n - 1) / 2) - 1) < 0.01
+    again = permute_tensor(src, torch.Generator().manual_seed(1))
+    other = permute_tensor(src, torch.Generator().manual_seed(2))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+@pytest.mark.parametrize("fy_max, bucket", [(2, 1), (100, 1)])
+def test_permutation_is_uniform(monkeypatch, fy_max, bucket):
+    """All 4! orders of 4 values equally likely, in the bucketed path (forced with tiny
+    ``FY_MAX``/``BUCKET``: 4 buckets of ≈ 1 value) and in the plain Fisher–Yates one."""
+    monkeypatch.setattr(moments_mod, "FY_MAX", fy_max)
+    monkeypatch.setattr(moments_mod, "BUCKET", bucket)
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    draws = 12_000
+    counts: dict[tuple, int] = {}
+    for _ in range(draws):
+        key = tuple(permute_tensor(x, g).int().tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 24 and all(sorted(k) == [0, 1, 2, 3] for k in counts)
+    expected = draws / 24
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 55.0  # 23 degrees of freedom: P(χ² > 55) ≈ 2e-4
+
+
 # ----------------------------------------------------------------------------- covariance
 
 
@@ -344,7 +384,7 @@ def test_covariance_reproduces_filter_statistics():
     mu_src, cov_src = filter_moments(ref)
     assert torch.linalg.matrix_norm(cov_src - sigma_true) / torch.linalg.matrix_norm(sigma_true) < 0.05
     out = covariance_tensor(ref, ref, torch.Generator().manual_seed(7))
-    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
     mu_new, cov_new = filter_moments(out)
     rel = float(torch.linalg.matrix_norm(cov_new - cov_src) / torch.linalg.matrix_norm(cov_src))
     assert rel < 0.05

@@ -50,6 +50,8 @@ class Aligned:
         problems: target keys with no usable source tensor → reason with both shapes.
         unused: source keys with no target key.
         notes: human-readable notes for the report (e.g. "classifier replaced: 1000 → 4").
+        hint: what to say when tensors are missing (set by ``apply_init`` when the source was
+            built for another architecture), e.g. which ``--model`` the source fits.
     """
 
     state: StateDict
@@ -57,6 +59,7 @@ class Aligned:
     problems: dict[str, str] = field(default_factory=dict)
     unused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hint: str = ""
 
 
 def align_source(target: StateDict, source: StateDict, *, first_conv: str | None,
@@ -104,7 +107,8 @@ def require(aligned: Aligned, keys: list[str], *, what: str, partial: bool) -> l
     if missing and not partial:
         shown = "; ".join(aligned.problems[k] for k in missing[:5])
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        hint = f" ({aligned.hint})" if aligned.hint else ""
         raise ConfigError(f"{what}: the source does not fit the model — {shown}{more}; use a source "
-                          "built for this architecture, or allow partial loading (init.partial / "
-                          "--init-partial) to keep those tensors at their default")
+                          f"built for this architecture{hint}, or allow partial loading "
+                          "(init.partial / --init-partial) to keep those tensors at their default")
     return [k for k in keys if k in aligned.state]

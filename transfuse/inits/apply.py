@@ -13,14 +13,10 @@ from ..errors import ConfigError
 from ..weights.sources import SourceWeights, resolve_source
 from .adapt import Aligned, align_source
 from .base import INITS, Action, InitReport, TensorRecord, build_context, parse_init
+from .stats import mean_std_many
 
 __all__ = ["apply_init", "init_state"]
 
-def _stats(t: torch.Tensor) -> tuple[float, float]:
-    x = t.detach().double()
-    if x.numel() == 0:
-        return 0.0, 0.0
-    return float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0
 
 def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
                source: SourceWeights | str | None = None, seed: int = 0, partial: bool = False,
@@ -58,17 +54,23 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
         raise ConfigError(f"init {name!r} needs pretrained weights: pass a source, e.g. "
                           "--source imagenet:efficientnet_lite0 or --source file:ckpt.pt")
 
-    model_state = model.state_dict()
-    state = {k: v.detach().clone() for k, v in model_state.items()}
-    before = {k: _stats(v) for k, v in state.items()}
-    probe = build_context(model, eligible=frozenset(state), arg=None, generator=torch.Generator(),
-                          source_name=None)
+    # No copy: strategies replace entries of ``state`` and never write into its tensors (checked
+    # below through the version counters), so the model is unchanged until every part succeeded.
+    own = model.state_dict()
+    versions = {k: v._version for k, v in own.items()}
+    before = dict(zip(own, mean_std_many(list(own.values()))))
+    probe = build_context(model, eligible=frozenset(own), arg=None, generator=torch.Generator(),
+                          source_name=None, keys=list(own))
+    state = dict(own)
     aligned: Aligned | None = None
     notes: list[str] = []
     if source is not None and needs:
         aligned = align_source(state, source.state_dict(), first_conv=probe.first_conv,
                                classifier=probe.classifier)
         notes += aligned.notes
+        if source.arch and source.arch != probe.model_name:
+            aligned.hint = (f"{source.name} holds {source.arch} weights, the model is "
+                            f"{probe.model_name}: --model {source.arch} fits it")
         if aligned.unused:
             notes.append(f"{len(aligned.unused)} source tensors have no counterpart in the model "
                          f"(e.g. {aligned.unused[0]})")
@@ -84,6 +86,10 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
         stray = set(done) - remaining
         if stray:
             raise RuntimeError(f"init {part} set keys it was not given: {sorted(stray)[:3]}")
+        inplace = [k for k, v in own.items() if v._version != versions[k]]
+        if inplace:
+            raise RuntimeError(f"init {part} wrote into the model's tensors in place "
+                               f"({inplace[0]}, ...): assign state[key] = new_tensor instead")
         for k, a in done.items():
             if a.action == "loaded" and aligned is not None and k in aligned.adapted:
                 a = Action("adapted", aligned.adapted[k])
@@ -94,11 +100,12 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
     result = model.load_state_dict({k: state[k] for k in actions}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     kinds = probe.key_kind
+    after = dict(zip(actions, mean_std_many([state[k] for k in actions])))
     records = []
     for k, v in state.items():
         a = actions.get(k, Action("default"))
         mb, sb = before[k]
-        ma, sa = _stats(v) if k in actions else (mb, sb)  # default: after == before
+        ma, sa = after.get(k, (mb, sb))  # default: after == before
         records.append(TensorRecord(key=k, stage=probe.key_stage[k], kind=kinds[k],
                                     shape=tuple(v.shape), action=a.action, mean_before=mb,
                                     std_before=sb, mean_after=ma, std_after=sa, note=a.note))

@@ -4,8 +4,11 @@ A strategy is registered under a name and called as::
 
     fn(state, source, ctx) -> dict[key, Action]
 
-- ``state``: the target model's default-initialised ``state_dict`` (clone; the strategy writes
-  into it the tensors it changes);
+- ``state``: the target model's default-initialised ``state_dict`` — a new dict over the model's
+  own tensors, not copies: the strategy *replaces* the entries it changes
+  (``state[k] = new_tensor``) and never writes into a tensor in place (``apply_init`` checks the
+  tensors' version counters and raises if one was modified). The model itself is only written
+  once every part of the spec has succeeded;
 - ``source``: the pretrained source aligned to the target's keys and shapes
   (:class:`~transfuse.inits.adapt.Aligned`: input channels adapted, classifier dropped when the
   class count differs, mismatches listed), or ``None``;
@@ -206,8 +209,8 @@ def parse_init(spec: str) -> list[tuple[str, str | None]]:
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def tensor_kind(model: nn.Module) -> dict[str, str]:
-    """Kind of every state-dict key.
+def tensor_kind(model: nn.Module, keys: list[str] | None = None) -> dict[str, str]:
+    """Kind of every state-dict key (``keys``: the model's state-dict keys, if already known).
 
     Kinds: ``conv`` (conv weight), ``linear`` (linear weight), ``norm_weight``, ``norm_bias``,
     ``bias`` (conv/linear bias), ``running_mean``, ``running_var``, ``num_batches_tracked``,
@@ -227,19 +230,20 @@ def tensor_kind(model: nn.Module) -> dict[str, str]:
             else:
                 kind = "other"
             kinds[key] = kind
-    state_keys = model.state_dict().keys()
+    state_keys = model.state_dict().keys() if keys is None else keys
     return {k: kinds.get(k, "other") for k in state_keys}
 
 
 def build_context(model: nn.Module, *, eligible: frozenset[str], arg: str | None,
                   generator: torch.Generator, source_name: str | None,
-                  partial: bool = False) -> InitContext:
-    """:class:`InitContext` for ``model`` (stages from ``stage_info``)."""
+                  partial: bool = False, keys: list[str] | None = None) -> InitContext:
+    """:class:`InitContext` for ``model`` (stages from ``stage_info``; ``keys``: its state-dict
+    keys, if already known)."""
     from ..models import stage_of
 
     stages = get_stages(model)
-    keys = list(model.state_dict())
-    kinds = tensor_kind(model)
+    keys = list(model.state_dict()) if keys is None else keys
+    kinds = tensor_kind(model, keys)
     key_stage = {k: stage_of(model, k) for k in keys}
     first_conv = next((k for k in keys if kinds[k] == "conv"), None)
     classifier = tuple(k for k in keys if key_stage[k] == "head")

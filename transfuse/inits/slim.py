@@ -112,6 +112,6 @@ def slim_init(state: StateDict, source: Aligned | None, ctx: InitContext) -> dic
     keys = [k for k in ctx.keys_in(ctx.stages_up_to(stage)) if not k.endswith("num_batches_tracked")]
     out = {}
     for k in require(source, keys, what=f"slim:{ctx.arg}", partial=ctx.partial):
-        state[k] = source.state[k].clone()
+        state[k] = source.state[k]  # load_state_dict copies it into the model
         out[k] = Action("loaded")
     return out

@@ -22,6 +22,7 @@ import torch
 from ..errors import ConfigError
 from .adapt import Aligned, require
 from .base import Action, InitContext, register_init
+from .stats import mean_std
 
 __all__: list[str] = []
 
@@ -59,7 +60,7 @@ def random_init(state: StateDict, source: Aligned | None, ctx: InitContext) -> d
 def _load(state: StateDict, source: Aligned, keys: list[str]) -> dict[str, Action]:
     out = {}
     for k in keys:
-        state[k] = source.state[k].clone()
+        state[k] = source.state[k]  # no copy: apply_init's load_state_dict copies it
         out[k] = Action("loaded")
     return out
 
@@ -86,21 +87,22 @@ def transfusion_init(state: StateDict, source: Aligned | None, ctx: InitContext)
                                         partial=ctx.partial))
 
 
-def _moments(ref: torch.Tensor) -> tuple[float, float]:
-    """Mean and std of ``ref`` (float64 accumulation)."""
-    r = ref.detach().double()
-    return float(r.mean()), (float(r.std()) if r.numel() > 1 else 0.0)
-
-
-def meanvar_tensor(like: torch.Tensor, ref: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """I.i.d. N(mean(ref), std(ref)²) with the shape and dtype of ``like``.
+def meanvar_tensor(like: torch.Tensor, ref: torch.Tensor, generator: torch.Generator,
+                   moments: tuple[float, float] | None = None) -> torch.Tensor:
+    """I.i.d. N(mean(ref), std(ref)²) with the shape and dtype of ``like`` (a new tensor).
 
     Drawn directly in ``like``'s dtype: a float64 draw cast to float32 costs 5× more and adds
-    nothing (float32 holds N(μ, σ²) samples to 7 digits).
+    nothing (float32 holds N(μ, σ²) samples to 7 digits). ``moments``: ``mean_std(ref)`` if the
+    caller already has it.
     """
-    mu, sd = _moments(ref)
+    mu, sd = mean_std(ref) if moments is None else moments
     dtype = like.dtype if like.is_floating_point() else torch.float32
     return torch.empty(like.shape, dtype=dtype).normal_(mu, sd, generator=generator).to(like.dtype)
+
+
+def meanvar_note(ref: torch.Tensor, moments: tuple[float, float]) -> str:
+    mu, sd = moments
+    return f"N({mu:.3g}, {sd:.3g}²)" if ref.numel() > 1 else "N(source value, 0)"
 
 
 @register_init("meanvar", needs_source=True, arg="[all]",
@@ -115,9 +117,9 @@ def meanvar_init(state: StateDict, source: Aligned | None, ctx: InitContext) -> 
     out = {}
     for k in require(source, keys, what="meanvar", partial=ctx.partial):
         ref = source.state[k]
-        mu, sd = _moments(ref)  # once: used for the draw and the note
-        state[k] = state[k].normal_(mu, sd, generator=ctx.generator)  # in place: state is a clone
-        out[k] = Action("redrawn", f"N({mu:.3g}, {sd:.3g}²)" if ref.numel() > 1 else "N(source value, 0)")
+        m = mean_std(ref)  # once: used for the draw and the note
+        state[k] = meanvar_tensor(state[k], ref, ctx.generator, m)
+        out[k] = Action("redrawn", meanvar_note(ref, m))
     return out
 
 
