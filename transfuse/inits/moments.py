@@ -29,6 +29,8 @@ never touched, and the classifier (the ``head`` stage) keeps its default, as in 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -154,11 +156,22 @@ def _keys(state: StateDict, ctx: InitContext) -> list[str]:
 def moments_init(state: StateDict, source: Aligned | None, ctx: InitContext) -> dict[str, Action]:
     _no_arg("moments", ctx)
     assert source is not None
+    keys = require(source, _keys(state, ctx), what="moments", partial=ctx.partial)
+    # One seed per tensor, drawn in key order: the result does not depend on the thread count.
+    seeds = torch.randint(0, 2**62, (len(keys),), generator=ctx.generator).tolist()
+
+    def shuffle(k: str, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return permute_tensor(source.state[k], g).to(state[k].dtype)
+
+    # randperm/index_select release the GIL: tensors are shuffled on all intra-op threads at once
+    # (one shuffle is sequential Fisher–Yates and cannot use them itself).
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        drawn = list(pool.map(shuffle, keys, seeds))
     out = {}
-    for k in require(source, _keys(state, ctx), what="moments", partial=ctx.partial):
-        ref = source.state[k]
-        state[k] = permute_tensor(ref, ctx.generator).to(state[k].dtype)
-        out[k] = Action("redrawn", f"permutation of the source's {ref.numel()} values")
+    for k, t in zip(keys, drawn):
+        state[k] = t
+        out[k] = Action("redrawn", f"permutation of the source's {t.numel()} values")
     return out
 
 

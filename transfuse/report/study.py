@@ -70,11 +70,15 @@ def _speed_sentence(c: Comparison, res: StudyResults) -> str | None:
         if s is None or s.n < len(c.seeds):
             continue
         ratio = math.exp(s.mean)
-        ci = (f", 95% CI {math.exp(s.ci_low):.2f}×–{math.exp(s.ci_high):.2f}×"
-              if s.ci_low is not None else " (one seed, no CI)")
+        lo, hi = (math.exp(s.ci_low), math.exp(s.ci_high)) if s.ci_low is not None else (None, None)
+        if ratio < 1 and lo is not None:
+            lo, hi = 1 / hi, 1 / lo  # "× more steps": the interval of the inverse ratio
+        ci = f", 95% CI {lo:.2f}×–{hi:.2f}×" if lo is not None else " (one seed, no CI)"
         mean_i = cell.steps_abs[t].mean if cell and cell.steps_abs[t] else float("nan")
         mean_r = base.steps_abs[t].mean if base and base.steps_abs[t] else float("nan")
-        if ratio >= 1:
+        if abs(ratio - 1) < 0.005:
+            how = "in as many steps as random"
+        elif ratio >= 1:
             how = f"in {ratio:.2f}× fewer steps than random"
         else:
             how = f"in {1 / ratio:.2f}× more steps than random"
