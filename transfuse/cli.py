@@ -250,6 +250,44 @@ def _report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    an = sub.add_parser("analyze", help="SVCCA/PWCCA/CKA between layers and runs, weight change, filters")
+    an.add_argument("workspace", help="the workspace the study ran in")
+    an.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
+    an.add_argument("--pairs", nargs="+", metavar="RUNID:RUNID", help="runs to compare layer by layer "
+                    "(default: random seed A vs B, and random vs each other init, per model)")
+    an.add_argument("--images", type=int, default=256, help="images per run (default 256)")
+    an.add_argument("--split", default="test", help="split the images come from (default test)")
+    an.add_argument("--policy", default="pool", help="conv maps: pool (global average) or positions")
+    an.add_argument("--per-image", type=int, default=16, help="positions per image (--policy positions)")
+    an.add_argument("--measures", default="linear_cka,svcca,pwcca",
+                    help="comma list of cca, svcca, pwcca, linear_cka")
+    an.add_argument("--keep", type=float, default=0.99, help="SVD variance fraction for svcca/pwcca")
+    an.add_argument("--max-dims", type=int, help="cap on SVD directions (default datapoints/5)")
+    an.add_argument("--checkpoint", default="best", help="trained checkpoint: best or last")
+    an.add_argument("--seed", type=int, default=0, help="image subset, positions and chance shuffle")
+    an.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    an.add_argument("--no-progress", action="store_true")
+
+
+def _analyze(a: argparse.Namespace) -> int:
+    from .analysis.runs import AnalysisOptions, analyze_study
+
+    measures = tuple(m.strip() for m in a.measures.split(",") if m.strip())
+    opts = AnalysisOptions(images=a.images, split=a.split, policy=a.policy, per_image=a.per_image,
+                           measures=measures, keep=a.keep, max_dims=a.max_dims,
+                           checkpoint=a.checkpoint, seed=a.seed)
+    out = analyze_study(workspace=a.workspace, study=a.study, pairs=a.pairs, options=opts,
+                        device=a.device, progress=not a.no_progress)
+    print(f"study {out.study}: analysed {len(out.runs)} runs and {len(out.pairs)} pairs in "
+          f"{out.seconds:.1f} s — " + ", ".join(f"{n} {k}" for k, n in out.results.items()))
+    for p in out.pairs:
+        print(f"  {p.role:<10} {p.a} vs {p.b}")
+    print(f"  results in {Path(a.workspace) / 'transfuse.db'}; "
+          f"show them with `transfuse report {a.workspace} --study {out.study}`")
+    return 0
+
+
 def _runs(a: argparse.Namespace) -> int:
     from .store import Store
 
@@ -313,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
     _add_selftrain(sub)
+    _add_analyze(sub)
     rep = sub.add_parser("report", help="write a study's self-contained HTML report")
     rep.add_argument("workspace", help="the workspace the study ran in")
     rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
@@ -340,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on usage errors already
         return int(e.code or 0)
     handlers = {"train": _train, "datasets": _datasets, "models": _models, "inits": _inits,
-                "study": _study, "runs": _runs, "report": _report, "selftrain": _selftrain}
+                "study": _study, "runs": _runs, "report": _report, "selftrain": _selftrain,
+                "analyze": _analyze}
     try:
         return handlers[a.cmd](a)
     except TransfuseError as e:
