@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from ._common import as_matrix, check_pair, check_variance, register_similarity
+from ._common import check_pair, check_variance, register_similarity
 
 __all__ = ["linear_cka", "rbf_cka", "gram_linear", "gram_rbf", "center_gram", "cka_from_grams",
            "MinibatchCKA"]

@@ -181,7 +181,7 @@ def _filters_html(snaps: list[FilterSnapshot]) -> str:
         cols = sorted(chosen.values(), key=lambda s: (s.run.init != "random", s.run.init))[:8]
         fig, axes = new_figure(width=2.1 * len(cols) + 0.4, height=4.6, ncols=len(cols), nrows=2)
         for j, s in enumerate(cols):
-            start = "pretrained" if s.pretrained else "at init"
+            start = "at init (pretrained)" if s.pretrained else "at init"
             for i, (w, when) in enumerate(((s.init, start), (s.trained, "after training"))):
                 ax = axes[i][j]
                 ax.imshow(filter_grid(torch.tensor(w)), interpolation="nearest")
