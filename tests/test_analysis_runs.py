@@ -181,3 +181,13 @@ def test_positions_policy_compares_only_maps_of_one_size(ws):
         for j, b in enumerate(g.stages_b):
             assert (m[i][j] is None) == (i != j)  # cbr_tiny stages all have different map sizes
     assert analysis_section(store, "t") is not None
+
+
+def test_runs_share_analysis_images_only_on_the_same_data():
+    from transfuse.analysis.runs import _Images
+
+    test, train = _Images(AnalysisOptions()), _Images(AnalysisOptions(split="train"))
+    a, b = rec("a", "random", 0, n_train=64), rec("b", "random", 0, n_train=None)
+    other = RunRecord(**{**a.__dict__, "spec": {**a.spec, "data": {"name": "medmnist:bloodmnist@28"}}})
+    assert test.key(a) == test.key(b) != test.key(other)  # n_train subsamples only the train split
+    assert train.key(a) != train.key(b)
