@@ -100,7 +100,9 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
     result = model.load_state_dict({k: state[k] for k in actions}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     kinds = probe.key_kind
-    after = dict(zip(actions, mean_std_many([state[k] for k in actions])))
+    todo = [k for k, a in actions.items() if a.stats is None]
+    after = dict(zip(todo, mean_std_many([state[k] for k in todo])))
+    after.update({k: a.stats for k, a in actions.items() if a.stats is not None})
     records = []
     for k, v in state.items():
         a = actions.get(k, Action("default"))

@@ -51,6 +51,9 @@ class Action:
 
     action: str
     note: str = ""
+    #: ``(mean, std)`` of the new tensor when the strategy already computed it (the report then
+    #: skips its own pass over the tensor); ``None``: the report computes it.
+    stats: tuple[float, float] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
