@@ -18,6 +18,7 @@ what they must do; strategies registered later (gabor, moments, ...) get the gen
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -41,22 +42,30 @@ from transfuse.weights import SourceWeights
 
 SRC_IN, SRC_CLASSES = 3, 7  # the "pretrained" source: RGB, 7 classes
 IN_CH, CLASSES = 1, 3  # targets: gray, 3 classes
-SLOW = {("cbr_large_t", 3), ("cbr_large_w", 3)}  # ~60M parameters each
-
-
 def _family(name: str) -> str:
     return model_info(name).get("family", "")
 
 
+@functools.lru_cache(maxsize=None)
 def _slim_ok(name: str) -> bool:
-    return _family(name) in ("cbr", "resnet")
+    """Whether the model's builder takes stage widths (built on the meta device: no cost)."""
+    dims = model_info(name)["spatial_dims"][0]
+    try:
+        with torch.device("meta"):
+            create_model(name, spatial_dims=dims, in_channels=IN_CH, num_classes=CLASSES,
+                         **init_model_kwargs("slim:block1"))
+    except ModelError as e:
+        assert "no width multipliers" in str(e), e
+        return False
+    return True
 
 
 def _model_cases() -> list:
     out = []
     for name in list_models():
         for dims in model_info(name)["spatial_dims"]:
-            marks = [pytest.mark.slow] if (name, dims) in SLOW else []
+            # > ~30M parameters at these dims (registry meta heavy_dims): seconds per build.
+            marks = [pytest.mark.slow] if dims in model_info(name)["heavy_dims"] else []
             out.append(pytest.param((name, dims), id=f"{name}-{dims}d", marks=marks))
     return out
 

@@ -37,10 +37,16 @@ def _supports(name: str, dims: int) -> bool:
     return dims in model_info(name)["spatial_dims"]
 
 
+def _segmentation(name: str) -> bool:
+    return model_info(name)["task"] == "segmentation"
+
+
 def _input_side(name: str, dims: int) -> int:
     if name == "inception_v3":
         return 75
-    return 32 if dims == 2 else 16
+    side = 32 if dims == 2 else 16
+    mult = model_info(name)["size_multiple"]  # segmentation U-Nets: sides multiple of their stride
+    return max(side, -(-side // mult) * mult)
 
 
 def _cases() -> list:
@@ -50,8 +56,10 @@ def _cases() -> list:
             if not _supports(name, dims):
                 continue
             # Inception-v3 is the slowest build (probe at 299 px): one case, the 1-channel path.
+            # Models with > ~30M parameters at these dims (registry meta heavy_dims) are slow.
+            marks = [pytest.mark.slow] if dims in model_info(name)["heavy_dims"] else []
             for cin in ((1,) if name == "inception_v3" else (1, 3)):
-                out.append(pytest.param((name, dims, cin), id=f"{name}-{dims}d-c{cin}"))
+                out.append(pytest.param((name, dims, cin), id=f"{name}-{dims}d-c{cin}", marks=marks))
     return out
 
 
@@ -98,7 +106,8 @@ def built(request):
 
 def test_output_shape(built):
     model, name, dims, cin, side, out, _ = built
-    assert out.shape == (BATCH, NUM_CLASSES)
+    # Segmentation models (meta task="segmentation") return a map at the input size.
+    assert out.shape == ((BATCH, NUM_CLASSES, *[side] * dims) if _segmentation(name) else (BATCH, NUM_CLASSES))
     assert torch.isfinite(out).all()
     assert model.spatial_dims == dims and model.model_name == name
     first_conv = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
@@ -141,8 +150,12 @@ def test_stage_channels_and_strides_match_forward(built):
     for s in stages:
         assert shapes[s.name][1] == s.channels, (s.name, shapes[s.name], s.channels)
     head = stages[-1]
-    assert head.channels == NUM_CLASSES and head.stride == 0
-    assert shapes["head"] == out.shape == (BATCH, NUM_CLASSES)
+    if _segmentation(name):  # the head's output is a map: K channels at some stride
+        assert head.channels == NUM_CLASSES and head.stride >= 1
+        assert len(shapes["head"]) == 2 + dims and shapes["head"][:2] == (BATCH, NUM_CLASSES)
+    else:
+        assert head.channels == NUM_CLASSES and head.stride == 0
+        assert shapes["head"] == out.shape == (BATCH, NUM_CLASSES)
     strides = [s.stride for s in stages[:-1]]
     for s in strides:
         assert s >= 1 and s & (s - 1) == 0, f"stride {s} is not a power of two"
@@ -151,7 +164,9 @@ def test_stage_channels_and_strides_match_forward(built):
         shp = shapes[s.name]
         assert len(shp) == 2 + dims, (s.name, shp)
         if name != "inception_v3":  # "same" padding: side / stride, rounded up; Inception is unpadded
-            assert all(v == math.ceil(side / s.stride) for v in shp[2:]), (s.name, shp, s.stride)
+            assert all(v == math.ceil(side / s.stride) for v in shp[-2:]), (s.name, shp, s.stride)
+            if dims == 3:  # depth: downsampled alike, or not at all (pseudo-3D U-Nets)
+                assert shp[2] in (math.ceil(side / s.stride), side), (s.name, shp, s.stride)
 
 
 UNSUPPORTED = [(n, d) for n in ALL_MODELS for d in (2, 3) if not _supports(n, d)]
@@ -164,7 +179,10 @@ def test_unsupported_spatial_dims_raise(name, dims):
 
 
 def test_supported_dims_as_expected():
-    assert len(UNSUPPORTED) == 6  # resnet18/34/50, inception_v3 and the two timm models in 3D
+    med3d = list_models("med3d_*")  # Med3D / MedicalNet: 3D only
+    assert len(med3d) == 14 and all(model_info(n)["spatial_dims"] == (3,) for n in med3d)
+    # resnet18/34/50, inception_v3 and the two timm models in 3D; Med3D in 2D
+    assert len(UNSUPPORTED) == 6 + len(med3d)
     for n in list_models("cbr*"):
         assert model_info(n)["spatial_dims"] == (2, 3)
     for n in ("resnet18", "resnet34", "resnet50", "inception_v3", "timm:resnet18"):

@@ -30,6 +30,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--split-column", help="CSV: column with train/val/test")
     d.add_argument("--uncertain", default="ignore", help="-1 labels: ignore, ones or zeros")
     d.add_argument("--split-seed", type=int, default=0)
+    d.add_argument("--patch-size", type=int, help="segmentation: training patch / sliding-window side")
+    d.add_argument("--spacing", help="segmentation: resample to this spacing in mm, e.g. 3 or 1.5,1.5,3")
+    d.add_argument("--fg-ratio", type=float, default=0.5,
+                   help="segmentation: fraction of patches centred on foreground (default 0.5)")
+    d.add_argument("--region", action="append", default=[], metavar="NAME=L1,L2",
+                   help="segmentation: also score the union of labels as a region, e.g. WT=1,2,3")
     m = p.add_argument_group("model and init")
     m.add_argument("--model", required=True, help="see `transfuse models`")
     m.add_argument("--spatial-dims", type=int, choices=(2, 3), help="default: as the data")
@@ -62,6 +68,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _segmentation_options(a: argparse.Namespace) -> dict:
+    """``--spacing`` and ``--region`` parsed into DataSpec values (errors name the flag)."""
+    from .errors import ConfigError
+
+    try:
+        sp = tuple(float(v) for v in a.spacing.split(",")) if a.spacing else None
+    except ValueError:
+        raise ConfigError(f"--spacing {a.spacing!r} must be a number or comma-separated numbers "
+                          "(mm), e.g. 3 or 1.5,1.5,3") from None
+    regions = {}
+    for r in a.region:
+        name, _, labels = r.partition("=")
+        try:
+            regions[name.strip()] = [int(v) for v in labels.split(",")]
+        except ValueError:
+            raise ConfigError(f"--region {r!r} must look like NAME=1,2,3") from None
+        if not name.strip():
+            raise ConfigError(f"--region {r!r} must look like NAME=1,2,3")
+    return {"patch_size": a.patch_size, "spacing": sp, "fg_ratio": a.fg_ratio, "regions": regions}
+
+
 def _train(a: argparse.Namespace) -> int:
     from .config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec
     from .run import train_run
@@ -72,7 +99,7 @@ def _train(a: argparse.Namespace) -> int:
         data=DataSpec(name=a.dataset, data_root=a.data_root, n_train=a.n_train, fraction=a.fraction,
                       channels=a.channels, image_size=a.image_size, uncertain=a.uncertain,
                       label_columns=cols, path_column=a.path_column, split_column=a.split_column,
-                      split_seed=a.split_seed, normalize=a.normalize),
+                      split_seed=a.split_seed, normalize=a.normalize, **_segmentation_options(a)),
         model=ModelSpec(name=a.model, spatial_dims=a.spatial_dims),
         init=InitSpec(name=a.init, source=a.source, partial=a.init_partial),
         train=TrainSpec(steps=steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
@@ -92,9 +119,15 @@ def _train(a: argparse.Namespace) -> int:
     auc = out.test.get("auc")
     print(f"run {r.run_id} {what}: {r.spec['model']['name']} on {r.spec['data']['name']} "
           f"(init {r.spec['init']['name']}, seed {r.spec['seed']})")
-    print(f"  test AUC {auc:.4f}  acc {out.test.get('acc', float('nan')):.4f}  "
-          f"best step {r.summary.get('best_step')}/{r.summary.get('steps')}  "
-          f"{r.summary.get('train_seconds')} s" if auc is not None else "  test AUC undefined")
+    if "dice" in out.test:  # segmentation
+        fmt = lambda v: "undefined" if v is None else f"{v:.4f}"  # noqa: E731  (NaN is stored as None)
+        per = ", ".join(f"{k[5:]} {fmt(v)}" for k, v in out.test.items() if k.startswith("dice/"))
+        print(f"  test Dice {fmt(out.test['dice'])} ({per})  best step {r.summary.get('best_step')}/"
+              f"{r.summary.get('steps')}  {r.summary.get('train_seconds')} s")
+    else:
+        print(f"  test AUC {auc:.4f}  acc {out.test.get('acc', float('nan')):.4f}  "
+              f"best step {r.summary.get('best_step')}/{r.summary.get('steps')}  "
+              f"{r.summary.get('train_seconds')} s" if auc is not None else "  test AUC undefined")
     print(f"  stored in {Path(a.workspace) / 'transfuse.db'}; checkpoints in {r.run_dir}")
     return 0
 

@@ -22,6 +22,12 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
 
 
+# DataSpec fields added for segmentation are left out of the JSON while they hold their default,
+# so the ids of runs stored before the fields existed do not change.
+_SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "fg_ratio": 0.5,
+                                          "regions": []}
+
+
 def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{field_name}={value!r} is not valid; choose one of {', '.join(choices)}")
@@ -51,6 +57,14 @@ class DataSpec:
         test_fraction: fraction held out for testing when the data has no official split.
         normalize: ``data`` (per-channel mean/std of the training split) or ``source`` (the
             pretrained source's mean/std, when the run has a source that declares them).
+        patch_size: segmentation: side of the training patches and of the sliding window used
+            on whole val/test volumes; ``None`` uses the dataset's default.
+        spacing: segmentation: resample every volume to this voxel spacing in mm (one number =
+            isotropic, or one per axis); ``None`` uses the dataset's default (files: native).
+        fg_ratio: segmentation: probability that a training patch is centred on a foreground
+            voxel (MONAI ``RandCropByPosNegLabel`` with ``pos=fg_ratio, neg=1-fg_ratio``).
+        regions: segmentation: extra Dice scores over unions of labels, e.g.
+            ``{"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}`` for BraTS.
     """
 
     name: str
@@ -67,6 +81,10 @@ class DataSpec:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     normalize: str = "data"
+    patch_size: int | None = None
+    spacing: float | tuple[float, ...] | None = None
+    fg_ratio: float = 0.5
+    regions: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         _check_choice("data.uncertain", self.uncertain, UNCERTAIN_POLICIES)
@@ -86,6 +104,30 @@ class DataSpec:
             if not 0 <= v < 1:
                 raise ConfigError(f"data.{nm}={v} must be in [0, 1)")
         object.__setattr__(self, "label_columns", tuple(self.label_columns))
+        self._check_segmentation()
+
+    def _check_segmentation(self) -> None:
+        if self.patch_size is not None and self.patch_size < 8:
+            raise ConfigError(f"data.patch_size={self.patch_size} must be >= 8")
+        if not 0 <= self.fg_ratio <= 1:
+            raise ConfigError(f"data.fg_ratio={self.fg_ratio} must be in [0, 1]")
+        sp = self.spacing
+        if isinstance(sp, (list, tuple)):
+            sp = tuple(float(v) for v in sp)
+            object.__setattr__(self, "spacing", sp[0] if len(set(sp)) == 1 else sp)
+        if sp is not None and not all(v > 0 for v in (sp if isinstance(sp, tuple) else (sp,))):
+            raise ConfigError(f"data.spacing={self.spacing!r} must be > 0 (mm)")
+        regions = self.regions.items() if isinstance(self.regions, dict) else self.regions
+        try:
+            regions = tuple((str(n), tuple(int(v) for v in labels)) for n, labels in regions)
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.regions={self.regions!r} must map region names to label "
+                              "lists, e.g. {WT: [1, 2, 3]}") from None
+        for n, labels in regions:
+            if not labels or min(labels) < 1:
+                raise ConfigError(f"data.regions[{n!r}]={list(labels)} must list foreground "
+                                  "labels (>= 1)")
+        object.__setattr__(self, "regions", regions)
 
 
 @dataclass(frozen=True)
@@ -188,6 +230,9 @@ class RunSpec:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         if d.get("parent") is None:
             d.pop("parent", None)
+        for k, default in _SEGMENTATION_DEFAULTS.items():
+            if d["data"].get(k) == default:
+                d["data"].pop(k)
         return d
 
     def to_json(self) -> str:

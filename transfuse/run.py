@@ -68,7 +68,21 @@ def check_compatible(spec: RunSpec, data: PreparedData) -> int:
     if dims != data.info.spatial_dims:
         raise ConfigError(f"model.spatial_dims={dims} but dataset {data.info.name!r} is "
                           f"{data.info.spatial_dims}D; drop --spatial-dims or pick matching data")
+    # Segmentation data needs a model that outputs a map (registry meta task="segmentation").
+    model_task = info.get("task", "classification")
+    data_task = "segmentation" if data.info.task == "segmentation" else "classification"
+    if model_task != data_task:
+        raise ConfigError(f"model {spec.model.name!r} is a {model_task} model but dataset "
+                          f"{data.info.name!r} is {data_task} data; pick a {data_task} model "
+                          "(`transfuse models`)")
     side = min(data.info.image_shape)
+    if data_task == "segmentation":
+        mult = info.get("size_multiple", 1)
+        if side < info["min_size"] or side % mult:
+            raise ConfigError(f"model {spec.model.name!r} needs patches of at least "
+                              f"{info['min_size']} px and a multiple of {mult}, not {side}; pass "
+                              f"--patch-size {max(info['min_size'], -(-side // mult) * mult)}")
+        return dims
     if side < info["min_size"]:
         raise ConfigError(f"model {spec.model.name!r} needs inputs of at least {info['min_size']} px "
                           f"but {data.info.name!r} is {side} px; pass --image-size {info['min_size']} "

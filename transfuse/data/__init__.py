@@ -9,6 +9,8 @@ from .registry import DATASETS, RawData, list_datasets, load_dataset, prepare, r
 from . import medmnist as _medmnist  # noqa: F401  (registers loaders)
 from . import csvfolder as _csvfolder  # noqa: F401
 from . import builtin as _builtin  # noqa: F401
+from . import msd as _msd  # noqa: F401  (msd:, nifti: segmentation folders)
+from . import builtin3d as _builtin3d  # noqa: F401  (builtin:brain_seg3d)
 
 __all__ = [
     "DatasetInfo", "PreparedData", "SplitArrays", "RawData", "DATASETS", "load_dataset",

@@ -14,6 +14,10 @@ Every split yields ``(image, target, mask)``:
 - ``image``: float32 ``(C, H, W)`` or ``(C, D, H, W)``, normalised;
 - ``target``: int64 class index (multi-class) or float32 ``(K,)`` 0/1 vector (multi-label);
 - ``mask``: float32 scalar (multi-class) or ``(K,)``; 0 where a label is uncertain and ignored.
+
+Segmentation data (``task="segmentation"``, see :mod:`transfuse.data.segmentation`) keeps the same
+triple: ``image`` is a training patch or a whole val/test volume ``(C, *spatial)``, ``target`` the
+int64 label map ``(*spatial)`` and ``mask`` float32 ones ``(*spatial)``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ __all__ = [
     "validate_split",
 ]
 
-TASKS = ("multiclass", "multilabel")
+TASKS = ("multiclass", "multilabel", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -50,17 +54,21 @@ class DatasetInfo:
 
     Attributes:
         name: the dataset name as given in the spec.
-        task: ``multiclass`` (softmax; binary tasks are 2-class) or ``multilabel`` (sigmoid).
+        task: ``multiclass`` (softmax; binary tasks are 2-class), ``multilabel`` (sigmoid) or
+            ``segmentation`` (a class per voxel; class 0 is background).
         class_names: one name per class / label.
         spatial_dims: 2 for images, 3 for volumes.
         in_channels: channels after conversion.
-        image_shape: spatial shape after resizing, e.g. ``(28, 28)``.
+        image_shape: spatial shape after resizing, e.g. ``(28, 28)``; for segmentation the
+            training patch shape (also the sliding window on whole volumes).
         source: where the data came from (files, packages).
         license: licence of the data.
         description: one sentence on the task.
         norm_mean: per-channel mean used for normalisation (training split).
         norm_std: per-channel std used for normalisation (training split).
-        split_sizes: examples per split after subsampling.
+        split_sizes: examples per split after subsampling (segmentation: volumes).
+        spacing: segmentation: voxel spacing in mm every volume was resampled to.
+        regions: segmentation: Dice regions, name → labels whose union forms the region.
     """
 
     name: str
@@ -75,19 +83,25 @@ class DatasetInfo:
     norm_mean: tuple[float, ...] = ()
     norm_std: tuple[float, ...] = ()
     split_sizes: dict[str, int] = field(default_factory=dict)
+    spacing: tuple[float, ...] = ()
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name, "task": self.task, "class_names": list(self.class_names),
             "spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
             "image_shape": list(self.image_shape), "source": self.source, "license": self.license,
             "description": self.description, "norm_mean": list(self.norm_mean),
             "norm_std": list(self.norm_std), "split_sizes": dict(self.split_sizes),
         }
+        if self.task == "segmentation":
+            d["spacing"] = list(self.spacing)
+            d["regions"] = {k: list(v) for k, v in self.regions.items()}
+        return d
 
 
 @dataclass

@@ -40,14 +40,15 @@ class RawData:
     """What a loader returns before the shared preparation.
 
     Attributes:
-        task: ``multiclass`` or ``multilabel``.
+        task: ``multiclass``, ``multilabel`` or ``segmentation``.
         class_names: one per class / label.
         spatial_dims: 2 or 3.
         splits: ``train``/``val``/``test`` arrays, or a single ``all`` that :func:`prepare` splits
             with the spec's fractions and seed.
         source, license, description: provenance, shown by ``transfuse datasets``.
-        prepared: a loader that builds its splits itself (file-backed data) sets this instead
-            of ``splits``: ``spec -> (train, val, test, mean, std, shape, channels)``.
+        prepared: a loader that builds its splits itself (volumes, file-backed data) sets this
+            instead of ``splits``: ``(spec, norm) -> PreparedData``, ``norm`` as in
+            :func:`load_dataset`.
     """
 
     task: str
@@ -57,7 +58,7 @@ class RawData:
     source: str = ""
     license: str = ""
     description: str = ""
-    prepared: Callable[[DataSpec], Any] | None = None
+    prepared: Callable[..., PreparedData] | None = None
 
 
 Loader = Callable[[DataSpec, str], RawData]
@@ -173,6 +174,21 @@ def load_dataset(spec: DataSpec | str, *,
         spec = replace(spec, **overrides)
     loader, arg = _lookup(spec.name)
     raw = loader(spec, arg)
+    _check_task_options(spec, raw.task)
     if raw.prepared is not None:
-        return raw.prepared(spec)
+        return raw.prepared(spec, norm)
     return prepare(raw, spec, norm=norm)
+
+
+def _check_task_options(spec: DataSpec, task: str) -> None:
+    """Options that only one kind of task uses raise instead of being silently ignored."""
+    if task == "segmentation":
+        if spec.image_size is not None:
+            raise ConfigError(f"data.image_size does not apply to segmentation data {spec.name!r}; "
+                              "set data.spacing (mm) and data.patch_size instead")
+        return
+    seg = [k for k, unset in (("patch_size", None), ("spacing", None), ("fg_ratio", 0.5),
+                              ("regions", ())) if getattr(spec, k) != unset]
+    if seg:
+        raise ConfigError(f"data.{seg[0]} only applies to segmentation data; {spec.name!r} is "
+                          f"{task}: drop it")

@@ -30,14 +30,23 @@ MODELS: Registry[Builder] = Registry("model")
 
 def register_model(name: str, *, spatial_dims: tuple[int, ...] = (2,), min_size: int = 8,
                    family: str = "", description: str = "",
-                   probe_size: int | None = None) -> Callable[[Builder], Builder]:
+                   probe_size: int | None = None, task: str = "classification",
+                   size_multiple: int = 1,
+                   heavy_dims: tuple[int, ...] = ()) -> Callable[[Builder], Builder]:
     """Register a builder ``fn(*, spatial_dims, in_channels, num_classes, **kw) -> (model, groups)``.
 
     ``groups`` lists the stages as ``(name, module prefixes, output module)``; channels and
     strides are measured by :func:`~transfuse.models._stages.probe_stages`.
+
+    Metadata (:func:`model_info`): ``task`` is ``"classification"`` (logits ``(N, K)``) or
+    ``"segmentation"`` (logits ``(N, K, *spatial)`` at the input size; the training code matches
+    it against the data); ``size_multiple``: input sides must be multiples of it (segmentation
+    U-Nets: their total downsampling); ``heavy_dims``: spatial dims at which the model has more
+    than ~30M parameters (seconds per build on CPU: registry-wide tests mark those cases slow).
     """
     return MODELS.register(name, spatial_dims=tuple(spatial_dims), min_size=min_size,
-                           family=family, description=description, probe_size=probe_size)
+                           family=family, description=description, probe_size=probe_size,
+                           task=task, size_multiple=size_multiple, heavy_dims=tuple(heavy_dims))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -46,10 +55,13 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def model_info(name: str) -> dict[str, Any]:
-    """Registry metadata of a model: supported ``spatial_dims``, ``min_size``, family."""
+    """Registry metadata of a model: ``spatial_dims``, ``min_size``, ``family``, ``task``,
+    ``size_multiple``, ``heavy_dims`` (see :func:`register_model`)."""
     if name.startswith("timm:"):
-        return {"spatial_dims": (2,), "min_size": 32, "family": "timm", "description": "timm model"}
-    return dict(MODELS.get(name).meta)
+        return {"spatial_dims": (2,), "min_size": 32, "family": "timm", "description": "timm model",
+                "task": "classification", "size_multiple": 1, "heavy_dims": ()}
+    return {"task": "classification", "size_multiple": 1, "heavy_dims": (),
+            **MODELS.get(name).meta}
 
 
 def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_classes: int,
@@ -67,9 +79,12 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
             weights; the layers after them adapt their inputs).
 
     Returns:
-        ``nn.Module`` mapping ``(N, in_channels, *spatial)`` to logits ``(N, num_classes)``, with
-        ``stage_info`` (list of :class:`~transfuse.models.Stage`), ``spatial_dims`` and
-        ``model_name`` attributes.
+        ``nn.Module`` mapping ``(N, in_channels, *spatial)`` to logits ``(N, num_classes)``
+        (segmentation models, ``model_info(name)["task"] == "segmentation"``:
+        ``(N, num_classes, *spatial)``), with
+        ``stage_info`` (list of :class:`~transfuse.models.Stage`), ``spatial_dims``,
+        ``model_name`` and ``model_kwargs`` (the builder options given, ``stage_widths`` aside)
+        attributes.
 
     Raises:
         ConfigError: unknown name (with close matches).
@@ -109,6 +124,8 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
     model.spatial_dims = spatial_dims
     model.model_name = name
     model.min_input_size = meta["min_size"]
+    # The builder options (e.g. a U-Net's kernels=), so that the same model can be rebuilt.
+    model.model_kwargs = {k: v for k, v in kwargs.items() if k not in ("stage_widths", "timm_name")}
     return model
 
 
@@ -191,5 +208,6 @@ def _cbr_builder(cfg_name: str) -> Builder:
 
 for _name, (_k, _w, _) in CBR_CONFIGS.items():
     register_model(_name, spatial_dims=(2, 3), min_size=8, family="cbr",
+                   heavy_dims=(3,) if _name.startswith("cbr_large") else (),
                    description=f"Transfusion CBR, {_k}x{_k} kernels, widths {'-'.join(map(str, _w))}")(
         _cbr_builder(_name))

@@ -4,6 +4,9 @@ Step-based: ``TrainSpec.steps`` optimiser steps (or ``epochs`` passes), validati
 ``eval_every`` steps and at the end, then the test split with the best-on-validation weights.
 Checkpoints ``init.pt`` (before any step — analysis compares init with final), ``best.pt`` and
 ``last.pt`` hold the unwrapped model's ``state_dict`` and load with ``weights_only=True``.
+Segmentation data (``data.info.task == "segmentation"``) goes through the same loop: the loss,
+the whole-volume evaluation and the selection score (mean Dice instead of AUC) come from
+:mod:`transfuse.train.segment`.
 Under ``torchrun`` the model is wrapped in DDP and each process sees its shard of the training
 set; every process evaluates the full validation set (identical numbers, no gathering) and only
 rank 0 writes.
@@ -27,8 +30,9 @@ from ..config import TrainSpec
 from ..data.base import PreparedData
 from .device import autocast, init_distributed, resolve_device
 from .metrics import classification_metrics
+from .segment import evaluate_segmentation, segmentation_loss
 
-__all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn"]
+__all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn", "primary_metric"]
 
 LogFn = Callable[[int, str, dict[str, float]], None]
 
@@ -46,7 +50,10 @@ class FitResult:
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy (multi-class) or masked BCE (multi-label; masked labels add nothing)."""
+    """Cross-entropy (multi-class), masked BCE (multi-label; masked labels add nothing) or
+    Dice + cross-entropy (segmentation: logits ``(N, K, *spatial)``, targets ``(N, *spatial)``)."""
+    if task == "segmentation":
+        return segmentation_loss(logits, y, m)
     if task == "multiclass":
         return F.cross_entropy(logits, y)
     per = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * m
@@ -106,7 +113,13 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, task: st
 
 def evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device: torch.device,
              amp: bool = False) -> tuple[dict[str, float], np.ndarray]:
-    """Loss, macro and per-class AUC and accuracy on one split; also returns the probabilities."""
+    """Loss, macro and per-class AUC and accuracy on one split; also returns the probabilities.
+
+    Segmentation: loss and Dice from sliding-window inference on whole volumes, and the per-case
+    Dice instead of probabilities (see :func:`~transfuse.train.segment.evaluate_segmentation`).
+    """
+    if data.info.task == "segmentation":
+        return evaluate_segmentation(model, loader, data=data, device=device, amp=amp)
     probs, y, m, loss = predict(model, loader, device, data.info.task, amp)
     if not np.isfinite(probs).all():
         raise FloatingPointError("the model predicts NaN/inf; training diverged — lower the "
@@ -114,6 +127,22 @@ def evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device
     metrics = {"loss": loss, **classification_metrics(
         probs, y, task=data.info.task, class_names=data.info.class_names, mask=m)}
     return metrics, probs
+
+
+def primary_metric(task: str) -> str:
+    """The validation score that selects the best checkpoint: ``dice`` or ``auc``."""
+    return "dice" if task == "segmentation" else "auc"
+
+
+def _save_predictions(path: Path, data: PreparedData, preds: np.ndarray) -> None:
+    """``test_predictions.npz``: probabilities, targets and masks, or per-case Dice (segmentation)."""
+    if data.info.task == "segmentation":
+        cols = list(data.info.class_names[1:]) + list(data.info.regions)
+        np.savez(path, dice=preds, columns=np.array(cols))
+        return
+    items = [data.test[i] for i in range(len(data.test))]
+    np.savez(path, probs=preds, targets=torch.stack([it[1] for it in items]).numpy(),
+             masks=torch.stack([torch.as_tensor(it[2]) for it in items]).numpy())
 
 
 def _batches(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
@@ -137,7 +166,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     """Train ``model`` on ``data.train``, select on ``data.val``, report on ``data.test``.
 
     Args:
-        model: maps ``(N, C, *spatial)`` to logits ``(N, K)``.
+        model: maps ``(N, C, *spatial)`` to logits ``(N, K)`` (segmentation: ``(N, K, *spatial)``).
         data: prepared splits yielding ``(image, target, mask)``.
         spec: optimisation settings.
         seed: seeds batch order (the model is initialised by the caller).
@@ -170,7 +199,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     train_loader = DataLoader(data.train, batch_size=bs, shuffle=sampler is None, sampler=sampler,
                               generator=gen, drop_last=True, num_workers=spec.num_workers,
                               pin_memory=pin, persistent_workers=spec.num_workers > 0)
-    eval_loader = lambda ds: DataLoader(ds, batch_size=max(bs, 256), num_workers=spec.num_workers,  # noqa: E731
+    eval_bs = 1 if task == "segmentation" else max(bs, 256)  # whole volumes differ in shape
+    eval_loader = lambda ds: DataLoader(ds, batch_size=eval_bs, num_workers=spec.num_workers,  # noqa: E731
                                         pin_memory=pin)
     val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
     total = spec.steps or spec.epochs * len(train_loader)
@@ -186,7 +216,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
     if run_dir is not None and main:
         _save(raw_model, run_dir / "init.pt", 0)
-    best_auc, best_step, best_state = -math.inf, 0, None
+    primary = primary_metric(task)
+    best_score, best_step, best_state = -math.inf, 0, None
     val_metrics, _ = evaluate(model, val_loader, data=data, device=dev, amp=spec.amp)
     record(0, "val", val_metrics)
 
@@ -226,14 +257,14 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             loss_acc.zero_()
             val_metrics, _ = evaluate(model, val_loader, data=data, device=dev, amp=spec.amp)
             record(step, "val", val_metrics)
-            auc = val_metrics["auc"]
-            score = auc if math.isfinite(auc) else -val_metrics["loss"]
-            if score > best_auc:
-                best_auc, best_step = score, step
+            val_score = val_metrics[primary]
+            score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
+            if score > best_score:
+                best_score, best_step = score, step
                 best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
                 if run_dir is not None and main:
                     _save(raw_model, run_dir / "best.pt", step)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{auc:.3f}")
+            bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
             eval_seconds += time.perf_counter() - t_eval
     bar.close()
     seconds = time.perf_counter() - t0 - eval_seconds
@@ -244,9 +275,6 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         raw_model.load_state_dict(best_state)
     test_metrics, test_probs = evaluate(model, test_loader, data=data, device=dev, amp=spec.amp)
     if run_dir is not None and main:
-        items = [data.test[i] for i in range(len(data.test))]
-        np.savez(run_dir / "test_predictions.npz", probs=test_probs,
-                 targets=torch.stack([it[1] for it in items]).numpy(),
-                 masks=torch.stack([torch.as_tensor(it[2]) for it in items]).numpy())
+        _save_predictions(run_dir / "test_predictions.npz", data, test_probs)
     return FitResult(test=test_metrics, best_step=best_step, steps=total, history=history,
                      train_seconds=seconds, examples_per_second=seen * dist_info.world_size / seconds)
