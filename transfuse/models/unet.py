@@ -1,5 +1,6 @@
-"""U-Nets with a pretrainable encoder: ResNet-18/34/50 (torchvision) or CBR-Small, 2D, pseudo-3D
-or 3D, for multi-class segmentation.
+"""U-Nets with a pretrainable encoder: ResNet-18/34/50 (torchvision), EfficientNet-Lite0 (timm; its
+real ImageNet weights install offline as ``imagenet:efficientnet_lite0``) or CBR-Small, 2D,
+pseudo-3D or 3D, for multi-class segmentation.
 
 The encoder's modules are the classification model's own, at the same names (``conv1``, ``bn1``,
 ``layer1`` … for ResNets; ``stem``, ``block1`` … for CBRs), so a checkpoint of ``resnet34`` or
@@ -133,11 +134,22 @@ class UNet(nn.Module):
                              f"(k={tuple(divs)})")
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder maps listed in ``taps``, finest first."""
+        """The encoder maps listed in ``taps``, finest first.
+
+        A tap may name a child of an encoder module (``blocks.2`` of timm's EfficientNets): that
+        module's children then run one by one.
+        """
         want = {t[0] for t in self.taps}
         feats = []
         for name in self.encoder_modules:
-            x = getattr(self, name)(x)
+            mod = getattr(self, name)
+            if any(t.startswith(name + ".") for t in want):
+                for sub, child in mod.named_children():
+                    x = child(x)
+                    if f"{name}.{sub}" in want:
+                        feats.append(x)
+                continue
+            x = mod(x)
             if name in want:
                 feats.append(x)
         return feats
@@ -194,6 +206,23 @@ def _resnet_encoder(name: str, in_channels: int, mult: dict[str, float]) -> tupl
     return enc, taps
 
 
+#: timm's efficientnet_lite0 (real ImageNet weights offline: ``imagenet:efficientnet_lite0``).
+#: Taps: the stem's activation and the last block at each stride.
+_EFFNET = "unet_efficientnet_lite0"
+_EFFNET_TAPS = [("bn1", 32, 2), ("blocks.1", 24, 4), ("blocks.2", 40, 8), ("blocks.4", 112, 16),
+                ("blocks.6", 320, 32)]
+
+
+def _effnet_encoder(in_channels: int, mult: dict[str, float]) -> tuple[nn.Module, list[Tap]]:
+    import timm
+
+    if mult:
+        raise ModelError(f"{_EFFNET} has no width multipliers (slim needs cbr/resnet encoders)")
+    enc = timm.create_model("efficientnet_lite0", pretrained=False, in_chans=in_channels,
+                            num_classes=0)
+    return enc, list(_EFFNET_TAPS)
+
+
 def _options(name: str, spatial_dims: int, kernels: str, through_plane: bool | None) -> bool:
     if kernels not in KERNELS:
         raise ModelError(f"{name}: kernels={kernels!r} must be one of {', '.join(KERNELS)} "
@@ -208,7 +237,10 @@ def _options(name: str, spatial_dims: int, kernels: str, through_plane: bool | N
 
 def _unet_builder(name: str):
     resnet = name in _RESNETS
-    stages = _RESNET_STAGES if resnet else ["stem", "block1", "block2", "block3"]
+    effnet = name == _EFFNET
+    stages = (_RESNET_STAGES if resnet else
+              ["stem"] + [f"block{i}" for i in range(1, 8)] if effnet else
+              ["stem", "block1", "block2", "block3"])
 
     def build(*, spatial_dims: int, in_channels: int, num_classes: int, kernels: str = "1xkxk",
               through_plane: bool | None = None, decoder_channels: Sequence[int] | None = None,
@@ -216,7 +248,13 @@ def _unet_builder(name: str):
         through = _options(name, spatial_dims, kernels, through_plane)
         mult = resolve_stage_widths(stage_widths, model=name, stages=stages,
                                     scalable=stages[1:] if resnet else stages)
-        if resnet:
+        if effnet:
+            enc, taps = _effnet_encoder(in_channels, mult)
+            modules = ("conv_stem", "bn1", "blocks")
+            groups = [("stem", ("conv_stem", "bn1"), "bn1")]
+            groups += [(f"block{i + 1}", (f"blocks.{i}",), f"blocks.{i}") for i in range(7)]
+            default_channels = (256, 128, 64, 32, 16)
+        elif resnet:
             enc, taps = _resnet_encoder(name, in_channels, mult)
             modules = _RESNET_MODULES
             groups = [("stem", ("conv1", "bn1"), "maxpool")]
@@ -230,7 +268,8 @@ def _unet_builder(name: str):
             modules = tuple(stages)
             groups = [("stem", ("stem",), "stem")]
             default_channels = (128, 64, 32, 16)
-        groups += [(s, (m,), m) for s, m in zip(stages[1:], modules[-(len(stages) - 1):])]
+        if not effnet:
+            groups += [(s, (m,), m) for s, m in zip(stages[1:], modules[-(len(stages) - 1):])]
         groups.append(("head", ("decoder", "seg"), "seg"))
         model = UNet(encoder=enc, encoder_modules=modules, taps=taps, num_classes=num_classes,
                      decoder_channels=tuple(decoder_channels or default_channels))
@@ -243,9 +282,9 @@ def _unet_builder(name: str):
     return build
 
 
-for _n in (*_RESNETS, "unet_cbr_small"):
+for _n in (*_RESNETS, "unet_cbr_small", _EFFNET):
     _enc = _n[5:]
-    _div = 32 if _n in _RESNETS else 16
+    _div = 16 if _n == "unet_cbr_small" else 32
     register_model(_n, spatial_dims=(2, 3), min_size=_div, family="unet", task="segmentation",
                    size_multiple=_div, heavy_dims=(2, 3) if _n == "unet_resnet50" else (),
                    description=f"U-Net, {_enc} encoder (its keys); 3D: pseudo-3D + 3x1x1 "
