@@ -20,7 +20,8 @@
     pretrain:                      # our own pretraining: runs done first, used as "pretrain:<name>"
       cbr: {data: {name: "medmnist:pneumoniamnist@28"}, model: {name: cbr_small}}
     evaluation:
-      auc_thresholds: [0.8, 0.9]   # steps to reach each AUC (absolute)
+      auc_thresholds: [0.8, 0.9]   # steps to reach each AUC (absolute); dice_thresholds for
+                                   # segmentation studies (the same setting, on Dice)
       relative_thresholds: [0.9, 0.95]  # … and each fraction of the run's final AUC
     smoke:                         # dotted overrides for --smoke (defaults shown in SMOKE)
       train.steps: 4
@@ -161,10 +162,16 @@ def load_study(path: str | Path) -> StudySpec:
             spec_from_dict({**copy.deepcopy(pspec), "study": "x"})
         except ConfigError as e:
             raise ConfigError(f"{path}: pretrain.{pname}: {e}") from None
-    ev = raw.get("evaluation") or {}
+    ev = dict(raw.get("evaluation") or {})
+    if "dice_thresholds" in ev:  # segmentation studies: the same absolute thresholds, on Dice
+        if "auc_thresholds" in ev:
+            raise ConfigError(f"{path}: evaluation.dice_thresholds and evaluation.auc_thresholds "
+                              "are the same setting (the study's metric); give one")
+        ev["auc_thresholds"] = ev.pop("dice_thresholds")
     bad = sorted(set(ev) - set(EVAL_KEYS))
     if bad:
-        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}; valid: {', '.join(EVAL_KEYS)}")
+        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}; valid: "
+                          f"{', '.join(EVAL_KEYS)}, dice_thresholds")
     thr = {}
     for k in EVAL_KEYS:
         vals = ev.get(k, StudySpec.__dataclass_fields__[k].default)
