@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from transfuse.errors import ConfigError, ModelError
+from transfuse.errors import ModelError
 from transfuse.inits import INITS, apply_init, init_model_kwargs, list_inits
 from transfuse.models import (
     Med3DEncoder,
@@ -212,10 +212,6 @@ def test_every_init_strategy_works_on_3d_unets(name, kernels):
                else 0.05 * torch.randn(v.shape, generator=g)) for k, v in meta.state_dict().items()}
     source = SourceWeights(name="test:unet", arch=name, spatial_dims=dims, in_channels=1, loader=lambda: src)
     specs = [_spec(n) for n in list_inits()] + ["transfusion:block1+meanvar"]
-    if kernels == "1xkxk":
-        specs.remove("gabor")  # open: see test_gabor_on_pseudo3d
-    else:
-        specs.remove("slim:block2")  # open: see test_slim_with_builder_options
     side = model_info(name)["size_multiple"]
     x = torch.randn(1, 1, 2 if kernels == "1xkxk" else side, side, side)
     full = _n(meta)
@@ -241,16 +237,12 @@ def test_every_init_strategy_works_on_3d_unets(name, kernels):
             assert torch.isfinite(model.eval()(x)).all(), spec
 
 
-@pytest.mark.xfail(raises=ConfigError, strict=True, reason="open (inits/gabor.py): Gabor filters for "
-                   "1×k×k first convolutions (pseudo-3D) are not drawn yet")
 def test_gabor_on_pseudo3d():
     model = create_model("unet_cbr_small", spatial_dims=3, in_channels=1, num_classes=3)
     report = apply_init(model, "gabor", seed=0)
     assert report.by_key()["stem.0.weight"].action == "redrawn"
 
 
-@pytest.mark.xfail(raises=ConfigError, strict=True, reason="open (inits/slim.py): slim checks the "
-                   "widths against create_model(name) with default options, not kernels='kxkxk'")
 def test_slim_with_builder_options():
     model = create_model("unet_cbr_small", spatial_dims=3, in_channels=1, num_classes=3,
                          kernels="kxkxk", **init_model_kwargs("slim:block2"))

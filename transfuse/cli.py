@@ -356,6 +356,33 @@ def _runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder ourselves (Med3D multi-dataset)")
+    ps = p.add_subparsers(dest="pretrain_cmd", required=True)
+    q = ps.add_parser("med3d", help="one shared Med3D encoder, one segmentation head per dataset")
+    q.add_argument("file", help="pretraining YAML file (see examples/med3d_pretrain.yaml)")
+    q.add_argument("-w", "--workspace", default="workspace",
+                   help="default output root: WORKSPACE/pretrain/NAME (default ./workspace)")
+    q.add_argument("-o", "--out", help="output folder (default WORKSPACE/pretrain/NAME)")
+    q.add_argument("--smoke", action="store_true", help="a few steps on tiny patches (CI)")
+    q.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
+    q.add_argument("--no-progress", action="store_true")
+
+
+def _pretrain(a: argparse.Namespace) -> int:
+    from .pretrain import default_out_dir, load_pretrain, pretrain_med3d
+
+    spec = load_pretrain(a.file)
+    spec = spec.shrink() if a.smoke else spec
+    out = pretrain_med3d(spec, out_dir=a.out or default_out_dir(spec, a.workspace),
+                         device=a.device, progress=not a.no_progress)
+    s = out.summary
+    print(json.dumps({"name": s["name"], "out": str(out.out_dir), "steps": s["steps"],
+                      "seconds": s["seconds"], "use": s["use"],
+                      "val_dice": {d["name"]: d["final_dice"] for d in s["datasets"]}}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transfuse", description="Transfer learning for medical imaging.")
     from . import __version__
@@ -385,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
     _add_selftrain(sub)
     _add_analyze(sub)
+    _add_pretrain(sub)
     rep = sub.add_parser("report", help="write a study's self-contained HTML report")
     rep.add_argument("workspace", help="the workspace the study ran in")
     rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
@@ -413,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     handlers = {"train": _train, "datasets": _datasets, "models": _models, "inits": _inits,
                 "study": _study, "runs": _runs, "report": _report, "selftrain": _selftrain,
-                "analyze": _analyze}
+                "analyze": _analyze, "pretrain": _pretrain}
     try:
         return handlers[a.cmd](a)
     except TransfuseError as e:

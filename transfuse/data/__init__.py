@@ -11,6 +11,7 @@ from . import csvfolder as _csvfolder  # noqa: F401
 from . import builtin as _builtin  # noqa: F401
 from . import msd as _msd  # noqa: F401  (msd:, nifti: segmentation folders)
 from . import builtin3d as _builtin3d  # noqa: F401  (builtin:brain_seg3d)
+from . import builtin_spm as _builtin_spm  # noqa: F401  (builtin:spm_tissue6)
 
 __all__ = [
     "DatasetInfo", "PreparedData", "SplitArrays", "RawData", "DATASETS", "load_dataset",

@@ -5,7 +5,7 @@
 >>> report.counts()
 """
 
-from .adapt import Aligned, adapt_input_conv, align_source
+from .adapt import Aligned, adapt_input_conv, align_source, inflate_source
 from .apply import apply_init, init_state
 from .base import (INITS, Action, InitContext, InitReport, TensorRecord, init_model_kwargs,
                    list_inits, parse_init, register_init)
@@ -18,4 +18,5 @@ from . import slim as _slim  # noqa: F401  slim
 __all__ = [
     "apply_init", "init_state", "list_inits", "init_model_kwargs", "register_init", "parse_init", "INITS", "Action",
     "InitContext", "InitReport", "TensorRecord", "Aligned", "adapt_input_conv", "align_source",
+    "inflate_source",
 ]

@@ -10,8 +10,9 @@ from torch import nn
 
 from ..config import InitSpec
 from ..errors import ConfigError
+from ..models import transposed_strides
 from ..weights.sources import SourceWeights, resolve_source
-from .adapt import Aligned, align_source
+from .adapt import INFLATE_MODES, Aligned, align_source
 from .base import INITS, Action, InitReport, TensorRecord, build_context, parse_init
 from .stats import mean_std_many
 
@@ -20,7 +21,7 @@ __all__ = ["apply_init", "init_state"]
 
 def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
                source: SourceWeights | str | None = None, seed: int = 0, partial: bool = False,
-               workspace: str | Path | None = None) -> InitReport:
+               workspace: str | Path | None = None, inflate: str = "mean") -> InitReport:
     """Initialise ``model`` in place and report what happened to every tensor.
 
     Args:
@@ -32,12 +33,18 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
         seed: seed of every random draw.
         partial: tensors the source cannot provide stay at their default instead of raising.
         workspace: run store, for ``run:<id>`` sources.
+        inflate: a 2D source for a 3D model is inflated automatically (every 2D conv kernel whose
+            model kernel is 3D, through :func:`~transfuse.models.inflate_state_dict`): kernels of
+            depth 1 (pseudo-3D) by ``1xkxk``, deeper ones by ``"mean"`` (I3D, default) or
+            ``"center"``; ``"1xkxk"`` refuses deeper ones. The report notes how many kernels were
+            inflated and each such tensor's note says how (``"3×3 → 1×3×3 (1xkxk)"``).
 
     Returns:
         :class:`InitReport` with one record per state-dict key.
 
     Raises:
-        ConfigError: unknown strategy, missing source, or a source that does not fit.
+        ConfigError: unknown strategy, missing source, a source that does not fit (a 2D kernel
+            whose in-plane size differs from the model's is named), unknown ``inflate``.
         WeightsError: the source's weights cannot be loaded.
     """
     if isinstance(init, InitSpec):
@@ -47,6 +54,8 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
     else:
         name = init
     parts = parse_init(name)
+    if inflate not in INFLATE_MODES:
+        raise ConfigError(f"inflate={inflate!r} is not one of {', '.join(INFLATE_MODES)}")
     needs = [n for n, _ in parts if INITS.get(n).meta["needs_source"]]
     if isinstance(source, str):
         source = resolve_source(source, workspace=workspace)
@@ -66,7 +75,9 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
     notes: list[str] = []
     if source is not None and needs:
         aligned = align_source(state, source.state_dict(), first_conv=probe.first_conv,
-                               classifier=probe.classifier)
+                               classifier=probe.classifier, inflate=inflate,
+                               transposed=transposed_strides(model), task=probe.task,
+                               head_modules=probe.head_modules)
         notes += aligned.notes
         if source.arch and source.arch != probe.model_name:
             aligned.hint = (f"{source.name} holds {source.arch} weights, the model is "
@@ -79,6 +90,7 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
     actions: dict[str, Action] = {}
     remaining = set(state)
     for part, arg in parts:
+        reads_source = INITS.get(part).meta["needs_source"]
         ctx = dataclasses.replace(probe, eligible=frozenset(remaining), arg=arg, generator=gen,
                                   source_name=source.name if source is not None else None,
                                   partial=partial)
@@ -93,6 +105,10 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
         for k, a in done.items():
             if a.action == "loaded" and aligned is not None and k in aligned.adapted:
                 a = Action("adapted", aligned.adapted[k])
+            elif reads_source and a.action != "default" and aligned is not None and k in aligned.inflated:
+                # drawn from an inflated tensor (meanvar, moments, ...): its statistics are the 3D ones
+                note = f"source inflated {aligned.adapted[k]}"
+                a = Action(a.action, f"{a.note}; {note}" if a.note else note, stats=a.stats)
             actions[k] = a
         remaining -= set(done)
 

@@ -10,8 +10,9 @@ A strategy is registered under a name and called as::
   tensors' version counters and raises if one was modified). The model itself is only written
   once every part of the spec has succeeded;
 - ``source``: the pretrained source aligned to the target's keys and shapes
-  (:class:`~transfuse.inits.adapt.Aligned`: input channels adapted, classifier dropped when the
-  class count differs, mismatches listed), or ``None``;
+  (:class:`~transfuse.inits.adapt.Aligned`: a 2D source's kernels inflated for a 3D model, input
+  channels adapted, classifier dropped when the class count differs, mismatches listed), or
+  ``None``;
 - ``ctx``: :class:`InitContext` — stage and kind of every key, the keys this strategy may touch
   (``ctx.eligible``; earlier parts of a combination claim theirs first), its argument
   (``transfusion:block2`` → ``"block2"``) and a seeded generator.
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
-from ..errors import ConfigError
+from ..errors import ConfigError, TransfuseError
 from ..models import get_stages
 
 __all__ = [
@@ -77,6 +78,11 @@ class InitContext:
         first_conv: key of the first convolution's weight.
         classifier: keys of the classifier (head) parameters.
         partial: keys the source cannot provide stay default instead of raising.
+        task: ``"classification"`` or ``"segmentation"`` (registry metadata of the model).
+        head_modules: module-name prefixes of the ``head`` stage (``("fc",)``,
+            ``("decoder", "seg")``).
+        model_kwargs: the builder options the model was created with (``model.model_kwargs``,
+            e.g. ``(("kernels", "kxkxk"),)``), as sorted ``(name, value)`` pairs, lists as tuples.
     """
 
     model_name: str
@@ -91,6 +97,9 @@ class InitContext:
     first_conv: str | None = None
     classifier: tuple[str, ...] = ()
     partial: bool = False
+    task: str = "classification"
+    head_modules: tuple[str, ...] = ()
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def stages_up_to(self, stage: str) -> list[str]:
         """Stage names from ``stem`` through ``stage`` (inclusive).
@@ -250,8 +259,33 @@ def build_context(model: nn.Module, *, eligible: frozenset[str], arg: str | None
     key_stage = {k: stage_of(model, k) for k in keys}
     first_conv = next((k for k in keys if kinds[k] == "conv"), None)
     classifier = tuple(k for k in keys if key_stage[k] == "head")
+    head = next((s for s in stages if s.name == "head"), None)
     return InitContext(
         model_name=getattr(model, "model_name", type(model).__name__),
         spatial_dims=getattr(model, "spatial_dims", 2), stage_names=tuple(s.name for s in stages),
         key_stage=key_stage, key_kind=kinds, eligible=eligible, arg=arg, generator=generator,
-        source_name=source_name, first_conv=first_conv, classifier=classifier, partial=partial)
+        source_name=source_name, first_conv=first_conv, classifier=classifier, partial=partial,
+        task=_task(model), head_modules=tuple(head.modules) if head is not None else (),
+        model_kwargs=freeze_kwargs(getattr(model, "model_kwargs", None) or {}))
+
+
+def freeze_kwargs(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """``{"kernels": "kxkxk", "decoder_channels": [8, 8]}`` → sorted pairs, lists as tuples
+    (so that caches can key on them; other values are kept as they are)."""
+    def freeze(v: Any) -> Any:
+        return tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    return tuple(sorted((k, freeze(v)) for k, v in kwargs.items()))
+
+
+def _task(model: nn.Module) -> str:
+    """The registry's ``task`` for a model built by ``create_model`` (else classification)."""
+    from ..models import model_info
+
+    name = getattr(model, "model_name", None)
+    if not name:
+        return "classification"
+    try:
+        return str(model_info(name).get("task", "classification"))
+    except TransfuseError:
+        return "classification"

@@ -24,6 +24,11 @@ offsets), for a unit direction ``d = (d_z, d_y, d_x)``::
 a plane wave along ``d`` under a Gaussian envelope (σ along ``d``, σ/γ across it). With
 ``d = (0, sinθ, cosθ)`` this is the 2D filter on every depth slice, times ``exp(-γ² z²/(2σ²))``.
 
+**Pseudo-3D** first convolutions (kernel ``1×k_h×k_w``, Wacker et al.'s in-plane U-Nets) get the
+2D bank (orientations θ, as in 2D) in their single depth slice: ``w[:, :, 0]`` is exactly the 2D
+bank of a ``k_h×k_w`` conv, so each slice of a volume is filtered as a 2D image would be. Full
+``k×k×k`` kernels get the 3D bank below.
+
 **The bank** (:func:`gabor_bank`). Kernel size ``k`` (the smallest kernel dimension):
 
 - envelope ``σ = k/4`` (±2σ spans the kernel), aspect ``γ = 0.5`` (elongated along the stripes);
@@ -191,8 +196,13 @@ def gabor_bank(*, out_channels: int, in_channels: int, kernel_size: int | Sequen
 
     Returns:
         float32 tensor ``(O, I, k, k)`` (2D) or ``(O, I, k, k, k)`` (3D): each filter zero-mean,
-        ``w[o, i] = w[o, 0]`` for every ``i``, tensor std equal to ``std``.
+        ``w[o, i] = w[o, 0]`` for every ``i``, tensor std equal to ``std``. A 3D kernel of depth 1
+        (pseudo-3D, ``(1, k_h, k_w)``) gets the 2D bank in its single depth slice.
     """
+    if _pseudo3d(kernel_size, spatial_dims):
+        return gabor_bank(out_channels=out_channels, in_channels=in_channels,
+                          kernel_size=_sizes(kernel_size, 3)[1:], spatial_dims=2, band=band,
+                          std=std).unsqueeze(2)
     p = gabor_params(out_channels=out_channels, kernel_size=kernel_size,
                      spatial_dims=spatial_dims, band=band)
     ks = p["kernel_size"]
@@ -211,6 +221,12 @@ def gabor_bank(*, out_channels: int, in_channels: int, kernel_size: int | Sequen
     if cur > 0:
         bank = bank * (std / cur)
     return bank.contiguous().float()
+
+
+def _pseudo3d(kernel_size: int | Sequence[int], spatial_dims: int) -> bool:
+    """A 3D kernel of depth 1 (``1×k×k``, pseudo-3D): Gabor filters are drawn in its plane."""
+    return spatial_dims == 3 and not isinstance(kernel_size, int) and len(kernel_size) == 3 \
+        and int(kernel_size[0]) == 1
 
 
 def _describe(p: dict, spatial_dims: int) -> str:
@@ -244,9 +260,13 @@ def gabor_init(state: StateDict, source: Aligned | None, ctx: InitContext) -> di
         std, scale = float(ref.double().std()), "std of the source's first conv"
     else:
         std, scale = None, "Kaiming std"
-    p = gabor_params(out_channels=w.shape[0], kernel_size=tuple(w.shape[2:]),
-                     spatial_dims=ctx.spatial_dims, band=band)
-    bank = gabor_bank(out_channels=w.shape[0], in_channels=w.shape[1], kernel_size=tuple(w.shape[2:]),
+    ks = tuple(w.shape[2:])
+    flat = _pseudo3d(ks, ctx.spatial_dims)
+    dims = 2 if flat else ctx.spatial_dims
+    p = gabor_params(out_channels=w.shape[0], kernel_size=ks[1:] if flat else ks, spatial_dims=dims,
+                     band=band)
+    bank = gabor_bank(out_channels=w.shape[0], in_channels=w.shape[1], kernel_size=ks,
                       spatial_dims=ctx.spatial_dims, band=band, std=std)
     state[key] = bank.to(w.dtype)
-    return {key: Action("redrawn", f"{_describe(p, ctx.spatial_dims)}; {scale}")}
+    where = f" in the single depth slice of the {'×'.join(map(str, ks))} kernel" if flat else ""
+    return {key: Action("redrawn", f"{_describe(p, dims)}{where}; {scale}")}

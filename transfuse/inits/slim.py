@@ -68,22 +68,33 @@ def _model_kwargs(arg: str | None) -> dict[str, Any]:
 
 @lru_cache(maxsize=32)
 def _expected_shapes(model_name: str, spatial_dims: int, in_channels: int, stage: str,
-                     width: float, arg: str) -> dict[str, tuple[int, ...]]:
-    """Shapes of the non-head tensors of ``model_name`` built for ``slim:<arg>`` (meta device:
+                     width: float, arg: str, options: tuple[tuple[str, Any], ...] = ()
+                     ) -> dict[str, tuple[int, ...]]:
+    """Shapes of the non-head tensors of ``model_name`` built with its builder ``options`` (the
+    model's ``model_kwargs``, e.g. a U-Net's ``kernels="kxkxk"``) for ``slim:<arg>`` (meta device:
     shapes only, no memory, no init cost)."""
     from ..models import create_model, stage_of
 
     with torch.device("meta"):
         model = create_model(model_name, spatial_dims=spatial_dims, in_channels=in_channels,
-                             num_classes=1, stage_widths=WidthsAbove(stage, width, f"init slim:{arg}"))
+                             num_classes=1, **dict(options),
+                             stage_widths=WidthsAbove(stage, width, f"init slim:{arg}"))
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if stage_of(model, k) != "head"}
 
 
 def _check_widths(state: StateDict, ctx: InitContext, stage: str, width: float) -> None:
-    """Refuse a model whose widths are not the ones ``slim:<arg>`` builds."""
+    """Refuse a model whose widths are not the ones ``slim:<arg>`` builds (with the model's own
+    builder options, ``ctx.model_kwargs``)."""
     in_ch = int(state[ctx.first_conv].shape[1]) if ctx.first_conv else 3
+    args = (ctx.model_name, ctx.spatial_dims, in_ch, stage, width, ctx.arg or "", ctx.model_kwargs)
     try:
-        want = _expected_shapes(ctx.model_name, ctx.spatial_dims, in_ch, stage, width, ctx.arg or "")
+        hash(args)
+    except TypeError:  # an unhashable builder option: build without the cache
+        shapes = _expected_shapes.__wrapped__
+    else:
+        shapes = _expected_shapes
+    try:
+        want = shapes(*args)
     except TransfuseError as e:  # a family without width multipliers, a model not from create_model
         raise ConfigError(f"init slim:{ctx.arg} cannot be used with {ctx.model_name}: {e}") from None
     body = [k for k in state if ctx.key_stage[k] != "head"]
@@ -92,10 +103,11 @@ def _check_widths(state: StateDict, ctx: InitContext, stage: str, width: float) 
     if bad:
         k = bad[0]
         got = tuple(state[k].shape) if k in state else "missing"
+        opts = "".join(f", {n}={v!r}" for n, v in ctx.model_kwargs)
         raise ConfigError(
             f"init slim:{ctx.arg}: the model's widths do not match — {k} is {got}, slim expects "
             f"{want.get(k, 'no such tensor')}; build the model with "
-            f"create_model({ctx.model_name!r}, ..., **init_model_kwargs({'slim:' + (ctx.arg or '')!r}))")
+            f"create_model({ctx.model_name!r}, ...{opts}, **init_model_kwargs({'slim:' + (ctx.arg or '')!r}))")
 
 
 @register_init("slim", needs_source=True, arg="stage[,width]", model_kwargs=_model_kwargs,

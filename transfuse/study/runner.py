@@ -21,7 +21,7 @@ from typing import Any
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
 from ..store import Store
-from .spec import StudySpec, expand, pretrain_specs
+from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
 
 __all__ = ["run_study", "study_status", "StudyOutcome", "RunTask"]
 
@@ -116,6 +116,24 @@ def _ray(tasks: list[RunTask], workers: int, address: str | None,
             ray.shutdown()
 
 
+def _med3d_stage(spec: Any, *, workspace: str | Path, device: str | None, progress: bool) -> None:
+    """Run one Med3D pretraining unless its folder already holds it with the same config."""
+    import json
+
+    from ..pretrain import default_out_dir, pretrain_med3d
+
+    out = default_out_dir(spec, workspace)
+    meta = out / "pretrain.json"
+    if (out / "encoder.pt").is_file() and meta.is_file():
+        try:
+            same = json.loads(meta.read_text()).get("config") == json.loads(json.dumps(spec.to_dict()))
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+    pretrain_med3d(spec, out_dir=out, device=device, progress=progress)
+
+
 def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, executor: str = "local",
               address: str | None = None, smoke: bool = False, device: str | None = None,
               progress: bool = True) -> StudyOutcome:
@@ -168,6 +186,9 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
         bar.set_postfix(failed=len(outcome.failed), refresh=False)
 
     try:
+        # Stage 0: Med3D multi-dataset pretrainings (in this process; skipped when done).
+        for spec in med3d_pretrains(study, smoke=smoke).values():
+            _med3d_stage(spec, workspace=workspace, device=device, progress=progress)
         # Stage 1: the study's own pretraining runs (sources of stage 2); stage 2: the grid.
         for stage in (pre, specs):
             ids = [run_id(s) for s in stage]

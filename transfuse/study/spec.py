@@ -19,6 +19,7 @@
       - {model.name: "timm:efficientnet_lite0", init.name: slim}
     pretrain:                      # our own pretraining: runs done first, used as "pretrain:<name>"
       cbr: {data: {name: "medmnist:pneumoniamnist@28"}, model: {name: cbr_small}}
+      m3d: {med3d: med3d_pretrain.yaml}  # a Med3D multi-dataset pretraining (transfuse pretrain med3d)
     evaluation:
       auc_thresholds: [0.8, 0.9]   # steps to reach each AUC (absolute); dice_thresholds for
                                    # segmentation studies (the same setting, on Dice)
@@ -48,7 +49,7 @@ import yaml
 from ..config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, spec_from_dict
 from ..errors import ConfigError
 
-__all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "SMOKE"]
+__all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "SMOKE"]
 
 TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke")
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
@@ -158,6 +159,18 @@ def load_study(path: str | Path) -> StudySpec:
     if not isinstance(pretrain, dict) or not all(isinstance(v, dict) for v in pretrain.values()):
         raise ConfigError(f"{path}: pretrain must map names to run specs (data, model, init, train)")
     for pname, pspec in pretrain.items():
+        if "med3d" in pspec:  # a Med3D multi-dataset pretraining file, not a run spec
+            if set(pspec) != {"med3d"} or not isinstance(pspec["med3d"], str):
+                raise ConfigError(f"{path}: pretrain.{pname}: a Med3D entry is only "
+                                  "{med3d: path/to/pretrain.yaml} (relative to this file)")
+            from ..pretrain import load_pretrain
+
+            file = (Path(path).parent / pspec["med3d"]).resolve()
+            if not file.is_file():
+                raise ConfigError(f"{path}: pretrain.{pname}.med3d: {file} not found")
+            load_pretrain(file)  # validated now, errors name that file
+            pspec["med3d"] = str(file)
+            continue
         try:
             spec_from_dict({**copy.deepcopy(pspec), "study": "x"})
         except ConfigError as e:
@@ -216,10 +229,27 @@ def _excluded(d: dict[str, Any], exclude: tuple[dict[str, Any], ...]) -> bool:
     return False
 
 
-def pretrain_specs(study: StudySpec, *, smoke: bool = False) -> dict[str, RunSpec]:
-    """The study's pretraining runs by name (stored under ``<name>-pretrain``)."""
+def med3d_pretrains(study: StudySpec, *, smoke: bool = False) -> dict[str, Any]:
+    """The study's Med3D pretrainings by entry name: ``{name: PretrainSpec}`` (shrunk if smoke).
+
+    Their encoders are the sources ``med3d:<file's name>`` (``<workspace>/pretrain/<name>/``)."""
+    from ..pretrain import load_pretrain
+
     out = {}
     for pname, pspec in study.pretrain.items():
+        if "med3d" in pspec:
+            spec = load_pretrain(pspec["med3d"])
+            out[pname] = spec.shrink() if smoke else spec
+    return out
+
+
+def pretrain_specs(study: StudySpec, *, smoke: bool = False) -> dict[str, RunSpec]:
+    """The study's pretraining runs by name (stored under ``<name>-pretrain``); Med3D
+    pretrainings are not runs (see :func:`med3d_pretrains`)."""
+    out = {}
+    for pname, pspec in study.pretrain.items():
+        if "med3d" in pspec:
+            continue
         d = copy.deepcopy(pspec)
         if smoke:
             for k, v in {**SMOKE, **study.smoke}.items():
@@ -268,6 +298,7 @@ def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
         axes = [(k, _smoke_axis(k, v)) for k, v in axes]
     name = f"{study.name}-smoke" if smoke else study.name
     pre = {k: f"run:{run_id(v)}" for k, v in pretrain_specs(study, smoke=smoke).items()}
+    pre.update({k: f"med3d:{v.name}" for k, v in med3d_pretrains(study, smoke=smoke).items()})
     out, seen = [], set()
     for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
         d = copy.deepcopy(study.base)

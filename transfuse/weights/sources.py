@@ -170,6 +170,26 @@ def _run(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
         categories=tuple(info.get("class_names") or ()), loader=lambda: load_state_dict(ckpt))
 
 
+@register_source("med3d", description="encoder of a Med3D multi-dataset pretraining: med3d:<name> "
+                 "(WORKSPACE/pretrain/<name>/encoder.pt, from `transfuse pretrain med3d`)")
+def _med3d(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    import json
+
+    root = Path(workspace) if workspace is not None else Path("workspace")
+    ckpt = root / "pretrain" / arg / "encoder.pt"
+    if not ckpt.is_file():
+        raise WeightsError(f"source med3d:{arg}: {ckpt} not found; run `transfuse pretrain med3d "
+                           f"FILE.yaml --workspace {root}` first (FILE's name: {arg})")
+    try:
+        meta = json.loads((ckpt.parent / "pretrain.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    arch = (meta.get("config") or {}).get("encoder")
+    return SourceWeights(name=f"med3d:{arg}", arch=arch, spatial_dims=3, in_channels=1,
+                         license="as the pretraining datasets", origin=str(ckpt.resolve()),
+                         loader=lambda: load_state_dict(ckpt))
+
+
 @register_source("torchvision", description="torchvision weights, e.g. torchvision:resnet50.IMAGENET1K_V2 (online)",
                  offline=False)
 def _torchvision(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:

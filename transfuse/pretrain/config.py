@@ -1,0 +1,246 @@
+"""Pretraining files: one YAML file describes a Med3D-style multi-dataset pretraining.
+
+.. code-block:: yaml
+
+    name: med3d-brain2                 # output folder <workspace>/pretrain/<name>/
+    encoder: med3d_resnet10            # the shared encoder (any Med3D depth)
+    datasets:                          # segmentation data only; one head per entry
+      - data: {name: "builtin:spm_tissue6"}           # a DataSpec mapping, as in study files
+        weight: 1.0                    # probability of a step ∝ weight
+      - data: {name: "builtin:brain_seg3d", spacing: 2}  # its own spacing wins
+        weight: 1.0
+    spacing: 3                         # mm, for every dataset that sets none
+    patch_size: 32                     # training patch / sliding window, unless a dataset sets one
+    steps: 2000
+    batch_size: 4
+    lr: 0.01
+    optimizer: sgd                     # sgd (Nesterov momentum 0.9), adam or adamw
+    seed: 0
+    eval_every: 200                    # val Dice per dataset every this many steps and at the end
+
+Every error is a one-line :class:`~transfuse.errors.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import OPTIMIZERS, DataSpec
+from ..errors import ConfigError
+
+__all__ = ["DatasetEntry", "PretrainSpec", "load_pretrain", "pretrain_from_dict", "SMOKE",
+           "MIN_PATCH"]
+
+TOP_KEYS = ("name", "description", "encoder", "datasets", "spacing", "patch_size", "steps",
+            "batch_size", "lr", "optimizer", "seed", "eval_every")
+ENTRY_KEYS = ("data", "weight")
+#: ``--smoke``: at most these steps / eval interval / batch, and patches of this side.
+SMOKE: dict[str, int] = {"steps": 4, "eval_every": 2, "batch_size": 2, "patch_size": 16}
+#: Smallest patch side: the encoder's output stride is 8 and its head upsamples ×2.
+MIN_PATCH = 16
+_ENCODER = re.compile(r"med3d_resnet(\d+)")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One pretraining dataset: its data spec (spacing/patch filled in) and sampling weight."""
+
+    data: DataSpec
+    weight: float
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A parsed pretraining file (see the module docstring for the keys)."""
+
+    name: str
+    encoder: str
+    datasets: tuple[DatasetEntry, ...]
+    spacing: float | tuple[float, ...] | None = None
+    patch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    seed: int = 0
+    eval_every: int = 100
+    description: str = ""
+    smoke: bool = False
+
+    @property
+    def depth(self) -> int:
+        """The Med3D depth of :attr:`encoder` (``med3d_resnet10`` → 10)."""
+        return int(_ENCODER.fullmatch(self.encoder).group(1))  # type: ignore[union-attr]
+
+    def shrink(self) -> PretrainSpec:
+        """The ``--smoke`` version: a few steps, batch 2, 16³ patches, name ``<name>-smoke``."""
+        small = {k: min(getattr(self, k), v) for k, v in SMOKE.items()}
+        entries = tuple(replace(e, data=replace(e.data, patch_size=small["patch_size"]))
+                        for e in self.datasets)
+        return replace(self, name=f"{self.name}-smoke", datasets=entries, smoke=True, **small)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (data specs in full, defaults written out)."""
+        d = asdict(self)
+        d["datasets"] = [{"data": asdict(e.data), "weight": e.weight} for e in self.datasets]
+        return d
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}: {key}" if path else key
+
+
+def _number(raw: dict[str, Any], key: str, default: Any, *, kind: type, path: str,
+            minimum: float, strict: bool = False) -> Any:
+    v = raw.get(key, default)
+    ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
+    if not ok or (v <= minimum if strict else v < minimum):
+        what = "an integer" if kind is int else "a number"
+        rel = ">" if strict else ">="
+        raise ConfigError(_where(path, f"{key}={v!r} must be {what} {rel} {minimum:g}"))
+    return kind(v)
+
+
+def _entry(i: int, e: Any, spec: dict[str, Any], path: str) -> DatasetEntry:
+    where = f"datasets[{i}]"
+    if not isinstance(e, dict):
+        raise ConfigError(_where(path, f"{where} must be a mapping with keys data and weight"))
+    bad = sorted(set(e) - set(ENTRY_KEYS))
+    if bad:
+        raise ConfigError(_where(path, f"unknown key {where}.{bad[0]}; valid keys: "
+                                       f"{', '.join(ENTRY_KEYS)}"))
+    if "data" not in e:
+        raise ConfigError(_where(path, f"missing key {where}.data"))
+    data = e["data"]
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict):
+        raise ConfigError(_where(path, f"{where}.data must be a mapping like "
+                                       "{name: \"builtin:brain_seg3d\"}"))
+    names = set(DataSpec.__dataclass_fields__)
+    bad = sorted(set(data) - names)
+    if bad:
+        raise ConfigError(_where(path, f"unknown key {where}.data.{bad[0]}; valid keys: "
+                                       f"{', '.join(sorted(names))}"))
+    if "name" not in data:
+        raise ConfigError(_where(path, f"missing key {where}.data.name"))
+    data = dict(data)
+    if data.get("spacing") is None and spec["spacing"] is not None:
+        data["spacing"] = spec["spacing"]
+    if data.get("patch_size") is None:
+        data["patch_size"] = spec["patch_size"]
+    for k in ("label_columns",):
+        if k in data:
+            data[k] = tuple(data[k])
+    try:
+        ds = DataSpec(**data)
+    except ConfigError as err:  # the DataSpec names the field; add where it is
+        raise ConfigError(_where(path, f"{where}.{err}")) from None
+    except TypeError as err:
+        raise ConfigError(_where(path, f"{where}.data: {err}")) from None
+    if ds.patch_size is not None and ds.patch_size < MIN_PATCH:
+        raise ConfigError(_where(path, f"{where}.data.patch_size={ds.patch_size} must be >= "
+                                       f"{MIN_PATCH} (Med3D's output stride is 8)"))
+    _check_segmentation_name(ds.name, f"{where}.data.name", path)
+    w = e.get("weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+        raise ConfigError(_where(path, f"{where}.weight={w!r} must be a number > 0"))
+    return DatasetEntry(ds, float(w))
+
+
+def _check_segmentation_name(name: str, key: str, path: str) -> None:
+    """Refuse data that the registry already knows is not segmentation (others: at load time)."""
+    from ..data import DATASETS
+
+    family = name if name in DATASETS else name.partition(":")[0]
+    if family not in DATASETS:
+        raise ConfigError(_where(path, f"{key}={name!r} is not a known dataset; see "
+                                       "`transfuse datasets`"))
+    task = DATASETS.get(family).meta.get("task")
+    if task is not None and task != "segmentation":
+        raise ConfigError(_where(path, f"{key}={name!r} is {task} data; Med3D pretraining needs "
+                                       "segmentation data (a label per voxel), e.g. "
+                                       "builtin:brain_seg3d, builtin:spm_tissue6, msd:<folder>"))
+
+
+def pretrain_from_dict(raw: Any, *, path: str = "") -> PretrainSpec:
+    """Validate a pretraining mapping (parsed YAML) into a :class:`PretrainSpec`.
+
+    Raises:
+        ConfigError: an unknown, missing or invalid key; the message names ``path`` and the key.
+    """
+    from ..models.med3d import MED3D_DEPTHS
+
+    if not isinstance(raw, dict):
+        raise ConfigError(_where(path, "a pretraining file is a mapping with keys "
+                                       f"{', '.join(TOP_KEYS)}"))
+    bad = sorted(set(raw) - set(TOP_KEYS))
+    if bad:
+        raise ConfigError(_where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(TOP_KEYS)}"))
+    for key in ("name", "encoder", "datasets"):
+        if key not in raw:
+            raise ConfigError(_where(path, f"missing key {key!r}"))
+    name = raw["name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name.strip()):
+        raise ConfigError(_where(path, f"name={name!r} must be a non-empty folder name (letters, "
+                                       "digits, . _ -)"))
+    enc = raw["encoder"]
+    m = _ENCODER.fullmatch(str(enc))
+    if m is None or int(m.group(1)) not in MED3D_DEPTHS:
+        depths = ", ".join(f"med3d_resnet{d}" for d in MED3D_DEPTHS)
+        raise ConfigError(_where(path, f"encoder={enc!r} is not a Med3D encoder; choose one of {depths}"))
+    spacing = raw.get("spacing")
+    if spacing is not None:
+        vals = spacing if isinstance(spacing, list) else [spacing]
+        if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                               for v in vals) or len(vals) not in (1, 3):
+            raise ConfigError(_where(path, f"spacing={spacing!r} must be a number > 0 (mm) or "
+                                           "three of them"))
+        spacing = float(vals[0]) if len(set(vals)) == 1 else tuple(float(v) for v in vals)
+    opt = raw.get("optimizer", "sgd")
+    if opt not in OPTIMIZERS:
+        raise ConfigError(_where(path, f"optimizer={opt!r} is not valid; choose one of "
+                                       f"{', '.join(OPTIMIZERS)}"))
+    top = {
+        "spacing": spacing,
+        "patch_size": _number(raw, "patch_size", 32, kind=int, path=path, minimum=MIN_PATCH),
+        "steps": _number(raw, "steps", 1000, kind=int, path=path, minimum=1),
+        "batch_size": _number(raw, "batch_size", 4, kind=int, path=path, minimum=1),
+        "lr": _number(raw, "lr", 0.01, kind=float, path=path, minimum=0, strict=True),
+        "seed": _number(raw, "seed", 0, kind=int, path=path, minimum=0),
+        "eval_every": _number(raw, "eval_every", 100, kind=int, path=path, minimum=1),
+    }
+    entries = raw["datasets"]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(_where(path, "datasets must be a non-empty list of {data: ..., weight: ...}"))
+    datasets = tuple(_entry(i, e, top, path) for i, e in enumerate(entries))
+    seen: set[str] = set()
+    for i, e in enumerate(datasets):
+        if e.data.name in seen:
+            raise ConfigError(_where(path, f"datasets[{i}].data.name={e.data.name!r} is listed "
+                                           "twice; each dataset gets one head"))
+        seen.add(e.data.name)
+    return PretrainSpec(name=name.strip(), encoder=str(enc), datasets=datasets, optimizer=opt,
+                        description=str(raw.get("description", "")), **top)
+
+
+def load_pretrain(path: str | Path) -> PretrainSpec:
+    """Read and validate a pretraining YAML file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or has an invalid key (named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: pretraining file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{p}: not valid YAML ({first})") from None
+    return pretrain_from_dict(raw, path=str(p))
