@@ -206,3 +206,61 @@ def test_spm_tissue6_is_real_6_class_head_segmentation_on_disjoint_slabs():
     assert torch.equal(below.label, full.label[..., :zv[0] - 2])
     assert torch.equal(above.label, full.label[..., zt[1] + 3:])
     assert builtin_spm.spm_tissue6_volumes(seed=3)["val"][0].name != val.name
+
+
+# -- in a study ------------------------------------------------------------------------------------
+
+def test_study_runs_the_med3d_pretraining_first_then_skips_it(tmp_path):
+    from transfuse.inits import apply_init  # noqa: F401  (registers strategies)
+    from transfuse.study import load_study, run_study
+    from transfuse.study.spec import expand
+
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(f"""
+name: m3d-study
+pretrain:
+  enc: {{med3d: {EXAMPLE}}}
+base:
+  data: {{name: "builtin:brain_seg3d", spacing: 6, patch_size: 16}}
+  model: {{name: med3d_seg_resnet10, spatial_dims: 3}}
+  init: {{name: "transfusion:block4", source: "pretrain:enc"}}
+  train: {{steps: 2, eval_every: 2, batch_size: 2}}
+""")
+    study = load_study(study_file)
+    (spec,) = expand(study, smoke=True)
+    assert spec.init.source == "med3d:med3d-brain2-smoke"
+    ws = tmp_path / "ws"
+    out = run_study(study, workspace=ws, smoke=True, progress=False)
+    assert out.ok and len(out.finished) == 1
+    meta = ws / "pretrain" / "med3d-brain2-smoke" / "pretrain.json"
+    stamp = meta.stat().st_mtime_ns
+    from transfuse.store import Store
+
+    (rec,) = Store(ws).list_runs(study="m3d-study-smoke")
+    enc = torch.load(meta.parent / "encoder.pt", weights_only=True)
+    assert any("segmentation head not in the source" in n for n in rec.init_report["notes"])
+    best = torch.load(Path(rec.run_dir) / "init.pt", weights_only=True)
+    best = best.get("state_dict", best) if isinstance(best, dict) else best
+    assert torch.equal(best["layer4.0.conv1.weight"], enc["layer4.0.conv1.weight"])
+    again = run_study(study, workspace=ws, smoke=True, progress=False)
+    assert again.ok and not again.finished and len(again.skipped) == 1
+    assert meta.stat().st_mtime_ns == stamp  # the pretraining was not repeated
+
+
+def test_med3d_source_errors(tmp_path):
+    from transfuse.study import load_study
+    from transfuse.weights.io import WeightsError
+    from transfuse.weights import resolve_source
+
+    with pytest.raises(WeightsError, match=r"med3d:nope: .*encoder.pt not found; run `transfuse "
+                                           r"pretrain med3d FILE.yaml --workspace"):
+        resolve_source("med3d:nope", workspace=tmp_path)
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: x\npretrain:\n  enc: {med3d: missing.yaml}\nbase: {data: {name: "
+                   "'builtin:brain_seg3d'}, model: {name: med3d_seg_resnet10}}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: pretrain.enc.med3d: .*missing.yaml not found"):
+        load_study(bad)
+    bad.write_text("name: x\npretrain:\n  enc: {med3d: a.yaml, steps: 3}\nbase: {data: {name: "
+                   "'builtin:brain_seg3d'}, model: {name: med3d_seg_resnet10}}\n")
+    with pytest.raises(ConfigError, match=r"pretrain.enc: a Med3D entry is only"):
+        load_study(bad)

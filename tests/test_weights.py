@@ -261,6 +261,15 @@ def _example(family: str, tmp_path: Path, trained_run) -> tuple[str, Path | None
     if family == "run":
         ws, rec = trained_run
         return f"run:{rec.run_id}", ws
+    if family == "med3d":  # the layout `transfuse pretrain med3d` writes
+        out = tmp_path / "ws" / "pretrain" / "m3d"
+        out.mkdir(parents=True)
+        from transfuse.models import Med3DEncoder
+
+        torch.save(Med3DEncoder(depth=10).state_dict(), out / "encoder.pt")
+        (out / "pretrain.json").write_text(json.dumps(
+            {"config": {"encoder": "med3d_resnet10", "patch_size": 24}}))
+        return "med3d:m3d", tmp_path / "ws"
     examples = {"imagenet": LITE0, "torchvision": "torchvision:resnet50.IMAGENET1K_V2",
                 "timm": "timm:resnet18.a1_in1k"}
     if family not in examples:

@@ -184,10 +184,12 @@ def _med3d(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
         meta = json.loads((ckpt.parent / "pretrain.json").read_text())
     except (OSError, ValueError):
         meta = {}
-    arch = (meta.get("config") or {}).get("encoder")
-    return SourceWeights(name=f"med3d:{arg}", arch=arch, spatial_dims=3, in_channels=1,
-                         license="as the pretraining datasets", origin=str(ckpt.resolve()),
-                         loader=lambda: load_state_dict(ckpt))
+    cfg = meta.get("config") or {}
+    patch = int(cfg.get("patch_size") or 32)
+    return SourceWeights(name=f"med3d:{arg}", arch=cfg.get("encoder") or "med3d_resnet10",
+                         spatial_dims=3, in_channels=1, input_size=(patch,) * 3,
+                         license="as the pretraining datasets (see pretrain.json)",
+                         origin=str(ckpt.resolve()), loader=lambda: load_state_dict(ckpt))
 
 
 @register_source("torchvision", description="torchvision weights, e.g. torchvision:resnet50.IMAGENET1K_V2 (online)",
