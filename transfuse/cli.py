@@ -148,11 +148,13 @@ def _datasets(a: argparse.Namespace) -> int:
 def _models(a: argparse.Namespace) -> int:
     from .models import MODELS
 
-    print(f"  {'name':<16} {'dims':<6} {'min px':<7} description")
+    w = max(len(e.name) for e in MODELS) + 1
+    print(f"  {'name':<{w}} {'dims':<6} {'task':<5} {'min px':<7} description")
     for e in MODELS:
         dims = "/".join(f"{d}D" for d in e.meta["spatial_dims"])
-        print(f"  {e.name:<16} {dims:<6} {e.meta['min_size']:<7} {e.meta['description']}")
-    print("  timm:<name>      2D     any timm model, e.g. timm:efficientnet_lite0")
+        task = "seg" if e.meta.get("task") == "segmentation" else "clf"
+        print(f"  {e.name:<{w}} {dims:<6} {task:<5} {e.meta['min_size']:<7} {e.meta['description']}")
+    print(f"  {'timm:<name>':<{w}} {'2D':<6} {'clf':<5} {'':<7} any timm model, e.g. timm:efficientnet_lite0")
     return 0
 
 
