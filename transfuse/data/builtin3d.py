@@ -17,6 +17,7 @@ volumes are cached like the other built-in data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,14 +102,27 @@ def brain_seg3d_volumes(*, seed: int = 0,
                   classes=BRAIN_CLASSES, spatial_dims=3, channels=1)
 def load_brain_seg3d(spec: DataSpec, arg: str = "") -> RawData:
     """Loader for ``builtin:brain_seg3d`` (volumes are built when the data is prepared)."""
+    return volumes_raw_data(
+        lambda spec: brain_seg3d_volumes(seed=spec.split_seed, spacing=spec.spacing),
+        class_names=BRAIN_CLASSES, default_patch=DEFAULT_PATCH, source=_BRAIN_SOURCE,
+        license=_BRAIN_LICENSE,
+        description="Tissue class (background, grey matter, white matter, CSF) of every voxel of "
+                    "a T1-weighted brain MRI volume; tested on a different brain image.")
+
+
+def volumes_raw_data(volumes: Callable[[DataSpec], dict[str, list[Volume]]], *,
+                     class_names: tuple[str, ...], default_patch: int, source: str, license: str,
+                     description: str) -> RawData:
+    """The :class:`RawData` of a built-in 3D segmentation dataset whose ``volumes(spec)`` returns
+    ``{"train": [...], "val": [...], "test": [...]}``: built when the data is prepared, through
+    the shared segmentation pipeline (``n_train`` keeps that many training volumes)."""
 
     def prepared(spec: DataSpec, norm: Any = None) -> PreparedData:
-        vols = brain_seg3d_volumes(seed=spec.split_seed, spacing=spec.spacing)
+        vols = volumes(spec)
         vols["train"] = keep_training(vols["train"], spec)
-        return prepare_segmentation(
-            vols, spec, class_names=BRAIN_CLASSES, default_patch=DEFAULT_PATCH, norm=norm,
-            source=_BRAIN_SOURCE, license=_BRAIN_LICENSE,
-            description="Tissue class (background, grey matter, white matter, CSF) of every voxel "
-                        "of a T1-weighted brain MRI volume; tested on a different brain image.")
+        return prepare_segmentation(vols, spec, class_names=class_names,
+                                    default_patch=default_patch, norm=norm, source=source,
+                                    license=license, description=description)
 
-    return RawData(task="segmentation", class_names=BRAIN_CLASSES, spatial_dims=3, prepared=prepared)
+    return RawData(task="segmentation", class_names=class_names, spatial_dims=3, source=source,
+                   license=license, prepared=prepared)

@@ -21,16 +21,13 @@ once (a few seconds) and cached like the other built-in data.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..config import DataSpec
-from .base import PreparedData
 from .builtin import _resample, _spm_image, _to_uint8, cached_arrays
-from .builtin3d import _slab, _volume
+from .builtin3d import _slab, _volume, volumes_raw_data
 from .registry import RawData, register_dataset
-from .segmentation import Volume, keep_training, per_axis, prepare_segmentation
+from .segmentation import Volume, per_axis
 
 __all__ = ["SPM6", "SPM6_PD", "SPM6_CLASSES", "DEFAULT_SPACING", "DEFAULT_PATCH", "spm_tissue6_volumes",
            "load_spm_tissue6"]
@@ -102,41 +99,28 @@ def spm_tissue6_volumes(*, seed: int = 0, spacing: float | tuple[float, ...] | N
             "test": [_slab(head, z1, z1 + block, f"{head.name}, test slab z={z1}..{z1 + block - 1}")]}
 
 
-@register_dataset(SPM6, description="3D head MRI segmentation (bg/GM/WM/CSF/bone/soft tissue), SPM "
-                  "avg152T2 labelled by TPM.nii, 3 mm; disjoint axial slabs per split",
-                  task="segmentation", classes=SPM6_CLASSES, spatial_dims=3, channels=1)
-def load_spm_tissue6(spec: DataSpec, arg: str = "") -> RawData:
-    """Loader for ``builtin:spm_tissue6`` (volumes are built when the data is prepared)."""
+def _loader(name: str, source: str, description: str):
+    def load(spec: DataSpec, arg: str = "") -> RawData:
+        return volumes_raw_data(
+            lambda spec: spm_tissue6_volumes(seed=spec.split_seed, spacing=spec.spacing, name=name),
+            class_names=SPM6_CLASSES, default_patch=DEFAULT_PATCH, source=source,
+            license=_LICENSE.replace("avg152T2", _IMAGES[name]), description=description)
 
-    def prepared(spec: DataSpec, norm: Any = None) -> PreparedData:
-        vols = spm_tissue6_volumes(seed=spec.split_seed, spacing=spec.spacing)
-        vols["train"] = keep_training(vols["train"], spec)
-        return prepare_segmentation(
-            vols, spec, class_names=SPM6_CLASSES, default_patch=DEFAULT_PATCH, norm=norm,
-            source=_SOURCE, license=_LICENSE,
-            description="Tissue class (background/air, grey matter, white matter, CSF, bone, soft "
-                        "tissue) of every voxel of a T2-weighted head MRI volume.")
-
-    return RawData(task="segmentation", class_names=SPM6_CLASSES, spatial_dims=3, source=_SOURCE,
-                   license=_LICENSE, prepared=prepared)
+    load.__doc__ = f"Loader for ``{name}`` (volumes are built when the data is prepared)."
+    return load
 
 
 _SOURCE_PD = _SOURCE.replace("avg152T2.nii (MNI152 average T2", "avg152PD.nii (MNI152 average PD")
 
-
-@register_dataset(SPM6_PD, description="3D head MRI segmentation (bg/GM/WM/CSF/bone/soft tissue), SPM "
-                  "avg152PD (proton density) labelled by TPM.nii, 3 mm; disjoint axial slabs",
-                  task="segmentation", classes=SPM6_CLASSES, spatial_dims=3, channels=1)
-def load_spm_tissue6_pd(spec: DataSpec, arg: str = "") -> RawData:
-    """Loader for ``builtin:spm_tissue6_pd``: ``builtin:spm_tissue6`` on the PD-weighted average."""
-
-    def prepared(spec: DataSpec, norm: Any = None) -> PreparedData:
-        vols = spm_tissue6_volumes(seed=spec.split_seed, spacing=spec.spacing, name=SPM6_PD)
-        vols["train"] = keep_training(vols["train"], spec)
-        return prepare_segmentation(
-            vols, spec, class_names=SPM6_CLASSES, default_patch=DEFAULT_PATCH, norm=norm,
-            source=_SOURCE_PD, license=_LICENSE.replace("avg152T2", "avg152PD"),
-            description="Tissue class of every voxel of a proton-density-weighted head MRI volume.")
-
-    return RawData(task="segmentation", class_names=SPM6_CLASSES, spatial_dims=3,
-                   source=_SOURCE_PD, license=_LICENSE, prepared=prepared)
+load_spm_tissue6 = register_dataset(
+    SPM6, description="3D head MRI segmentation (bg/GM/WM/CSF/bone/soft tissue), SPM avg152T2 "
+    "labelled by TPM.nii, 3 mm; disjoint axial slabs per split", task="segmentation",
+    classes=SPM6_CLASSES, spatial_dims=3, channels=1)(_loader(
+        SPM6, _SOURCE, "Tissue class (background/air, grey matter, white matter, CSF, bone, soft "
+        "tissue) of every voxel of a T2-weighted head MRI volume."))
+load_spm_tissue6_pd = register_dataset(
+    SPM6_PD, description="3D head MRI segmentation (bg/GM/WM/CSF/bone/soft tissue), SPM avg152PD "
+    "(proton density) labelled by TPM.nii, 3 mm; disjoint axial slabs", task="segmentation",
+    classes=SPM6_CLASSES, spatial_dims=3, channels=1)(_loader(
+        SPM6_PD, _SOURCE_PD, "Tissue class of every voxel of a proton-density-weighted head MRI "
+        "volume."))

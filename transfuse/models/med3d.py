@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import ModelError
 from .registry import WidthsAbove, register_model, resolve_stage_widths, scaled_width
 
-__all__ = ["MED3D_DEPTHS", "Med3DEncoder", "Med3DResNet", "Med3DSeg", "BasicBlock3d", "Bottleneck3d",
+__all__ = ["MED3D_DEPTHS", "Med3DEncoder", "Med3DResNet", "Med3DSeg", "conv_seg_head", "BasicBlock3d", "Bottleneck3d",
            "ShortcutA"]
 
 # depth -> (block, blocks per stage, MedicalNet's default shortcut)
@@ -245,6 +245,26 @@ class Med3DResNet(_Backbone):
         self.fc = nn.Linear(self.num_features, num_classes)
 
 
+def conv_seg_head(in_channels: int, num_classes: int) -> nn.Sequential:
+    """MedicalNet's ``conv_seg`` head (keys ``0 1 3 4 6``), He-normal (fan-out) convs.
+
+    ``(N, in_channels, d, h, w)`` → logits ``(N, num_classes, 2d, 2h, 2w)``.
+    """
+    head = nn.Sequential(
+        nn.ConvTranspose3d(in_channels, 32, 2, stride=2),
+        nn.BatchNorm3d(32),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(32, 32, 3, padding=1, bias=False),
+        nn.BatchNorm3d(32),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(32, num_classes, 1, bias=False),
+    )
+    for m in head.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return head
+
+
 class Med3DSeg(_Backbone):
     """Med3D with MedicalNet's segmentation head ``conv_seg`` (keys ``conv_seg.0 .1 .3 .4 .6``).
 
@@ -262,18 +282,7 @@ class Med3DSeg(_Backbone):
         super().__init__(depth=depth, shortcut_type=shortcut_type, in_channels=in_channels,
                          widths=widths)
         self.upsample = upsample
-        self.conv_seg = nn.Sequential(
-            nn.ConvTranspose3d(self.num_features, 32, 2, stride=2),
-            nn.BatchNorm3d(32),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(32, 32, 3, padding=1, bias=False),
-            nn.BatchNorm3d(32),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(32, num_classes, 1, bias=False),
-        )
-        for m in self.conv_seg.modules():
-            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.conv_seg = conv_seg_head(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_seg(self.forward_features(x))

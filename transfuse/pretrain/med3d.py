@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from ..config import TrainSpec
 from ..data.base import PreparedData
 from ..errors import DataError
-from ..models.med3d import Med3DEncoder
+from ..models.med3d import Med3DEncoder, conv_seg_head
 from ..train.device import autocast, resolve_device, seed_everything
 from ..train.loop import make_optimizer
 from ..train.segment import evaluate_segmentation, segmentation_loss
@@ -48,26 +48,6 @@ from .config import PretrainSpec
 
 __all__ = ["MultiHeadMed3D", "conv_seg_head", "dataset_schedule", "make_optimizers",
            "pretrain_step", "load_pretrain_data", "pretrain_med3d", "PretrainResult", "default_out_dir"]
-
-
-def conv_seg_head(in_channels: int, num_classes: int) -> nn.Sequential:
-    """MedicalNet's ``conv_seg`` (as in :class:`~transfuse.models.Med3DSeg`; keys ``0 1 3 4 6``).
-
-    ``(N, in_channels, d, h, w)`` → logits ``(N, num_classes, 2d, 2h, 2w)``.
-    """
-    head = nn.Sequential(
-        nn.ConvTranspose3d(in_channels, 32, 2, stride=2),
-        nn.BatchNorm3d(32),
-        nn.ReLU(inplace=True),
-        nn.Conv3d(32, 32, 3, padding=1, bias=False),
-        nn.BatchNorm3d(32),
-        nn.ReLU(inplace=True),
-        nn.Conv3d(32, num_classes, 1, bias=False),
-    )
-    for m in head.modules():
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return head
 
 
 class MultiHeadMed3D(nn.Module):
