@@ -242,6 +242,11 @@ base:
     best = torch.load(Path(rec.run_dir) / "init.pt", weights_only=True)
     best = best.get("state_dict", best) if isinstance(best, dict) else best
     assert torch.equal(best["layer4.0.conv1.weight"], enc["layer4.0.conv1.weight"])
+    from transfuse.report.segmentation import med3d_section
+
+    sec = med3d_section(Store(ws), "m3d-study-smoke")
+    assert sec.title == "Med3D pretraining"
+    assert "builtin:spm_tissue6_pd" in sec.body and "med3d:med3d-brain2-smoke" in sec.body
     again = run_study(study, workspace=ws, smoke=True, progress=False)
     assert again.ok and not again.finished and len(again.skipped) == 1
     assert meta.stat().st_mtime_ns == stamp  # the pretraining was not repeated

@@ -189,9 +189,29 @@ def test_study_results_score_segmentation_runs_by_dice(tmp_path):
         spec = RunSpec(data=DataSpec(name="builtin:brain_seg3d", patch_size=16),
                        model=ModelSpec(name="seg_unet_tiny"), train=TINY, seed=seed, study="seg3d")
         train_run(spec, workspace=tmp_path / "ws", device="cpu", progress=False)
-    res = load_results(Store(tmp_path / "ws"), "seg3d", thresholds=(0.2,))
+    store = Store(tmp_path / "ws")
+    res = load_results(store, "seg3d", thresholds=(0.2,))
     assert res.metric == "dice" and res.task == "segmentation" and len(res.rows) == 2
     assert all(r.curve_steps == (0, 2, 4) and 0 <= r.test <= 1 for r in res.rows)
+
+    # The report's Dice-per-class section: the mean of the stored per-class test Dice.
+    import numpy as np
+
+    from transfuse.report.segmentation import class_dice, dice_section, med3d_section
+
+    names, groups = class_dice(store, list(res.rows))
+    assert names == ["csf", "grey_matter", "white_matter"]
+    ((key, per),) = groups.items()
+    for n in names:
+        want = [dict((m, v) for _, sp, m, v in store.metrics(r.run_id) if sp == "test")[f"dice/{n}"]
+                for r in res.rows]
+        assert per[n] == want
+    # the study Dice is the mean over foreground classes, run by run
+    for i, r in enumerate(res.rows):
+        assert r.test == pytest.approx(np.mean([per[n][i] for n in names]))
+    sec = dice_section(store, "seg3d")
+    assert sec.title == "Dice per class" and "grey_matter" in sec.body and "(n=2)" in sec.body
+    assert med3d_section(store, "seg3d") is None  # no med3d: source in this study
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from .plots import conv1_section, curves_figure, size_figure, steps_figure
 __all__ = ["build_report", "verdicts", "recommendations", "EXTRA_SECTION_MODULES"]
 
 # Modules of later stages that register report sections; missing ones are simply not there yet.
-EXTRA_SECTION_MODULES = ("transfuse.analysis.report", "transfuse.segmentation.report",
+EXTRA_SECTION_MODULES = ("transfuse.analysis.report", "transfuse.report.segmentation",
                          "transfuse.selftrain.report", "transfuse.pretrain.report")
 
 CSS = """
