@@ -36,10 +36,12 @@ def test_train_json_then_skip(trained, capsys):
 def test_runs_list_show_export(trained, capsys):
     ws, args = trained
     main(args)
-    rid = json.loads(capsys.readouterr().out)["run_id"]
+    res = json.loads(capsys.readouterr().out)
+    rid = res["run_id"]
     assert main(["runs", "list", "--workspace", str(ws)]) == 0
     out = capsys.readouterr().out
     assert rid in out and "finished" in out and "cbr_tiny" in out
+    assert f"AUC {res['test']['auc']:.4f}" in out  # the test score column
 
     assert main(["runs", "show", rid[:6], "--workspace", str(ws)]) == 0
     out = capsys.readouterr().out

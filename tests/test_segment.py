@@ -176,6 +176,8 @@ def test_cli_trains_builtin_brain_seg3d(tmp_path, capsys):
     assert main(args) == 0  # the second time it is already finished, and says so in Dice
     out = capsys.readouterr().out
     assert "already finished" in out and f"test Dice {res['test']['dice']:.4f}" in out
+    assert main(["runs", "list", "--workspace", str(tmp_path / "ws")]) == 0
+    assert f"Dice {res['test']['dice']:.4f}" in capsys.readouterr().out
     [rec] = Store(tmp_path / "ws").list_runs()
     assert rec.data_info["split_sizes"] == {"train": 2, "val": 1, "test": 1}
     assert rec.spec["data"]["patch_size"] == 16 and rec.data_info["image_shape"] == [16, 16, 16]

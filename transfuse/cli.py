@@ -331,12 +331,19 @@ def _runs(a: argparse.Namespace) -> int:
     store = Store(a.workspace)
     if a.runs_cmd == "list":
         runs = store.list_runs(study=a.study)
-        print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<14} {'init':<20} {'seed':>4} {'test AUC':>9}")
+        mw = max([14] + [len(r.spec["model"]["name"]) for r in runs])
+        print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<{mw}} {'init':<20} {'seed':>4} "
+              f"{'test score':>16}")
         for r in runs:
-            auc = store.final_metrics(r.run_id).get("auc") if r.status == "finished" else None
+            score = ""
+            if r.status == "finished":  # AUC, or mean foreground Dice for segmentation runs
+                final = store.final_metrics(r.run_id)
+                name = "dice" if r.data_info.get("task") == "segmentation" else "auc"
+                if final.get(name) is not None:
+                    score = f"{name.upper() if name == 'auc' else 'Dice'} {final[name]:.4f}"
             print(f"{r.run_id:<13} {r.status:<9} {r.spec['data']['name'][:28]:<28} "
-                  f"{r.spec['model']['name']:<14} {r.spec['init']['name'][:20]:<20} {r.spec['seed']:>4} "
-                  f"{'' if auc is None else f'{auc:.4f}':>9}")
+                  f"{r.spec['model']['name']:<{mw}} {r.spec['init']['name'][:20]:<20} {r.spec['seed']:>4} "
+                  f"{score:>16}")
         return 0
     if a.runs_cmd == "show":
         r = store.get_run(a.run_id)
