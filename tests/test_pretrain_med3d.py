@@ -38,7 +38,7 @@ def test_example_parses_with_common_spacing_and_patch():
         "builtin:spm_tissue6", "builtin:spm_tissue6_pd"]
     assert all(e.data.spacing == 3.0 and e.data.patch_size == 32 for e in spec.datasets)
     small = spec.shrink()
-    assert small.name == "med3d-brain2-smoke" and small.smoke and small.steps == 4
+    assert small.name == "med3d-spm2-smoke" and small.smoke and small.steps == 4
     assert small.batch_size == 2 and all(e.data.patch_size == 16 for e in small.datasets)
     # A dataset's own spacing wins over the common one.
     own = pretrain_from_dict(_raw(spacing=3, datasets=[
@@ -123,7 +123,7 @@ def smoke(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     assert main(["pretrain", "med3d", str(EXAMPLE), "-w", str(ws), "--smoke", "--device", "cpu",
                  "--no-progress"]) == 0
-    return ws / "pretrain" / "med3d-brain2-smoke"
+    return ws / "pretrain" / "med3d-spm2-smoke"
 
 
 def test_smoke_writes_encoder_heads_and_summary(smoke, capsys):
@@ -191,21 +191,27 @@ def test_spm_tissue6_is_real_6_class_head_segmentation_on_disjoint_slabs():
     assert info.task == "segmentation" and info.spatial_dims == 3 and info.in_channels == 1
     assert info.class_names == ("background", "grey_matter", "white_matter", "csf", "bone",
                                 "soft_tissue")
-    assert info.split_sizes == {"train": 2, "val": 1, "test": 1} and info.spacing == (3.0,) * 3
+    assert info.split_sizes == {"train": 3, "val": 1, "test": 1} and info.spacing == (3.0,) * 3
     for split in ("val", "test"):  # every class in the held-out slabs
         assert set(np.unique(d.split(split).volumes[0].label.numpy())) == set(range(6))
     v = builtin_spm.spm_tissue6_volumes(seed=0)
     a = builtin_spm._sources()
     full = builtin_spm._volume(a["train_x"][0], a["train_y"][0], (3.0,) * 3, "head")
-    (below, above), [val], [test] = v["train"], v["val"], v["test"]
+    (below, between, above), [val], [test] = v["train"], v["val"], v["test"]
     zv = [int(t) for t in val.name.split("z=")[1].split("..")]
     zt = [int(t) for t in test.name.split("z=")[1].split("..")]
-    assert zv[1] - zv[0] + 1 == 8 and zt[0] - zv[1] - 1 == 4  # 24 mm slabs, 2 × 6 mm guards
+    nz = full.label.shape[-1]
+    assert zv[1] - zv[0] + 1 == 8 and zt[1] - zt[0] + 1 == 8  # 24 mm slabs at 3 mm
+    assert 0.2 * nz < zv[0] < 0.5 * nz < zt[0] < 0.8 * nz
     assert torch.equal(val.label, full.label[..., zv[0]:zv[1] + 1])
     assert torch.equal(test.label, full.label[..., zt[0]:zt[1] + 1])
+    # 6 mm (2-slice) guards on both sides of each slab; every other slice is training data
     assert torch.equal(below.label, full.label[..., :zv[0] - 2])
+    assert torch.equal(between.label, full.label[..., zv[1] + 3:zt[0] - 2])
     assert torch.equal(above.label, full.label[..., zt[1] + 3:])
-    assert builtin_spm.spm_tissue6_volumes(seed=3)["val"][0].name != val.name
+    assert sum(t.label.shape[-1] for t in (below, between, above)) == nz - 16 - 8
+    others = {builtin_spm.spm_tissue6_volumes(seed=s)["val"][0].name for s in range(1, 6)}
+    assert others - {val.name}  # the seed moves the slabs
 
 
 # -- in a study ------------------------------------------------------------------------------------
@@ -228,11 +234,11 @@ base:
 """)
     study = load_study(study_file)
     (spec,) = expand(study, smoke=True)
-    assert spec.init.source == "med3d:med3d-brain2-smoke"
+    assert spec.init.source == "med3d:med3d-spm2-smoke"
     ws = tmp_path / "ws"
     out = run_study(study, workspace=ws, smoke=True, progress=False)
     assert out.ok and len(out.finished) == 1
-    meta = ws / "pretrain" / "med3d-brain2-smoke" / "pretrain.json"
+    meta = ws / "pretrain" / "med3d-spm2-smoke" / "pretrain.json"
     stamp = meta.stat().st_mtime_ns
     from transfuse.store import Store
 
@@ -246,7 +252,7 @@ base:
 
     sec = med3d_section(Store(ws), "m3d-study-smoke")
     assert sec.title == "Med3D pretraining"
-    assert "builtin:spm_tissue6_pd" in sec.body and "med3d:med3d-brain2-smoke" in sec.body
+    assert "builtin:spm_tissue6_pd" in sec.body and "med3d:med3d-spm2-smoke" in sec.body
     again = run_study(study, workspace=ws, smoke=True, progress=False)
     assert again.ok and not again.finished and len(again.skipped) == 1
     assert meta.stat().st_mtime_ns == stamp  # the pretraining was not repeated

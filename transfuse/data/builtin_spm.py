@@ -12,9 +12,9 @@ genuinely different datasets without any download:
   probabilities sum to less than 0.5 (outside the TPM's field of view).
 
 There is one head, so the splits are disjoint axial slabs (the last, inferior→superior axis) of
-it: a **val** slab and a **test** slab (24 mm each, with 6 mm unused guards on each side),
-position drawn from ``split_seed`` within the middle of the head; the parts below and above are
-two **train** volumes. The head is cropped to its bounding box (+ 4 mm) and resampled to
+it: a **val** slab near 35 % of the head's height and a **test** slab near 65 % (24 mm each,
+positions jittered by ``split_seed``, 6 mm unused guards on each side); the parts below, between
+and above them are three **train** volumes, so training sees every level of the head. The head is cropped to its bounding box (+ 4 mm) and resampled to
 ``data.spacing`` (default 3 mm) by the shared segmentation pipeline. The 2 mm arrays are built
 once (a few seconds) and cached like the other built-in data.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DataSpec
+from ..errors import DataError
 from .builtin import _resample, _spm_image, _to_uint8, cached_arrays
 from .builtin3d import _slab, _volume, volumes_raw_data
 from .registry import RawData, register_dataset
@@ -78,9 +79,10 @@ def spm_tissue6_volumes(*, seed: int = 0, spacing: float | tuple[float, ...] | N
         name: :data:`SPM6` (T2 image) or :data:`SPM6_PD` (proton-density image, same labels).
 
     Returns:
-        ``{"train": [below, above], "val": [slab], "test": [slab]}``: images ``(1, X, Y, Z)``
-        scaled to 0–1 and uint8 labels ``(X, Y, Z)``; along Z (inferior→superior) the order is
-        train, guard, val, guard, guard, test, guard, train.
+        ``{"train": [below, between, above], "val": [slab], "test": [slab]}``: images
+        ``(1, X, Y, Z)`` scaled to 0–1 and uint8 labels ``(X, Y, Z)``; along Z
+        (inferior→superior) the order is train, guard, val, guard, train, guard, test, guard,
+        train.
     """
     sp = per_axis(spacing if spacing is not None else DEFAULT_SPACING, 3, where=SPM6)
     a = _sources(name)
@@ -88,12 +90,20 @@ def spm_tissue6_volumes(*, seed: int = 0, spacing: float | tuple[float, ...] | N
     nz = head.label.shape[-1]
     block = max(1, int(round(_SLAB_MM / sp[2])))
     guard = max(1, int(round(_GUARD_MM / sp[2])))
-    span = 2 * block + 2 * guard  # val slab, two guards, test slab
-    lo = int(round(0.25 * nz))
-    hi = max(int(round(0.75 * nz)) - span, lo)
-    z0 = int(np.random.default_rng(seed).integers(lo, hi + 1))
-    z1 = z0 + block + 2 * guard  # start of the test slab
+    # val near 35 % of the height, test near 65 %, each jittered by the seed: training volumes
+    # below, between and above them cover the whole head (neck, brain, vertex), so the held-out
+    # slabs hold no tissue mix that training never saw.
+    rng = np.random.default_rng(seed)
+    jit = max(1, int(round(0.05 * nz)))
+    z0 = int(round(0.35 * nz - block / 2)) + int(rng.integers(-jit, jit + 1))
+    z1 = int(round(0.65 * nz - block / 2)) + int(rng.integers(-jit, jit + 1))
+    z0 = max(z0, guard + 1)
+    z1 = min(max(z1, z0 + block + 2 * guard + 1), nz - block - guard - 1)
+    if z1 < z0 + block + 2 * guard + 1:
+        raise DataError(f"{name}: at {sp[2]} mm the head has only {nz} slices, too few for two "
+                        f"{_SLAB_MM:g} mm held-out slabs; use a finer data.spacing")
     return {"train": [_slab(head, 0, z0 - guard, f"{head.name}, below the val slab"),
+                      _slab(head, z0 + block + guard, z1 - guard, f"{head.name}, between the slabs"),
                       _slab(head, z1 + block + guard, nz, f"{head.name}, above the test slab")],
             "val": [_slab(head, z0, z0 + block, f"{head.name}, val slab z={z0}..{z0 + block - 1}")],
             "test": [_slab(head, z1, z1 + block, f"{head.name}, test slab z={z1}..{z1 + block - 1}")]}

@@ -2,7 +2,7 @@
 
 .. code-block:: yaml
 
-    name: med3d-brain2                 # output folder <workspace>/pretrain/<name>/
+    name: med3d-spm2                 # output folder <workspace>/pretrain/<name>/
     encoder: med3d_resnet10            # the shared encoder (any Med3D depth)
     datasets:                          # segmentation data only; one head per entry
       - data: {name: "builtin:spm_tissue6"}           # a DataSpec mapping, as in study files
