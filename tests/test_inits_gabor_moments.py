@@ -325,9 +325,14 @@ def test_moments_seeded(cbr_src):
     assert sorted(permute_tensor(x, g).tolist()) == x.tolist()
 
 
-def test_permute_large_tensor_bucketed_path():
-    """Above ``FY_MAX`` values the shuffle is bucketed (Rao–Sandelius): still an exact
-    permutation, uncorrelated with the source, seeded, shape and dtype kept."""
+@pytest.mark.parametrize("numba_path", [True, False], ids=["numba", "torch-bucketed"])
+def test_permute_large_tensor(monkeypatch, numba_path):
+    """A large tensor, in the compiled path and (torch fallback) above ``FY_MAX`` values, where
+    the shuffle is bucketed (Rao–Sandelius): an exact permutation, uncorrelated with the
+    source, seeded, shape and dtype kept."""
+    monkeypatch.setattr(moments_mod, "USE_NUMBA", numba_path)
+    if numba_path:
+        assert moments_mod._compiled_shuffle() is not None, "numba is a dependency"
     rows = moments_mod.FY_MAX // 25 + 500
     src = torch.arange(rows * 25, dtype=torch.float32).reshape(rows, 1, 5, 5)  # value = index
     n = src.numel()
@@ -345,12 +350,16 @@ def test_permute_large_tensor_bucketed_path():
     assert torch.equal(out, again) and not torch.equal(out, other)
 
 
-@pytest.mark.parametrize("fy_max, bucket", [(2, 1), (100, 1)])
-def test_permutation_is_uniform(monkeypatch, fy_max, bucket):
-    """All 4! orders of 4 values equally likely, in the bucketed path (forced with tiny
-    ``FY_MAX``/``BUCKET``: 4 buckets of ≈ 1 value) and in the plain Fisher–Yates one."""
-    monkeypatch.setattr(moments_mod, "FY_MAX", fy_max)
-    monkeypatch.setattr(moments_mod, "BUCKET", bucket)
+@pytest.mark.parametrize("numba_path, fy_max, bucket", [(True, 0, 0), (False, 2, 1), (False, 100, 1)],
+                         ids=["numba", "torch-bucketed", "torch-fisher-yates"])
+def test_permutation_is_uniform(monkeypatch, numba_path, fy_max, bucket):
+    """All 4! orders of 4 values equally likely: in the compiled Fisher–Yates, and in the torch
+    fallback's bucketed path (forced with tiny ``FY_MAX``/``BUCKET``: 4 buckets of ≈ 1 value)
+    and plain Fisher–Yates."""
+    monkeypatch.setattr(moments_mod, "USE_NUMBA", numba_path)
+    if not numba_path:
+        monkeypatch.setattr(moments_mod, "FY_MAX", fy_max)
+        monkeypatch.setattr(moments_mod, "BUCKET", bucket)
     g = torch.Generator().manual_seed(0)
     x = torch.tensor([0.0, 1.0, 2.0, 3.0])
     draws = 12_000
@@ -362,6 +371,30 @@ def test_permutation_is_uniform(monkeypatch, fy_max, bucket):
     expected = draws / 24
     chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
     assert chi2 < 55.0  # 23 degrees of freedom: P(χ² > 55) ≈ 2e-4
+
+
+def test_compiled_shuffle_is_bit_exact_for_every_dtype_and_unbiased_at_large_bounds():
+    """Any dtype is shuffled as raw bits (NaN payloads, -0.0 and bfloat16 survive), and the
+    position of one marked value is uniform over a long tensor (χ² over 16 bins)."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64):
+        x = torch.arange(1000).to(dtype)
+        if dtype.is_floating_point:
+            x[3], x[4] = float("nan"), -0.0
+        y = permute_tensor(x, g)
+        assert y.dtype == dtype
+        key = torch.int16 if x.element_size() == 2 else (torch.int32 if x.element_size() == 4 else torch.int64)
+        assert torch.equal(x.view(key).sort().values, y.view(key).sort().values), dtype
+    n, draws = 1000, 8000
+    bins = torch.zeros(16)
+    x = torch.zeros(n)
+    x[0] = 1.0
+    for _ in range(draws):
+        pos = int(permute_tensor(x, g).argmax())
+        bins[pos * 16 // n] += 1
+    expected = bins.sum() / 16  # bins hold 62 or 63 positions: expected within 2 %
+    chi2 = float(((bins - expected) ** 2 / expected).sum())
+    assert chi2 < 37.7  # 15 degrees of freedom: P(χ² > 37.7) ≈ 1e-3
 
 
 # ----------------------------------------------------------------------------- covariance
