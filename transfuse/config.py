@@ -15,7 +15,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict"]
+__all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict",
+           "where", "read_yaml_file", "check_top_keys"]
 
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -288,3 +289,47 @@ def spec_from_dict(d: dict[str, Any]) -> RunSpec:
             sub = {**sub, "label_columns": tuple(sub["label_columns"])}
         built[key] = _build(cls, sub, key)
     return _build(RunSpec, {**built, **d}, "run")
+
+
+# -- YAML files (study, self-training chain, Med3D pretraining) -----------------------------------
+def where(path: str, message: str) -> str:
+    """``"<path>: <message>"``, or the bare message when there is no file."""
+    return f"{path}: {message}" if path else message
+
+
+def read_yaml_file(path: Any, *, what: str) -> Any:
+    """The parsed content of a YAML file (``yaml.safe_load``).
+
+    Raises:
+        ConfigError: ``"<path>: <what> file not found"`` or ``"<path>: not valid YAML (...)"``.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{p}: not valid YAML ({first})") from None
+
+
+def check_top_keys(raw: Any, *, path: str, what: str, allowed: tuple[str, ...],
+                   required: tuple[str, ...]) -> dict[str, Any]:
+    """``raw`` as a mapping with only ``allowed`` keys and every ``required`` one.
+
+    Raises:
+        ConfigError: not a mapping, an unknown key or a missing key (named, after ``path``).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(where(path, f"a {what} file is a mapping with keys {', '.join(allowed)}"))
+    bad = sorted(set(raw) - set(allowed))
+    if bad:
+        raise ConfigError(where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(allowed)}"))
+    for key in required:
+        if key not in raw:
+            raise ConfigError(where(path, f"missing key {key!r}"))
+    return raw

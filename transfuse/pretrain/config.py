@@ -28,9 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import OPTIMIZERS, DataSpec
+from ..config import OPTIMIZERS, DataSpec, check_top_keys, read_yaml_file
+from ..config import where as _where
 from ..errors import ConfigError
 
 __all__ = ["DatasetEntry", "PretrainSpec", "load_pretrain", "pretrain_from_dict", "SMOKE",
@@ -89,10 +88,6 @@ class PretrainSpec:
         d = asdict(self)
         d["datasets"] = [{"data": asdict(e.data), "weight": e.weight} for e in self.datasets]
         return d
-
-
-def _where(path: str, key: str) -> str:
-    return f"{path}: {key}" if path else key
 
 
 def _number(raw: dict[str, Any], key: str, default: Any, *, kind: type, path: str,
@@ -176,15 +171,8 @@ def pretrain_from_dict(raw: Any, *, path: str = "") -> PretrainSpec:
     """
     from ..models.med3d import MED3D_DEPTHS
 
-    if not isinstance(raw, dict):
-        raise ConfigError(_where(path, "a pretraining file is a mapping with keys "
-                                       f"{', '.join(TOP_KEYS)}"))
-    bad = sorted(set(raw) - set(TOP_KEYS))
-    if bad:
-        raise ConfigError(_where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(TOP_KEYS)}"))
-    for key in ("name", "encoder", "datasets"):
-        if key not in raw:
-            raise ConfigError(_where(path, f"missing key {key!r}"))
+    raw = check_top_keys(raw, path=path, what="pretraining", allowed=TOP_KEYS,
+                         required=("name", "encoder", "datasets"))
     name = raw["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name.strip()):
         raise ConfigError(_where(path, f"name={name!r} must be a non-empty folder name (letters, "
@@ -235,12 +223,4 @@ def load_pretrain(path: str | Path) -> PretrainSpec:
     Raises:
         ConfigError: the file is missing, not YAML, or has an invalid key (named).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: pretraining file not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{p}: not valid YAML ({first})") from None
-    return pretrain_from_dict(raw, path=str(p))
+    return pretrain_from_dict(read_yaml_file(path, what="pretraining"), path=str(Path(path)))

@@ -37,9 +37,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunSpec, TrainSpec, run_id, spec_from_dict
+from ..config import RunSpec, TrainSpec, check_top_keys, read_yaml_file, run_id, spec_from_dict
+from ..config import where as _where
 from ..errors import ConfigError
 from .noise import NoiseSpec
 from .pseudo import PseudoSpec
@@ -102,10 +101,6 @@ class ChainSpec:
                        unlabelled_limit=limit, full_n_train=o["full.n_train"])
 
 
-def _where(path: str, key: str) -> str:
-    return f"{path}: {key}" if path else key
-
-
 def _mapping(v: Any, where: str) -> dict[str, Any]:
     if v is None:
         return {}
@@ -134,14 +129,8 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
     Raises:
         ConfigError: an unknown, missing or invalid key; the message names ``path`` and the key.
     """
-    if not isinstance(raw, dict):
-        raise ConfigError(_where(path, f"a chain file is a mapping with keys {', '.join(TOP_KEYS)}"))
-    bad = sorted(set(raw) - set(TOP_KEYS))
-    if bad:
-        raise ConfigError(_where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(TOP_KEYS)}"))
-    for key in ("name", "base", "labelled_fraction"):
-        if key not in raw:
-            raise ConfigError(_where(path, f"missing key {key!r}"))
+    raw = check_top_keys(raw, path=path, what="chain", allowed=TOP_KEYS,
+                         required=("name", "base", "labelled_fraction"))
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(_where(path, "name must be a non-empty string"))
@@ -212,14 +201,7 @@ def load_chain(path: str | Path) -> ChainSpec:
     Raises:
         ConfigError: unreadable file or a bad key/value; the message names the file and key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: chain file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return chain_from_dict(raw, path=str(path))
+    return chain_from_dict(read_yaml_file(path, what="chain"), path=str(path))
 
 
 def _data(chain: ChainSpec, seed: int) -> dict[str, Any]:

@@ -44,9 +44,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, spec_from_dict
+from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_top_keys,
+                      read_yaml_file, spec_from_dict)
 from ..errors import ConfigError
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "SMOKE"]
@@ -117,20 +116,8 @@ def load_study(path: str | Path) -> StudySpec:
         ConfigError: unreadable file or a bad key/value; the message names the file and key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a study file is a mapping with keys {', '.join(TOP_KEYS)}")
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
-    for key in ("name", "base"):
-        if key not in raw:
-            raise ConfigError(f"{path}: missing key {key!r}")
+    raw = check_top_keys(read_yaml_file(path, what="study"), path=str(path), what="study",
+                         allowed=TOP_KEYS, required=("name", "base"))
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{path}: name must be a non-empty string")
