@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["adapt_input_conv", "align_source", "inflate_source", "Aligned", "require",
-           "INFLATE_MODES"]
+           "INFLATE_MODES", "check_inflate"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -75,6 +75,13 @@ class Aligned:
 INFLATE_MODES = ("mean", "center", "1xkxk")
 
 
+def check_inflate(mode: str) -> None:
+    """Raise a :class:`ConfigError` unless ``mode`` is one of :data:`INFLATE_MODES`."""
+    if mode not in INFLATE_MODES:
+        raise ConfigError(f"inflate={mode!r} is not one of {', '.join(INFLATE_MODES)} (how a 2D "
+                          "source kernel becomes a 3D one: mean = I3D, center = centre slice)")
+
+
 def _kernel(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
 
@@ -105,9 +112,7 @@ def inflate_source(target: StateDict, source: StateDict, *, mode: str = "mean",
     """
     from ..models import inflate_state_dict  # lazy: models imports inits.adapt lazily too
 
-    if mode not in INFLATE_MODES:
-        raise ConfigError(f"inflate={mode!r} is not one of {', '.join(INFLATE_MODES)} (how a 2D "
-                          "source kernel becomes a 3D one: mean = I3D, center = centre slice)")
+    check_inflate(mode)
     flat = [k for k, v in source.items() if v.ndim == 4 and k in target and target[k].ndim == 5]
     if not flat:
         return source, {}, {}

@@ -12,7 +12,7 @@ from ..config import InitSpec
 from ..errors import ConfigError
 from ..models import transposed_strides
 from ..weights.sources import SourceWeights, resolve_source
-from .adapt import INFLATE_MODES, Aligned, align_source
+from .adapt import Aligned, align_source, check_inflate
 from .base import INITS, Action, InitReport, TensorRecord, build_context, parse_init
 from .stats import mean_std_many
 
@@ -54,8 +54,7 @@ def apply_init(model: nn.Module, init: str | InitSpec = "random", *,
     else:
         name = init
     parts = parse_init(name)
-    if inflate not in INFLATE_MODES:
-        raise ConfigError(f"inflate={inflate!r} is not one of {', '.join(INFLATE_MODES)}")
+    check_inflate(inflate)
     needs = [n for n, _ in parts if INITS.get(n).meta["needs_source"]]
     if isinstance(source, str):
         source = resolve_source(source, workspace=workspace)
