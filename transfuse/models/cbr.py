@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["CBR", "CBR_CONFIGS"]
+__all__ = ["CBR", "CBR_CONFIGS", "PooledLinearHead"]
 
 # name -> (kernel, widths, pool after each block)
 CBR_CONFIGS: dict[str, tuple[int, tuple[int, ...], tuple[bool, ...]]] = {
@@ -51,7 +51,26 @@ MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AVGPOOL = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 
 
-class CBR(nn.Module):
+class PooledLinearHead:
+    """timm's classifier interface for a backbone with ``forward_features``, ``global_pool``,
+    ``drop``, ``fc`` and ``num_features`` (CBR, the Med3D classifier): pool → dropout → ``fc``."""
+
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map → pooled features ``(N, num_features)`` or logits ``(N, num_classes)``."""
+        x = self.drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+
+class CBR(PooledLinearHead, nn.Module):
     """Stacked Conv-BN-ReLU(-MaxPool) blocks + global average pool + linear head.
 
     Args:
@@ -98,17 +117,3 @@ class CBR(nn.Module):
         for name in self.block_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map → pooled features ``(N, num_features)`` or logits ``(N, num_classes)``."""
-        x = self.drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)

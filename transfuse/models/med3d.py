@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .cbr import PooledLinearHead
 from .registry import WidthsAbove, register_model, resolve_stage_widths, scaled_width
 
 __all__ = ["MED3D_DEPTHS", "Med3DEncoder", "Med3DResNet", "Med3DSeg", "conv_seg_head", "BasicBlock3d", "Bottleneck3d",
@@ -214,7 +215,7 @@ class Med3DEncoder(_Backbone):
         return self.forward_stages(x)
 
 
-class Med3DResNet(_Backbone):
+class Med3DResNet(PooledLinearHead, _Backbone):
     """Med3D classifier: backbone → global average pool → dropout → ``fc``.
 
     ``(N, in_channels, D, H, W)`` → logits ``(N, num_classes)``. Other args as
@@ -228,20 +229,6 @@ class Med3DResNet(_Backbone):
                          widths=widths)
         self.global_pool = nn.AdaptiveAvgPool3d(1)
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes)
-
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
-        """Feature map → pooled features ``(N, num_features)`` or logits ``(N, num_classes)``."""
-        x = self.drop(self.global_pool(x).flatten(1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes)
 
 
