@@ -179,20 +179,21 @@ def _keys(state: StateDict, ctx: InitContext) -> list[str]:
             and k not in ctx.classifier]
 
 
-def _redraw_parallel(keys: list[str], ref_of: Callable[[str], torch.Tensor],
+def _redraw_parallel(state: StateDict, keys: list[str], source: StateDict,
                      draw: Callable[[str, torch.Generator], tuple[torch.Tensor, str]],
                      generator: torch.Generator) -> dict[str, Action]:
-    """``draw(key, own_generator)`` for every key, on all intra-op threads at once.
+    """``state[key], note = draw(key, own_generator)`` for every key, on all intra-op threads at
+    once; returns the ``redrawn`` actions.
 
     One seed per tensor is drawn from ``generator`` in key order, so the result does not depend
-    on the thread count. The heavy ops (``randperm``, ``index_select``, ``normal_``, GEMMs,
-    reductions) release the GIL, and each one is sequential on its own tensor; tensors go largest
-    first (LPT scheduling), so the few multi-million-value tensors of the last stage do not end up
-    alone on one thread at the end (≈ 25 % less wall time on ResNet-50 with 2 threads). The
-    report's mean and std of each new tensor are computed on the same thread.
+    on the thread count. The heavy ops (the compiled shuffle, ``normal_``, GEMMs, reductions)
+    release the GIL, and each one is sequential on its own tensor; tensors go largest first (LPT
+    scheduling, by the size of ``source[key]``), so the few multi-million-value tensors of the
+    last stage do not end up alone on one thread at the end (≈ 25 % less wall time on ResNet-50
+    with 2 threads). The report's mean and std of each new tensor are computed on the same thread.
     """
     seeds = torch.randint(0, 2**62, (len(keys),), generator=generator).tolist()
-    order = sorted(range(len(keys)), key=lambda i: -ref_of(keys[i]).numel())
+    order = sorted(range(len(keys)), key=lambda i: -source[keys[i]].numel())
 
     def one(i: int) -> tuple[torch.Tensor, str, tuple[float, float]]:
         t, note = draw(keys[i], torch.Generator().manual_seed(seeds[i]))
@@ -200,12 +201,11 @@ def _redraw_parallel(keys: list[str], ref_of: Callable[[str], torch.Tensor],
 
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         drawn = dict(zip(order, pool.map(one, order)))
-    return {k: Action("redrawn", drawn[i][1], stats=drawn[i][2]) for i, k in enumerate(keys)}
-
-
-def _assign(state: StateDict, actions: dict[str, Action], drawn: dict[str, torch.Tensor]) -> None:
-    for k in actions:
-        state[k] = drawn[k]
+    out = {}
+    for i, k in enumerate(keys):
+        state[k], note, stats = drawn[i]
+        out[k] = Action("redrawn", note, stats=stats)
+    return out
 
 
 @register_init("moments", needs_source=True,
@@ -215,15 +215,12 @@ def moments_init(state: StateDict, source: Aligned | None, ctx: InitContext) -> 
     _no_arg("moments", ctx)
     assert source is not None
     keys = require(source, _keys(state, ctx), what="moments", partial=ctx.partial)
-    new: dict[str, torch.Tensor] = {}
 
     def draw(k: str, g: torch.Generator) -> tuple[torch.Tensor, str]:
-        t = new[k] = permute_tensor(source.state[k], g).to(state[k].dtype)
+        t = permute_tensor(source.state[k], g).to(state[k].dtype)
         return t, f"permutation of the source's {t.numel()} values"
 
-    out = _redraw_parallel(keys, lambda k: source.state[k], draw, ctx.generator)
-    _assign(state, out, new)
-    return out
+    return _redraw_parallel(state, keys, source.state, draw, ctx.generator)
 
 
 @register_init("covariance", needs_source=True,
@@ -233,22 +230,16 @@ def covariance_init(state: StateDict, source: Aligned | None, ctx: InitContext) 
     _no_arg("covariance", ctx)
     assert source is not None
     keys = require(source, _keys(state, ctx), what="covariance", partial=ctx.partial)
-    new: dict[str, torch.Tensor] = {}
 
     def draw(k: str, g: torch.Generator) -> tuple[torch.Tensor, str]:
         ref = source.state[k]
         d = ref[0, 0].numel() if ref.ndim > 2 else 1
         if ctx.key_kind[k] == "conv" and d > 1:
-            t = covariance_tensor(state[k], ref, g)
             shape = "×".join(map(str, ref.shape[2:]))
-            note = f"N(μ, Σ) of {ref.shape[0] * ref.shape[1]} source {shape} filters"
-        else:
-            m = mean_std(ref)
-            t = meanvar_tensor(state[k], ref, g, m)
-            note = "Mean-Var fallback (no spatial extent): " + meanvar_note(ref, m)
-        new[k] = t
-        return t, note
+            return (covariance_tensor(state[k], ref, g),
+                    f"N(μ, Σ) of {ref.shape[0] * ref.shape[1]} source {shape} filters")
+        m = mean_std(ref)
+        return (meanvar_tensor(state[k], ref, g, m),
+                "Mean-Var fallback (no spatial extent): " + meanvar_note(ref, m))
 
-    out = _redraw_parallel(keys, lambda k: source.state[k], draw, ctx.generator)
-    _assign(state, out, new)
-    return out
+    return _redraw_parallel(state, keys, source.state, draw, ctx.generator)
