@@ -42,7 +42,7 @@ from ..data.base import PreparedData
 from ..errors import DataError
 from ..models.med3d import Med3DEncoder, conv_seg_head
 from ..train.device import autocast, resolve_device, seed_everything
-from ..train.loop import make_optimizer
+from ..train.loop import lr_lambda, make_optimizer
 from ..train.segment import evaluate_segmentation, segmentation_loss
 from .config import PretrainSpec
 
@@ -99,7 +99,8 @@ def dataset_schedule(weights: Sequence[float], steps: int, seed: int) -> np.ndar
 
 def _train_spec(spec: PretrainSpec) -> TrainSpec:
     return TrainSpec(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
-                     optimizer=spec.optimizer, eval_every=spec.eval_every)
+                     optimizer=spec.optimizer, eval_every=spec.eval_every, schedule="cosine",
+                     warmup_steps=0)
 
 
 def make_optimizers(model: MultiHeadMed3D, spec: PretrainSpec) -> dict[str, torch.optim.Optimizer]:
@@ -223,6 +224,7 @@ def pretrain_med3d(spec: PretrainSpec, *, out_dir: str | Path, device: str | Non
                            heads={n: d.info.num_classes for n, d in zip(names, datasets)}).to(dev)
     opts = make_optimizers(model, spec)
     amp = dev.type == "cuda"
+    decay = lr_lambda(_train_spec(spec), spec.steps)  # cosine, no warm-up (as fit's schedule)
     schedule = dataset_schedule([e.weight for e in spec.datasets], spec.steps, spec.seed)
     streams = [_batches(d, spec.batch_size, spec.seed + i) for i, d in enumerate(datasets)]
     val = [DataLoader(d.val, batch_size=1) for d in datasets]
@@ -235,8 +237,7 @@ def pretrain_med3d(spec: PretrainSpec, *, out_dir: str | Path, device: str | Non
     model.train()
     for step, i in enumerate(schedule, 1):
         x, y, _ = next(streams[i])
-        # Cosine decay of every optimiser's rate by the global step.
-        lr = spec.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / spec.steps))
+        lr = spec.lr * decay(step - 1)  # every optimiser's rate, by the global step
         loss = pretrain_step(model, opts, names[i], x.to(dev), y.to(dev), lr=lr, amp=amp).item()
         if not math.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss} at step {step} on {names[i]}; "
