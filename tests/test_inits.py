@@ -65,7 +65,10 @@ def _model_cases() -> list:
     for name in list_models():
         for dims in model_info(name)["spatial_dims"]:
             # > ~30M parameters at these dims (registry meta heavy_dims): seconds per build.
-            marks = [pytest.mark.slow] if dims in model_info(name)["heavy_dims"] else []
+            # 3D by inflation (resnet*): the same tensors as the 2D case, one more depth axis;
+            # the init framework's 3D path is covered by test_inits_3d.py. Slow, as heavy ones.
+            slow = dims in model_info(name)["heavy_dims"] or dims in model_info(name)["inflated_dims"]
+            marks = [pytest.mark.slow] if slow else []
             out.append(pytest.param((name, dims), id=f"{name}-{dims}d", marks=marks))
     return out
 

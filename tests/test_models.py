@@ -181,12 +181,14 @@ def test_unsupported_spatial_dims_raise(name, dims):
 def test_supported_dims_as_expected():
     med3d = list_models("med3d_*")  # Med3D / MedicalNet: 3D only
     assert len(med3d) == 14 and all(model_info(n)["spatial_dims"] == (3,) for n in med3d)
-    # resnet18/34/50, inception_v3 and the two timm models in 3D; Med3D in 2D
-    assert len(UNSUPPORTED) == 6 + len(med3d)
+    # inception_v3 in 3D (its blocks pool with 2D functions); Med3D in 2D
+    assert len(UNSUPPORTED) == 1 + len(med3d)
     for n in list_models("cbr*"):
         assert model_info(n)["spatial_dims"] == (2, 3)
-    for n in ("resnet18", "resnet34", "resnet50", "inception_v3", "timm:resnet18"):
-        assert model_info(n)["spatial_dims"] == (2,)
+    # 2D classifiers build in 3D by inflation (tests/test_inflate_classifiers.py)
+    for n in ("resnet18", "resnet34", "resnet50", "timm:resnet18"):
+        assert model_info(n)["spatial_dims"] == (2, 3) and model_info(n)["inflated_dims"] == (3,)
+    assert model_info("inception_v3")["spatial_dims"] == (2,)
 
 
 # -- CBR sizes -----------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_example_parses_with_common_spacing_and_patch():
     (_raw(optimizer="lbfgs"), "optimizer='lbfgs' is not valid"),
     (_raw(spacing=-1), "spacing=-1 must be a number > 0"),
     (_raw(epochs=3), "unknown key 'epochs'"),
-    (_raw(name="a/b"), "name='a/b' must be a non-empty folder name"),
+    (_raw(name="a/b"), "name='a/b' is not a valid name"),
 ])
 def test_bad_files_raise_one_line_config_errors(raw, needle):
     with pytest.raises(ConfigError) as e:

@@ -10,7 +10,7 @@ import torch
 
 from transfuse.cli import main
 from transfuse.config import spec_from_dict
-from transfuse.report.study import build_report, verdicts
+from transfuse.report.study import build_report
 from transfuse.store import Store
 from transfuse.study.results import load_results
 
@@ -66,22 +66,29 @@ def test_results_cells_comparisons_and_speedup(study_ws):
     assert c.final.mean_diff == pytest.approx(np.mean([0.05, 0.052, 0.058]))
     assert np.exp(c.speedup[0.9].mean) == pytest.approx(2.0)
     assert all(d.p < 0.001 and d.diff > 0 for d in c.delong.values())
-    lines = verdicts(res)
-    assert len(lines) == 1
-    assert "meanvar beat random by 0.053 AUC" in lines[0]
-    assert "significant at 0.05" in lines[0] and "not significant" not in lines[0]
-    assert "reached AUC 0.9 in 2.00× fewer steps than random" in lines[0]
-    assert "DeLong's test on the shared test set: p < 0.05 in 3 of 3 seeds" in lines[0]
+    from transfuse.study.decide import decide
+
+    dec = decide(res)
+    v = {q.question.endpoint: q for q in dec.verdicts}
+    assert v["final"].verdict == "better" and v["final"].decision.mean == pytest.approx(0.0533, abs=1e-4)
+    assert v["speed@0.9"].verdict == "better"  # 2× on every seed: a point interval above 1×
+    (rec,) = dec.recommendations
+    assert rec.text.startswith("meanvar: better than random by +0.053 AUC")
 
 
-def test_not_significant_verdict(tmp_path):
+def test_not_significant_is_undecided(tmp_path):
+    from transfuse.study.decide import decide
+
     store = Store(tmp_path)
     for seed, (a, b) in enumerate([(0.80, 0.81), (0.82, 0.80), (0.79, 0.80)]):
         _add_run(store, init="random", seed=seed, test_auc=a, curve=[0.5, 0.6, 0.7, 0.75, 0.8], dataset="d")
         _add_run(store, init="pretrained", seed=seed, test_auc=b, curve=[0.5, 0.6, 0.7, 0.75, 0.8], dataset="d")
-    (line,) = verdicts(load_results(store, "syn", thresholds=(0.95,)))
-    assert "not significant at 0.05" in line
-    assert "reached none of the AUC thresholds (0.95)" in line
+    dec = decide(load_results(store, "syn", thresholds=(0.95,)))
+    final = [v for v in dec.verdicts if v.question.endpoint == "final"][0]
+    assert final.verdict == "undecided"
+    speed = [v for v in dec.verdicts if v.question.endpoint == "speed@0.95"][0]
+    assert speed.verdict == "undecided" and "not reached" in speed.reason
+    assert dec.recommendations[0].text.startswith("undecided: needs")
 
 
 def _pngs(html):
@@ -101,10 +108,10 @@ def test_report_is_self_contained_escaped_and_has_figures(study_ws):
     for b in pngs:
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("L"), dtype=float)
         assert img.std() > 5  # not blank
-    for title in ("Summary", "Final scores and comparisons", "Learning curves", "Steps to threshold",
-                  "First-layer filters", "Methods"):
+    for title in ("Summary", "Verdicts", "Forest plots and scores", "Final scores", "Learning curves",
+                  "Steps to threshold", "First-layer filters", "Methods"):
         assert f">{title}</h2>" in html
-    assert "paired t-test" in html and "DeLong" in html
+    assert "paired t-test" in html and "DeLong" in html and "TOST" in html and "Holm" in html
 
 
 def test_report_cli_and_errors(study_ws, tmp_path, capsys):
@@ -117,14 +124,3 @@ def test_report_cli_and_errors(study_ws, tmp_path, capsys):
     assert "no run store" in capsys.readouterr().err
 
 
-def test_recommendations_follow_the_statistics(study_ws, tmp_path):
-    from transfuse.report.study import recommendations
-
-    (rec,) = recommendations(load_results(Store(study_ws), "syn"))
-    assert rec.startswith("[cbr_tiny, n_train=full] Use meanvar: it beat random by 0.053")
-    store = Store(tmp_path / "other")
-    for seed, (a, b) in enumerate([(0.80, 0.81), (0.82, 0.80), (0.79, 0.80)]):
-        _add_run(store, init="random", seed=seed, test_auc=a, curve=[0.5, 0.6, 0.7, 0.75, 0.8], dataset="d")
-        _add_run(store, init="pretrained", seed=seed, test_auc=b, curve=[0.5, 0.6, 0.7, 0.75, 0.8], dataset="d")
-    (rec,) = recommendations(load_results(store, "syn"))
-    assert "No init beat random significantly" in rec and "highest mean: random, 0.803" in rec

@@ -12,8 +12,10 @@ import subprocess
 import pytest
 
 from transfuse.report.study import build_report
+from transfuse.store import Store
 
 from .test_report import EVIL, study_ws  # noqa: F401  (fixture)
+from .test_report_figures import STAGES, store_analysis
 
 
 def _install_chromium() -> None:
@@ -77,3 +79,41 @@ def test_report_in_headless_chromium(browser, study_ws):  # noqa: F811
     # the hostile dataset name is text on the page, not a script that ran
     assert EVIL in browser.find_element("tag name", "body").text
     assert browser.execute_script("return document.scripts.length") == 0
+
+
+WINDOW = 1400  # px: the report must not scroll sideways in a window this wide
+
+LAYOUT = """
+const de = document.documentElement;
+return {scroll: de.scrollWidth, client: de.clientWidth,
+        legends: Array.from(document.querySelectorAll('figure')).map(f => f.dataset.legend || ''),
+        tables: Array.from(document.querySelectorAll('#analysis div.wide')).map(d =>
+            ({scroll: d.scrollWidth, client: d.clientWidth, head: d.querySelector('thead').innerText}))};
+"""
+
+
+def test_report_fits_a_1400px_window_and_every_figure_has_a_legend(browser, study_ws):  # noqa: F811
+    store_analysis(Store(study_ws), "syn")  # ten stages: the widest same-stage table we draw
+    out = build_report(workspace=study_ws, study="syn", out=study_ws / "report.html")
+    browser.set_window_size(WINDOW, 1000)
+    browser.get(out.resolve().as_uri())
+    page = browser.execute_script(LAYOUT)
+    assert page["client"] <= WINDOW
+    assert page["scroll"] <= WINDOW and page["scroll"] <= page["client"], page
+    # every figure names its legend / colorbar / key labels (figure_img refuses figures without)
+    assert len(page["legends"]) >= 8 and all(lg.strip() for lg in page["legends"]), page["legends"]
+    # the analysis tables fit their box (no scrolling inside it either) and head with stage names
+    assert len(page["tables"]) == 3
+    for t in page["tables"]:
+        assert t["scroll"] <= t["client"] + 1, t
+        assert all(s in t["head"] for s in STAGES) and "stage 0" not in t["head"]
+    # a forest plot per model: the ±margin band and the verdicts are in its legend
+    forest = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#forest figure')).map(f => "
+        "[f.querySelector('img').alt, f.dataset.legend])")
+    plots = [lg for alt, lg in forest if alt.startswith("Forest plot")]
+    assert plots and all("±margin" in lg and "better" in lg for lg in plots), forest
+    # the verdict table fits too (no sideways scrolling inside its box)
+    box = browser.execute_script("const d = document.querySelector('#verdicts div.wide'); "
+                                 "return [d.scrollWidth, d.clientWidth];")
+    assert box[0] <= box[1] + 1, box

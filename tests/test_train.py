@@ -307,7 +307,7 @@ def test_nan_loss_raises_and_marks_run_failed(tmp_path):
     (rec,) = store.list_runs()
     rid = rec.run_id
     r = store.get_run(rid)
-    assert r.status == "failed" and "FloatingPointError" in r.error and "lr" in r.error
+    assert r.status == "failed" and "diverged" in r.error and "at step" in r.error and "lr" in r.error
     assert not (store.run_dir(rid) / "last.pt").exists()
 
 

@@ -1,7 +1,7 @@
 """``transfuse`` command line: parse → spec → library call. No logic lives here.
 
 Every user error (:class:`~transfuse.errors.TransfuseError`) prints one line, ``error: ...``, and
-exits with status 2.
+exits with status 2; a run that diverged (NaN/inf, stored as ``failed``) exits with status 3.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import TransfuseError
+from .errors import EXIT_DIVERGED, EXIT_ERROR, DivergedError, TransfuseError
 
 __all__ = ["main"]
 
@@ -123,13 +123,19 @@ def _train(a: argparse.Namespace) -> int:
         fmt = lambda v: "undefined" if v is None else f"{v:.4f}"  # noqa: E731  (NaN is stored as None)
         per = ", ".join(f"{k[5:]} {fmt(v)}" for k, v in out.test.items() if k.startswith("dice/"))
         print(f"  test Dice {fmt(out.test['dice'])} ({per})  best step {r.summary.get('best_step')}/"
-              f"{r.summary.get('steps')}  {r.summary.get('train_seconds')} s")
+              f"{r.summary.get('steps')}  {_times(r)}")
     else:
         print(f"  test AUC {auc:.4f}  acc {out.test.get('acc', float('nan')):.4f}  "
               f"best step {r.summary.get('best_step')}/{r.summary.get('steps')}  "
-              f"{r.summary.get('train_seconds')} s" if auc is not None else "  test AUC undefined")
+              f"{_times(r)}" if auc is not None else "  test AUC undefined")
     print(f"  stored in {Path(a.workspace) / 'transfuse.db'}; checkpoints in {r.run_dir}")
     return 0
+
+
+def _times(r) -> str:
+    """Training and wall time exactly as the store records them (``runs show`` prints the same)."""
+    wall = "-" if r.wall_seconds is None else round(r.wall_seconds, 3)
+    return f"train {r.summary.get('train_seconds')} s, wall {wall} s"
 
 
 def _datasets(a: argparse.Namespace) -> int:
@@ -148,13 +154,20 @@ def _datasets(a: argparse.Namespace) -> int:
 def _models(a: argparse.Namespace) -> int:
     from .models import MODELS
 
-    w = max(len(e.name) for e in MODELS) + 1
-    print(f"  {'name':<{w}} {'dims':<6} {'task':<5} {'min px':<7} description")
-    for e in MODELS:
-        dims = "/".join(f"{d}D" for d in e.meta["spatial_dims"])
-        task = "seg" if e.meta.get("task") == "segmentation" else "clf"
-        print(f"  {e.name:<{w}} {dims:<6} {task:<5} {e.meta['min_size']:<7} {e.meta['description']}")
-    print(f"  {'timm:<name>':<{w}} {'2D':<6} {'clf':<5} {'':<7} any timm model, e.g. timm:efficientnet_lite0")
+    from .models.registry import TIMM_INFO
+
+    def dims(meta: dict) -> str:
+        return "/".join(f"{d}D" + "*" * (d in meta.get("inflated_dims", ())) for d in meta["spatial_dims"])
+
+    rows = [(e.name, e.meta) for e in MODELS] + [("timm:<name>", TIMM_INFO)]
+    w = max(len(n) for n, _ in rows) + 1
+    print(f"  {'name':<{w}} {'dims':<7} {'task':<5} {'min px':<7} description")
+    for name, meta in rows:
+        task = "seg" if meta.get("task") == "segmentation" else "clf"
+        desc = meta["description"] + (", e.g. timm:efficientnet_lite0" if name.startswith("timm:") else "")
+        print(f"  {name:<{w}} {dims(meta):<7} {task:<5} {meta['min_size']:<7} {desc}")
+    print("  3D*: the 2D network inflated to 3D (inflate_model; kernels=1xkxk pseudo-3D by default); "
+          "min px: the smallest input side")
     return 0
 
 
@@ -174,70 +187,10 @@ def _inits(a: argparse.Namespace) -> int:
     return 0
 
 
-def _show_run(r, test: dict) -> None:
-    """Human-readable view of one run: spec, result, and the init report per stage."""
-    sp = r.spec
-    print(f"run {r.run_id}  [{r.status}]  study={r.study or '-'}")
-    print(f"  data   {sp['data']['name']}  n_train={sp['data'].get('n_train')}  "
-          f"split sizes {r.data_info.get('split_sizes', {})}")
-    print(f"  model  {sp['model']['name']} ({r.model_info.get('spatial_dims')}D, "
-          f"{r.model_info.get('parameters', '?')} parameters)")
-    print(f"  init   {sp['init']['name']}" + (f"  source {sp['init']['source']}" if sp['init'].get('source') else ""))
-    t = sp["train"]
-    print(f"  train  {t['steps'] or str(t['epochs']) + ' epochs'} steps  lr {t['lr']}  {t['optimizer']}/"
-          f"{t['schedule']}  batch {t['batch_size']}  seed {sp['seed']}")
-    if test:
-        per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in test.items() if k.startswith("auc/") and v is not None)
-        auc, acc = test.get("auc"), test.get("acc")
-        print(f"  test   AUC {auc if auc is None else f'{auc:.4f}'}  acc {acc if acc is None else f'{acc:.4f}'}  ({per})")
-    if r.summary:
-        print(f"  best step {r.summary.get('best_step')}  train {r.summary.get('train_seconds')} s  "
-              f"{r.summary.get('examples_per_second')} ex/s")
-    if r.error:
-        print(f"  error  {r.error}")
-    rep = r.init_report or {}
-    if rep.get("tensors"):
-        print(f"  init report: {rep.get('counts')}")
-        for note in rep.get("notes", []):
-            print(f"    note: {note}")
-        stages: dict[str, dict[str, int]] = {}
-        for rec in rep["tensors"]:
-            stages.setdefault(rec["stage"], {}).setdefault(rec["action"], 0)
-            stages[rec["stage"]][rec["action"]] += 1
-        for stage, acts in stages.items():
-            print(f"    {stage:<10} " + ", ".join(f"{n} {k}" for k, n in sorted(acts.items())))
-    print(f"  checkpoints {r.run_dir}  (full record: transfuse runs show {r.run_id} --json)")
-
-
 def _study(a: argparse.Namespace) -> int:
-    from .study import load_study, run_study, study_status
+    from .cli_study import study_command
 
-    study = load_study(a.file)
-    if a.study_cmd == "status":
-        rows = study_status(study, workspace=a.workspace, smoke=a.smoke)
-        counts: dict[str, int] = {}
-        for spec, rid, status in rows:
-            counts[status] = counts.get(status, 0) + 1
-            if a.verbose:
-                print(f"  {rid}  {status:<9} {spec.model.name:<14} {spec.init.name:<24} "
-                      f"n_train={spec.data.n_train} seed={spec.seed}")
-        name = rows[-1][0].study if rows else study.name
-        print(f"study {name}: {len(rows)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-        return 0
-    out = run_study(study, workspace=a.workspace, workers=a.workers, executor=a.executor,
-                    address=a.address, smoke=a.smoke, device=a.device, progress=not a.no_progress)
-    print(f"study {out.study}: {out.total} runs — {len(out.finished)} trained now, "
-          f"{len(out.skipped)} already finished, {len(out.busy)} running elsewhere, "
-          f"{len(out.failed)} failed")
-    for rid, msg in out.failed.items():
-        print(f"  run {rid} failed: {msg}", file=sys.stderr)
-    print(f"  results in {Path(a.workspace) / 'transfuse.db'}")
-    if getattr(a, "report", None) is not None:
-        from .report.study import build_report
-
-        dest = a.report or str(Path(a.workspace) / f"report-{out.study}.html")
-        print(f"report: {build_report(workspace=a.workspace, study=out.study, out=dest).resolve()}")
-    return 0 if out.ok else 1
+    return study_command(a)
 
 
 def _add_selftrain(sub: argparse._SubParsersAction) -> None:
@@ -277,12 +230,9 @@ def _selftrain(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from .report.study import build_report
+    from .cli_study import report_command
 
-    out = a.output or str(Path(a.workspace) / f"report-{a.study}.html")
-    path = build_report(workspace=a.workspace, study=a.study, out=out)
-    print(f"report: {path.resolve()}")
-    return 0
+    return report_command(a)
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
@@ -324,45 +274,9 @@ def _analyze(a: argparse.Namespace) -> int:
 
 
 def _runs(a: argparse.Namespace) -> int:
-    from .store import Store
+    from .cli_runs import runs_command
 
-    if not (Path(a.workspace) / "transfuse.db").is_file():
-        raise TransfuseError(f"no run store in {a.workspace}; pass --workspace or train a run first")
-    store = Store(a.workspace)
-    if a.runs_cmd == "list":
-        runs = store.list_runs(study=a.study)
-        mw = max([14] + [len(r.spec["model"]["name"]) for r in runs])
-        print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<{mw}} {'init':<20} {'seed':>4} "
-              f"{'test score':>16}")
-        for r in runs:
-            score = ""
-            if r.status == "finished":  # AUC, or mean foreground Dice for segmentation runs
-                final = store.final_metrics(r.run_id)
-                name = "dice" if r.data_info.get("task") == "segmentation" else "auc"
-                if final.get(name) is not None:
-                    score = f"{name.upper() if name == 'auc' else 'Dice'} {final[name]:.4f}"
-            print(f"{r.run_id:<13} {r.status:<9} {r.spec['data']['name'][:28]:<28} "
-                  f"{r.spec['model']['name']:<{mw}} {r.spec['init']['name'][:20]:<20} {r.spec['seed']:>4} "
-                  f"{score:>16}")
-        return 0
-    if a.runs_cmd == "show":
-        r = store.get_run(a.run_id)
-        test = store.final_metrics(r.run_id)
-        if a.json:
-            print(json.dumps({"run_id": r.run_id, "status": r.status, "study": r.study, "spec": r.spec,
-                              "summary": r.summary, "test": test, "init_report": r.init_report,
-                              "data": r.data_info, "model": r.model_info, "env": r.env,
-                              "error": r.error, "run_dir": r.run_dir}, indent=2))
-        else:
-            _show_run(r, test)
-        return 0
-    text = store.export(fmt=a.format, study=a.study)
-    if a.output:
-        Path(a.output).write_text(text)
-        print(f"wrote {a.output}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return runs_command(a)
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -402,43 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list dataset families, built-in datasets and MedMNIST flags")
     sub.add_parser("models", help="list models")
     sub.add_parser("inits", help="list init strategies and pretrained source families")
-    study = sub.add_parser("study", help="run a grid of runs from a YAML study file")
-    ss = study.add_subparsers(dest="study_cmd", required=True)
-    for name in ("run", "status"):
-        q = ss.add_parser(name)
-        q.add_argument("file", help="study YAML file (see examples/)")
-        q.add_argument("--workspace", default="workspace")
-        q.add_argument("--smoke", action="store_true", help="the shrunk, sub-minute version")
-        if name == "run":
-            q.add_argument("--workers", type=int, default=1, help="parallel local processes / Ray CPUs")
-            q.add_argument("--executor", default="local", choices=("local", "ray"))
-            q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-            q.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
-            q.add_argument("--no-progress", action="store_true")
-            q.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
-                           help="then write the study report (default WORKSPACE/report-STUDY.html)")
-        else:
-            q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+    from .cli_study import add_report_parser, add_study_parser
+
+    add_study_parser(sub)
     _add_selftrain(sub)
     _add_analyze(sub)
     _add_pretrain(sub)
-    rep = sub.add_parser("report", help="write a study's self-contained HTML report")
-    rep.add_argument("workspace", help="the workspace the study ran in")
-    rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
-    rep.add_argument("-o", "--output", default=None, help="HTML file (default WORKSPACE/report-STUDY.html)")
-    runs = sub.add_parser("runs", help="inspect stored runs")
-    rs = runs.add_subparsers(dest="runs_cmd", required=True)
-    for name in ("list", "show", "export"):
-        q = rs.add_parser(name)
-        q.add_argument("--workspace", default="workspace")
-        if name == "show":
-            q.add_argument("run_id", help="run id or a unique prefix")
-            q.add_argument("--json", action="store_true", help="the full record as JSON")
-        else:
-            q.add_argument("--study")
-        if name == "export":
-            q.add_argument("--format", choices=("csv", "json"), default="csv")
-            q.add_argument("-o", "--output")
+    add_report_parser(sub)
+    from .cli_runs import add_runs_parser
+
+    add_runs_parser(sub)
     return parser
 
 
@@ -453,9 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                 "analyze": _analyze, "pretrain": _pretrain}
     try:
         return handlers[a.cmd](a)
+    except DivergedError as e:  # stored as a failed run; its own status so scripts can retry
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except TransfuseError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

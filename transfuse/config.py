@@ -226,6 +226,12 @@ class RunSpec:
     # ...}. Left out of the JSON when None, so the ids of ordinary runs do not change.
     parent: dict[str, Any] | None = field(default=None, hash=False)
 
+    def __post_init__(self) -> None:
+        if self.study is not None:  # it becomes file names (report-<study>.html)
+            from .errors import check_name
+
+            check_name(self.study, field="study")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict of the spec (tuples become lists; ``parent`` only when set)."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -253,15 +259,56 @@ def run_id(spec: RunSpec) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _typed(value: Any, annotation: str, key: str) -> Any:
+    """``value`` checked against a field's annotation (``"int | None"``, ``"float"``...).
+
+    A float field also takes a numeric string, because YAML reads ``1e-3`` as one.
+
+    Raises:
+        ConfigError: ``"train.steps='lots' must be an integer"``.
+    """
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+    elif isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+    elif isinstance(value, int) and ("int" in kinds or "float" in kinds):
+        return value
+    elif isinstance(value, float) and "float" in kinds:
+        return value
+    elif isinstance(value, str) and "str" in kinds:
+        return value
+    elif isinstance(value, str) and "float" in kinds:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, (list, tuple, dict)) and any(k.startswith(("tuple", "dict")) for k in kinds):
+        return value
+    if not any(k in _KINDS or k.startswith(("tuple", "dict")) for k in kinds):
+        return value  # a type this check does not know: the dataclass validates it
+    want = " or ".join(_KINDS.get(k, "a list" if k.startswith("tuple") else "a mapping")
+                       for k in kinds if k != "None")
+    unset = " (or leave it out)" if "None" in kinds else ""
+    raise ConfigError(f"{key}={value!r} must be {want}{unset}")
+
+
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(d) - set(types))
     if unknown:
         raise ConfigError(
-            f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+            f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(types))}"
         )
+    prefix = "" if where == "run" else f"{where}."
+    d = {k: _typed(v, str(types[k]), f"{prefix}{k}") for k, v in d.items()}
     try:
         return cls(**d)
     except TypeError as e:  # missing required field
@@ -297,11 +344,37 @@ def where(path: str, message: str) -> str:
     return f"{path}: {message}" if path else message
 
 
+def _unique_key_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor`: its keys may be overridden, by design
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    break
+                if dup:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); "
+                        "give each key once", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_file(path: Any, *, what: str) -> Any:
-    """The parsed content of a YAML file (``yaml.safe_load``).
+    """The parsed content of a YAML file (safe loader; a key given twice is an error).
 
     Raises:
-        ConfigError: ``"<path>: <what> file not found"`` or ``"<path>: not valid YAML (...)"``.
+        ConfigError: ``"<path>: <what> file not found"``, ``"<path>: not valid YAML (...)"`` or
+            ``"<path>: duplicate key 'seed' (line 7); give each key once"``.
     """
     from pathlib import Path
 
@@ -311,7 +384,15 @@ def read_yaml_file(path: Any, *, what: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{p}: {what} file not found")
     try:
-        return yaml.safe_load(p.read_text())
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the {what} file ({e}); give a UTF-8 YAML file") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.constructor.ConstructorError as e:
+        if e.problem and e.problem.startswith("duplicate key"):
+            raise ConfigError(f"{p}: {e.problem}") from None
+        raise ConfigError(f"{p}: not valid YAML ({e.problem or type(e).__name__})") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{p}: not valid YAML ({first})") from None

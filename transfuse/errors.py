@@ -3,11 +3,23 @@
 Every problem caused by the user's input (a missing file, a bad column, an unknown name) is raised
 as :class:`TransfuseError` with a one-line message that names the file or field and says how to
 fix it. The CLI prints the message and exits with status 2; anything else is a bug.
+
+Two subclasses have their own meaning: :class:`StoreError` (the run store file is not a database,
+is corrupt, read-only or on a full disk) and :class:`DivergedError` (training produced NaN/inf;
+the run is stored as ``failed`` and the CLI exits with :data:`EXIT_DIVERGED`).
 """
 
 from __future__ import annotations
 
-__all__ = ["TransfuseError", "ConfigError", "DataError", "ModelError"]
+import re
+
+__all__ = ["TransfuseError", "ConfigError", "DataError", "ModelError", "StoreError",
+           "DivergedError", "EXIT_ERROR", "EXIT_DIVERGED", "check_name"]
+
+EXIT_ERROR = 2  #: CLI exit status of a TransfuseError (bad input, unusable store, I/O failure)
+EXIT_DIVERGED = 3  #: CLI exit status of a run whose loss or predictions became NaN/inf
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class TransfuseError(Exception):
@@ -27,3 +39,34 @@ class DataError(TransfuseError, ValueError):
 
 class ModelError(TransfuseError, ValueError):
     """A model name or model option is invalid."""
+
+
+class StoreError(TransfuseError):
+    """The run store (``transfuse.db``) or the workspace cannot be read or written."""
+
+
+class DivergedError(TransfuseError, FloatingPointError):
+    """Training diverged (NaN/inf loss or predictions); the message names the step and a fix."""
+
+
+def check_name(name: object, *, field: str) -> str:
+    """``name`` if it is safe as one path component: letters, digits and ``._-``, not ``.``/``..``.
+
+    Every user-given name that becomes a file or folder name (a study, a pretraining entry, a run
+    folder, a report file) goes through this one check, so no name can create sub-folders or
+    point outside the workspace.
+
+    Args:
+        name: the value to check.
+        field: the setting it came from, for the message (e.g. ``"study name"``, ``"--study"``).
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ConfigError: ``name`` is not a string, is empty, ``.``/``..``, or has another character.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{field}={name!r} is not a valid name: it becomes a file or folder "
+                          "name, so use only letters, digits, '.', '_' and '-' (not '.' or '..')")
+    return name

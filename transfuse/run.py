@@ -19,14 +19,14 @@ import torch
 from .config import RunSpec, run_id
 from .data import PreparedData, load_dataset
 from .inits import INITS, apply_init, init_model_kwargs, parse_init
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError, ModelError, StoreError, TransfuseError
 from .models import create_model, get_stages
 from .store import RunRecord, Store
 from .train.device import resolve_device, seed_everything
 from .train.loop import fit
 from .weights import SourceWeights, resolve_source
 
-__all__ = ["train_run", "RunOutcome", "check_compatible", "environment"]
+__all__ = ["train_run", "RunOutcome", "check_compatible", "check_sizes", "environment"]
 
 
 
@@ -68,6 +68,10 @@ def check_compatible(spec: RunSpec, data: PreparedData) -> int:
     if dims != data.info.spatial_dims:
         raise ConfigError(f"model.spatial_dims={dims} but dataset {data.info.name!r} is "
                           f"{data.info.spatial_dims}D; drop --spatial-dims or pick matching data")
+    if dims not in info["spatial_dims"]:  # before the size checks: a size fix would not help
+        have = " or ".join(f"{d}D" for d in info["spatial_dims"])
+        raise ModelError(f"model {spec.model.name!r} is {have} only but dataset "
+                          f"{data.info.name!r} is {dims}D; pick a {dims}D model (`transfuse models`)")
     # Segmentation data needs a model that outputs a map (registry meta task="segmentation").
     model_task = info.get("task", "classification")
     data_task = "segmentation" if data.info.task == "segmentation" else "classification"
@@ -88,6 +92,68 @@ def check_compatible(spec: RunSpec, data: PreparedData) -> int:
                           f"but {data.info.name!r} is {side} px; pass --image-size {info['min_size']} "
                           "or larger")
     return dims
+
+
+def _is_smoke(spec: RunSpec) -> bool:
+    """A ``--smoke`` run: its ``n_train``/batch are caps that may exceed a small dataset."""
+    return (spec.study or "").endswith(("-smoke", "-smoke-pretrain"))
+
+
+def check_sizes(spec: RunSpec, data: PreparedData) -> None:
+    """``data.n_train`` must not exceed the training set, nor ``train.batch_size`` a subsample.
+
+    Raises:
+        ConfigError: naming the field, the sizes and the value to use instead.
+    """
+    if _is_smoke(spec):
+        return
+    have = data.info.train_available
+    n = spec.data.n_train
+    unit = "volumes" if data.info.task == "segmentation" else "examples"
+    if n is not None and have is not None and n > have:
+        raise ConfigError(f"data.n_train={n} is larger than the {have} training {unit} of "
+                          f"{spec.data.name!r}; pass --n-train {have} or less, or leave it out")
+    kept = len(data.train)
+    if n is not None and data.info.task != "segmentation" and spec.train.batch_size > kept:
+        raise ConfigError(f"train.batch_size={spec.train.batch_size} is larger than the {kept} "
+                          f"training examples of data.n_train={n}; pass --batch-size {kept} or "
+                          "less, or a larger --n-train")
+
+
+def _clean_tmp(run_dir: Path) -> None:
+    """Remove half-written files (``*.tmp``) of an interrupted run; frees space on a full disk."""
+    if run_dir.is_dir():
+        for p in run_dir.rglob("*.tmp"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseException:
+    """Clean up after a failed run, mark it ``failed`` where the store is still writable, and
+    return the one-line error to raise (``None`` context: no chained tracebacks)."""
+    _clean_tmp(run_dir)  # first: on a full disk this frees the space the store needs
+    if isinstance(e, DivergedError):
+        msg = f"run {rid} diverged: {e}"
+    elif isinstance(e, OSError):
+        what = f"{e.filename}: " if e.filename else ""
+        msg = (f"run {rid} failed writing its files ({what}{e.strerror or e}); free disk space or "
+               f"make {run_dir.parent.parent} writable, then run again")
+    elif isinstance(e, TransfuseError):
+        msg = f"run {rid} failed: {e}"
+    else:
+        msg = f"{type(e).__name__}: {e}"
+    try:
+        store.fail_run(rid, msg)
+        stored = "the run is stored as failed and restarts when run again"
+    except StoreError as se:
+        stored = f"it could not be marked failed ({se}); `transfuse runs list` shows it as stale"
+    if isinstance(e, OSError):
+        return StoreError(f"{msg}; {stored}")
+    if isinstance(e, TransfuseError):  # DivergedError keeps its class: the CLI exits 3
+        return type(e)(f"{msg}; {stored}")
+    return e  # a bug: re-raised as it is, with its traceback
 
 
 def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
@@ -135,6 +201,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
     data = load_dataset(spec.data, norm=norm)
     dims = check_compatible(spec, data)
+    check_sizes(spec, data)
 
     dev = resolve_device(device)
     seed_everything(spec.seed)
@@ -146,22 +213,28 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     main = int(os.environ.get("RANK", 0)) == 0
     if main:
         store.start_run(spec, env=environment(dev))
-        store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
-            "name": spec.model.name, "spatial_dims": dims,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "stages": [s.to_dict() for s in get_stages(model)]})
+    run_dir = store.run_dir(rid)
     try:
-        result = fit(model, data, spec.train, seed=spec.seed, device=device,
-                     run_dir=store.run_dir(rid), progress=progress,
-                     log=(lambda step, split, m: store.log_metrics(rid, step, split, m)) if main else None)
-    except BaseException as e:
         if main:
-            store.fail_run(rid, f"{type(e).__name__}: {e}")
-        raise
+            store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
+                "name": spec.model.name, "spatial_dims": dims,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "stages": [s.to_dict() for s in get_stages(model)]})
+        result = fit(model, data, spec.train, seed=spec.seed, device=device,
+                     run_dir=run_dir, progress=progress,
+                     log=(lambda step, split, m: store.log_metrics(rid, step, split, m)) if main else None)
+        if main:
+            store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
+                "best_step": result.best_step, "steps": result.steps,
+                "train_seconds": round(result.train_seconds, 3),
+                "examples_per_second": round(result.examples_per_second, 1)})
+    except BaseException as e:
+        if not main:
+            raise
+        err = _failed(store, rid, run_dir, e)
+        if err is e:
+            raise
+        raise err from None
     if main:
-        store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
-            "best_step": result.best_step, "steps": result.steps,
-            "train_seconds": round(result.train_seconds, 3),
-            "examples_per_second": round(result.examples_per_second, 1)})
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=False)
     return RunOutcome(None, result.test, skipped=False)  # type: ignore[arg-type]

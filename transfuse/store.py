@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunSpec, run_id as compute_run_id
-from .errors import TransfuseError
+from .errors import StoreError, TransfuseError
 
-__all__ = ["Store", "RunRecord", "RunFinishedError", "RunBusyError"]
+__all__ = ["Store", "RunRecord", "RunFinishedError", "RunBusyError", "StoreCheck", "check_store",
+           "RUN_FILES"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -104,6 +105,34 @@ class RunBusyError(TransfuseError):
 
 
 STALE_SECONDS = 15 * 60  # a run on another host with no heartbeat for this long is abandoned
+RUN_FILES = ("init.pt", "best.pt", "last.pt", "test_predictions.npz")  # a finished run's folder
+
+
+def store_error(e: sqlite3.Error, path: Path) -> StoreError | None:
+    """A one-line :class:`StoreError` for SQLite errors that mean the store file itself is
+    unusable (not a database, corrupt, read-only, full disk, I/O); ``None`` for any other error
+    (locks, constraint and trigger violations stay what they are)."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    msg = str(e)
+    ws = path.parent
+    if name == "SQLITE_NOTADB" or "not a database" in msg:
+        return StoreError(f"{path} is not a SQLite database, so it is not a transfuse run store; "
+                          f"move it aside (mv {path} {path}.bad) to start a new store there, or "
+                          "pass the right --workspace")
+    if name == "SQLITE_CORRUPT" or "malformed" in msg:
+        return StoreError(f"{path} is corrupt ({msg}); see `transfuse runs check -w {ws}`, then "
+                          f"restore a backup or salvage it (sqlite3 {path} .recover | sqlite3 "
+                          f"{ws / 'recovered.db'}) and put the result in place of transfuse.db")
+    if name == "SQLITE_FULL" or "disk is full" in msg:
+        return StoreError(f"cannot write {path}: the disk is full; free space on {ws} and run again")
+    if (name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
+            or "readonly" in msg or "unable to open" in msg):
+        return StoreError(f"cannot use {path} ({msg}): the workspace is read-only or not "
+                          f"accessible; make {ws} writable or pass another --workspace")
+    if name.startswith("SQLITE_IOERR") or "disk I/O error" in msg:
+        return StoreError(f"cannot read or write {path} ({msg}); check the disk (full, removed, or a "
+                          "network filesystem without file locking) and run again")
+    return None
 
 
 def _owner() -> str:
@@ -148,6 +177,14 @@ class RunRecord:
     owner: str | None = None
     heartbeat: float | None = None
 
+    @property
+    def state(self) -> str:
+        """The status, with ``stale`` for a ``running`` run whose owner process is gone (killed
+        or crashed): running it again (same command) restarts it from scratch."""
+        if self.status == "running" and not _alive(self.owner, self.heartbeat, time.time()):
+            return "stale"
+        return self.status
+
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
@@ -170,7 +207,8 @@ class Store:
         try:
             self.workspace.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise TransfuseError(f"cannot create workspace {self.workspace}: {e}") from None
+            raise StoreError(f"cannot create workspace {self.workspace} ({e.strerror}); pass a "
+                             "writable --workspace") from None
         self.path = self.workspace / "transfuse.db"
         # Several processes (DDP ranks, study workers) may open a new store at once; switching
         # to WAL and creating the schema can then meet a lock, so retry briefly.
@@ -186,12 +224,22 @@ class Store:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        # Every query runs in here, so an unusable store file (garbage, corrupt, read-only, full
+        # disk) becomes one StoreError that says how to recover, whatever the command.
+        try:
+            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.Error as e:
+            raise (store_error(e, self.path) or e) from None
         try:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA busy_timeout=60000")
             con.execute("PRAGMA foreign_keys=ON")
             yield con
+        except sqlite3.Error as e:
+            err = store_error(e, self.path)
+            if err is None:
+                raise
+            raise err from None
         finally:
             con.close()
 
@@ -202,12 +250,19 @@ class Store:
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                try:  # SQLite may have rolled back already (e.g. after a full disk)
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
                 raise
             con.execute("COMMIT")
 
     def run_dir(self, run_id: str) -> Path:
-        return self.workspace / "runs" / run_id
+        """``<workspace>/runs/<run_id>`` (the id is checked to be one safe folder name)."""
+        from .errors import check_name
+
+        return self.workspace / "runs" / check_name(run_id, field="run_id")
 
     # -- writing --------------------------------------------------------------------------------
     def start_run(self, spec: RunSpec, *, env: dict[str, Any] | None = None) -> str:
@@ -369,3 +424,78 @@ class Store:
         w.writeheader()
         w.writerows(rows)
         return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What :func:`check_store` found.
+
+    Attributes:
+        path: the store file.
+        integrity: problems reported by SQLite's ``PRAGMA integrity_check`` (empty when ok).
+        missing: finished run id → files of :data:`RUN_FILES` its folder lacks.
+        temporary: leftover ``*.tmp`` files under ``runs/`` (interrupted writes).
+        stale: ids of ``running`` runs whose owner process is gone.
+        runs_checked: the ``runs`` table could be read (else ``missing`` is unknown).
+    """
+
+    path: Path
+    integrity: tuple[str, ...]
+    missing: dict[str, tuple[str, ...]]
+    temporary: tuple[str, ...]
+    stale: tuple[str, ...]
+    runs_checked: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not (self.integrity or self.missing)
+
+
+def check_store(workspace: str | Path) -> StoreCheck:
+    """Check a workspace: SQLite's integrity check, then every finished run's folder.
+
+    The store is opened read-only and nothing is changed.
+
+    Raises:
+        StoreError: there is no store, or the file is not a SQLite database at all.
+    """
+    ws = Path(workspace).expanduser()
+    path = ws / "transfuse.db"
+    if not path.is_file():
+        raise StoreError(f"no run store in {ws} ({path} not found); pass the right --workspace")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error as e:
+        raise (store_error(e, path) or e) from None
+    try:
+        try:
+            problems = tuple(r[0] for r in con.execute("PRAGMA integrity_check"))
+        except sqlite3.DatabaseError as e:
+            err = store_error(e, path)
+            if err is None or "not a SQLite database" in str(err):
+                raise (err or e) from None
+            problems = (str(e),)
+        problems = tuple(p for p in problems if p != "ok")
+        try:
+            con.row_factory = sqlite3.Row
+            rows = [dict(r) for r in con.execute(
+                "SELECT run_id, status, run_dir, owner, heartbeat FROM runs ORDER BY created")]
+        except sqlite3.DatabaseError as e:
+            return StoreCheck(path, problems or (str(e),), {}, (), (), runs_checked=False)
+    finally:
+        con.close()
+    missing: dict[str, tuple[str, ...]] = {}
+    stale = []
+    now = time.time()
+    for r in rows:
+        if r["status"] == "running" and not _alive(r["owner"], r["heartbeat"], now):
+            stale.append(r["run_id"])
+        if r["status"] != "finished":
+            continue
+        folder = Path(r["run_dir"]) if r["run_dir"] else ws / "runs" / r["run_id"]
+        lacking = tuple(f for f in RUN_FILES if not (folder / f).is_file())
+        if lacking:
+            missing[r["run_id"]] = lacking
+    runs = ws / "runs"
+    temporary = tuple(sorted(str(p) for p in runs.rglob("*.tmp"))) if runs.is_dir() else ()
+    return StoreCheck(path, problems, missing, temporary, tuple(stale))

@@ -3,13 +3,16 @@
 Shows what ``transfuse analyze`` stored (:mod:`transfuse.analysis.results`): layer × layer heatmaps
 with the random-vs-random baseline beside each comparison, same-stage curves against the
 shuffled-rows chance level, per-stage change from initialisation, relative weight change per stage
-and first-layer filter grids. Every user string goes through ``esc``/``table``.
+and first-layer filter grids. Every user string goes through ``esc``/``table``; every
+``*_figure`` builder returns a Figure whose data panels carry a legend or colorbar; tables and
+figures name stages (stem, block1 …, head), never their index.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,9 +22,12 @@ from .results import (KINDS, AnalysisMeta, FilterSnapshot, LayerGrid, StageChang
                       from_payload)
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from ..store import Store
 
-__all__ = ["analysis_section"]
+__all__ = ["analysis_section", "grid_figure", "diagonal_figure", "stage_lines_figure",
+           "filter_snapshots_figure"]
 
 NAMES = {"cca": "mean CCA", "svcca": "SVCCA", "pwcca": "PWCCA", "linear_cka": "linear CKA"}
 
@@ -41,58 +47,101 @@ def _colors(names: list[str]) -> dict[str, tuple]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
-def _heatmap(ax, g: LayerGrid, measure: str) -> None:
+def _run_short(r) -> str:
+    """The run without its model (figures and tables are per model): init, seed, size."""
+    return f"{r.init} · seed {r.seed}" + ("" if r.size == "all" else f" · n={r.size}")
+
+
+def _heatmap(fig, ax, g: LayerGrid, measure: str, *, side: float) -> None:
     a = _arr(g.measures[measure])
-    ax.imshow(a, vmin=0, vmax=1, cmap="viridis", origin="lower")
-    ax.set_xticks(range(len(g.stages_b)), g.stages_b, rotation=45, fontsize=7)
-    ax.set_yticks(range(len(g.stages_a)), g.stages_a, fontsize=7)
-    if a.size <= 100:
+    im = ax.imshow(a, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    fs = 7 if max(a.shape) <= 12 else 6
+    ax.set_xticks(range(len(g.stages_b)), g.stages_b, rotation=45, ha="right", rotation_mode="anchor",
+                  fontsize=fs)
+    ax.set_yticks(range(len(g.stages_a)), g.stages_a, fontsize=fs)
+    if max(a.shape) <= side * 2.2:  # the numbers fit in their cells (about 0.45 inch each)
         for (i, j), v in np.ndenumerate(a):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if v < 0.6 else "black")
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cb.set_label(f"{NAMES.get(measure, measure)} (0 = unrelated, 1 = same)", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
 
 
-def _grid_figure(g: LayerGrid, base: LayerGrid | None, measures: list[str]) -> str:
-    rows = [g] + ([base] if base is not None else [])
-    fig, axes = new_figure(width=3.0 * len(measures) + 0.6, height=3.0 * len(rows),
+def grid_figure(*, grid: LayerGrid, baseline: LayerGrid | None, measures: list[str]) -> Figure:
+    """Layer × layer heatmaps of ``grid`` (one per measure), the random-vs-random baseline below.
+
+    Rows are the stages of run A, columns those of run B, both labelled with their stage names;
+    each heatmap has a colorbar naming its measure and the 0–1 range.
+
+    Returns:
+        A matplotlib Figure with ``(1 or 2) × len(measures)`` heatmaps.
+    """
+    rows = [grid] + ([baseline] if baseline is not None else [])
+    n = max(len(grid.stages_a), len(grid.stages_b))
+    side = max(2.8, 0.2 * n + 1.6)
+    fig, axes = new_figure(width=(side + 0.9) * len(measures), height=(side + 0.5) * len(rows),
                            ncols=len(measures), nrows=len(rows))
-    for i, grid in enumerate(rows):
+    for i, g in enumerate(rows):
         for j, m in enumerate(measures):
             ax = axes[i][j]
-            _heatmap(ax, grid, m)
-            what = "baseline: " if grid is base else ""
+            _heatmap(fig, ax, g, m, side=side)
+            what = "baseline (random vs random): " if g is baseline else ""
             ax.set_title(f"{what}{NAMES.get(m, m)}", fontsize=8)
-            ax.set_ylabel(grid.run_a.label if j == 0 else "", fontsize=7)
-            ax.set_xlabel(grid.run_b.label, fontsize=7)
-    alt = (f"Layer × layer similarity of {g.run_a.label} (rows) and {g.run_b.label} (columns), "
-           f"trained, {g.n_points} datapoints")
+            if j == 0:
+                ax.set_ylabel(f"rows: run A = {_run_short(g.run_a)}", fontsize=7)
+            ax.set_xlabel(f"columns: run B = {_run_short(g.run_b)}", fontsize=7)
+    return fig
+
+
+def _grid_html(g: LayerGrid, base: LayerGrid | None, measures: list[str]) -> str:
+    alt = (f"Layer × layer similarity of {g.run_a.label} (rows, run A) and {g.run_b.label} "
+           f"(columns, run B), trained, {g.n_points} datapoints")
     if base is not None:
         alt += f"; below: the random-vs-random baseline {base.run_a.label} vs {base.run_b.label}"
-    return figure_img(fig, alt=alt)
+    return figure_img(grid_figure(grid=g, baseline=base, measures=measures), alt=alt)
 
 
-def _diagonal_figure(grids: list[LayerGrid], measures: list[str]) -> str:
-    fig, axes = new_figure(width=3.4 * len(measures) + 0.6, height=3.2, ncols=len(measures))
+def diagonal_figure(*, grids: list[LayerGrid], measures: list[str]) -> Figure:
+    """Same-stage similarity per stage (x: stage names), one line per pair, with chance.
+
+    Returns:
+        A matplotlib Figure, one panel per measure, each with its own legend.
+    """
+    fig, axes = new_figure(width=3.6 * len(measures) + 0.6, height=4.0, ncols=len(measures))
     col = _colors([g.key for g in grids])
     for ax, m in zip(axes[0], measures):
         for g in grids:
             xs = list(range(len(g.stages_a)))
             style = "--" if g.role == "baseline" else "-"
-            name = ("baseline " if g.role == "baseline" else "") + f"{g.run_a.init} vs {g.run_b.init}"
+            name = ("baseline " if g.role == "baseline" else "") + f"{_run_short(g.run_a)} vs {_run_short(g.run_b)}"
             ax.plot(xs, [np.nan if v is None else v for v in g.diagonal(m)], style, marker="o",
                     color=col[g.key], label=name, lw=1.5)
         ch = grids[0].chance.get(m, [])
         ax.plot(range(len(ch)), [np.nan if v is None else v for v in ch], ":", color="grey",
                 label="chance (rows shuffled)")
-        ax.set_xticks(range(len(grids[0].stages_a)), grids[0].stages_a, rotation=45, fontsize=7)
+        ax.set_xticks(range(len(grids[0].stages_a)), grids[0].stages_a, rotation=45, ha="right",
+                      rotation_mode="anchor", fontsize=7)
         ax.set_ylim(0, 1.02)
         ax.set_title(NAMES.get(m, m), fontsize=9)
+        ax.set_ylabel("same-stage similarity", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("same-stage similarity")
-    axes[0][-1].legend(fontsize=6)
-    return figure_img(fig, alt=f"{grids[0].run_a.model}: similarity of each stage with the same stage "
-                               "of the other run (dashed: random vs random; dotted: chance)")
+        # below the panel: the lines span the whole height, a legend inside would hide some
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    return fig
+
+
+def _stage_groups(items: list, run, stages) -> list[tuple[str, list[str], list]]:
+    """``items`` grouped by model and stage list: one table each, stage names as headers.
+
+    Returns:
+        ``[(model, stages, items)]`` in first-seen order.
+    """
+    groups: dict[tuple[str, tuple[str, ...]], list] = {}
+    for it in items:
+        groups.setdefault((run(it).model, tuple(stages(it))), []).append(it)
+    return [(m, list(st), v) for (m, st), v in groups.items()]
 
 
 def _grids_html(grids: dict[str, LayerGrid], meta: AnalysisMeta, measures: list[str]) -> str:
@@ -107,42 +156,58 @@ def _grids_html(grids: dict[str, LayerGrid], meta: AnalysisMeta, measures: list[
         by_model.setdefault(g.run_a.model, []).append(g)
         if g.role == "baseline" and k in shown_as_base:
             continue
-        html += _grid_figure(g, grids.get(g.baseline or ""), measures)
+        html += _grid_html(g, grids.get(g.baseline or ""), measures)
     html += "<h3>Same stage, two runs</h3>"
-    rows = []
     for model, gs in by_model.items():
-        html += _diagonal_figure(gs, measures)
-        for g in gs:
+        html += figure_img(diagonal_figure(grids=gs, measures=measures),
+                           alt=f"{model}: similarity of each stage with the same stage of the other run "
+                               "(dashed: random vs random; dotted: chance)")
+    all_grids = [g for gs in by_model.values() for g in gs]
+    for model, stages, gs in _stage_groups(all_grids, lambda g: g.run_a, lambda g: g.stages_a):
+        rows = []
+        for g in gs:  # one row of values, one of its chance level: short cells, a table that fits
+            a, b = _run_short(g.run_a), _run_short(g.run_b)
             for m in measures:
-                rows.append([g.run_a.label, g.run_b.label, g.role, NAMES.get(m, m),
-                             *[f"{_f(v)} (chance {_f(c)})" for v, c in zip(g.diagonal(m), g.chance.get(m, []))]])
-    width = max((len(g.stages_a) for gs in by_model.values() for g in gs), default=0)
-    html += table(["run A", "run B", "role", "measure", *[f"stage {i}" for i in range(width)]], rows,
-                  caption="Same-stage similarity per stage of run A (stem first), with the chance level")
+                rows.append([a, b, g.role, NAMES.get(m, m), *[_f(v) for v in g.diagonal(m)]])
+                rows.append([a, b, g.role, f"{NAMES.get(m, m)}: chance", *[_f(c) for c in g.chance.get(m, [])]])
+        html += table(["run A", "run B", "role", "measure", *stages], rows,
+                      caption=f"{model}: same-stage similarity per stage of run A, and its chance level "
+                              "(run B's rows shuffled)")
     return html
 
 
-def _per_model_lines(items: list, values, ylabel: str, title: str, *, logy: bool = False) -> str:
-    """One panel per model; one line per run over its stages (colour: init)."""
+def stage_lines_figure(*, items: list[StageChange] | list[WeightChange],
+                       values: Callable[[Any], list[float | None]], ylabel: str,
+                       logy: bool = False) -> Figure:
+    """One panel per model; one line per run over its stages (colour: init, style: seed).
+
+    Args:
+        items: :class:`StageChange` or :class:`WeightChange` results.
+        values: ``item -> list[float | None]``, one value per stage.
+
+    Returns:
+        A matplotlib Figure, one panel per model, each with its own legend.
+    """
     models = sorted({it.run.model for it in items})
     inits = sorted({it.run.init for it in items}, key=lambda n: (n != "random", n))
     col = _colors(inits)
     seeds = sorted({it.run.seed for it in items})
     styles = ["-", "--", ":", "-."]
-    fig, axes = new_figure(width=min(3.8 * len(models), 13) + 1.0, height=3.2, ncols=len(models))
+    fig, axes = new_figure(width=min(3.8 * len(models), 13) + 1.0, height=3.4, ncols=len(models))
     for ax, model in zip(axes[0], models):
         for it in sorted((i for i in items if i.run.model == model), key=lambda i: (i.run.init, i.run.seed)):
             ys = [np.nan if v is None else v for v in values(it)]
             ax.plot(range(len(ys)), ys, styles[seeds.index(it.run.seed) % 4], marker="o",
-                    color=col[it.run.init], lw=1.4, label=f"{it.run.init} s{it.run.seed}")
-            ax.set_xticks(range(len(it.stages)), it.stages, rotation=45, fontsize=7)
+                    color=col[it.run.init], lw=1.4, label=_run_short(it.run))
+            ax.set_xticks(range(len(it.stages)), it.stages, rotation=45, ha="right",
+                          rotation_mode="anchor", fontsize=7)
         if logy:
             ax.set_yscale("log")
         ax.set_title(model, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    return figure_img(fig, alt=title)
+    return fig
 
 
 def _change_html(changes: list[StageChange], weights: list[WeightChange], measures: list[str]) -> str:
@@ -150,46 +215,53 @@ def _change_html(changes: list[StageChange], weights: list[WeightChange], measur
     if changes:
         html += "<h3>How much each stage changed: representation at init vs after training</h3>"
         for m in measures:
-            html += _per_model_lines(changes, lambda c, m=m: c.measures[m], NAMES.get(m, m),
-                                     f"{NAMES.get(m, m)} between each stage at initialisation and after "
-                                     "training (1 = unchanged)")
-        rows = [[c.run.label, NAMES.get(m, m), *[_f(v) for v in c.measures[m]]] for c in changes for m in measures]
-        width = max(len(c.stages) for c in changes)
-        html += table(["run", "measure", *[f"stage {i}" for i in range(width)]], rows,
-                      caption="Similarity of each stage (stem first) to itself at initialisation")
+            html += figure_img(stage_lines_figure(items=changes, values=lambda c, m=m: c.measures[m],
+                                                  ylabel=NAMES.get(m, m)),
+                               alt=f"{NAMES.get(m, m)} between each stage at initialisation and after "
+                                   "training (1 = unchanged)")
+        for model, stages, cs in _stage_groups(changes, lambda c: c.run, lambda c: c.stages):
+            rows = [[_run_short(c.run), NAMES.get(m, m), *[_f(v) for v in c.measures[m]]] for c in cs for m in measures]
+            html += table(["run", "measure", *stages], rows,
+                          caption=f"{model}: similarity of each stage to itself at initialisation")
     if weights:
         html += "<h3>Relative weight change per stage</h3>"
-        html += _per_model_lines(weights, lambda w: w.relative, "‖W_final − W_init‖ / ‖W_init‖",
-                                 "Relative change of each stage's conv/linear kernels during training",
-                                 logy=True)
-        rows = [[w.run.label, *[f"{s}: {_f(v, 4)}" for s, v in zip(w.stages, w.relative)]] for w in weights]
-        html += table(["run", *[f"stage {i}" for i in range(max(len(w.stages) for w in weights))]], rows,
-                      caption="‖W_final − W_init‖_F / ‖W_init‖_F over each stage's kernels")
+        html += figure_img(stage_lines_figure(items=weights, values=lambda w: w.relative,
+                                              ylabel="‖W_final − W_init‖ / ‖W_init‖", logy=True),
+                           alt="Relative change of each stage's conv/linear kernels during training")
+        for model, stages, ws in _stage_groups(weights, lambda w: w.run, lambda w: w.stages):
+            rows = [[_run_short(w.run), *[_f(v, 4) for v in w.relative]] for w in ws]
+            html += table(["run", *stages], rows,
+                          caption=f"{model}: ‖W_final − W_init‖_F / ‖W_init‖_F over each stage's kernels")
     return html
 
 
-def _filters_html(snaps: list[FilterSnapshot]) -> str:
-    from ..report.plots import filter_grid
+def filter_snapshots_figure(*, snaps: list[FilterSnapshot]) -> Figure:
+    """First-layer filters of stored snapshots, one column per init (its lowest seed, ≤ 8 inits).
 
+    Returns:
+        A matplotlib Figure (:func:`transfuse.report.plots.filters_figure`, with its text key).
+    """
+    from ..report.plots import FilterColumn, filters_figure
+
+    chosen: dict[str, FilterSnapshot] = {}
+    for s in sorted(snaps, key=lambda s: s.run.seed):
+        chosen.setdefault(s.run.init, s)
+    cols = sorted(chosen.values(), key=lambda s: (s.run.init != "random", s.run.init))[:8]
+    return filters_figure(columns=[
+        FilterColumn(s.run.init, torch.tensor(s.init), torch.tensor(s.trained),
+                     "at init (pretrained)" if s.pretrained else "at init",
+                     f"after training (Δ {_f(s.relative, 2)})") for s in cols])
+
+
+def _filters_html(snaps: list[FilterSnapshot]) -> str:
     if not snaps:
         return ""
     html = "<h3>First-layer filters</h3>"
     for model in sorted({s.run.model for s in snaps}):
-        chosen: dict[str, FilterSnapshot] = {}
-        for s in sorted((s for s in snaps if s.run.model == model), key=lambda s: s.run.seed):
-            chosen.setdefault(s.run.init, s)
-        cols = sorted(chosen.values(), key=lambda s: (s.run.init != "random", s.run.init))[:8]
-        fig, axes = new_figure(width=2.1 * len(cols) + 0.4, height=4.6, ncols=len(cols), nrows=2)
-        for j, s in enumerate(cols):
-            start = "at init (pretrained)" if s.pretrained else "at init"
-            for i, (w, when) in enumerate(((s.init, start), (s.trained, "after training"))):
-                ax = axes[i][j]
-                ax.imshow(filter_grid(torch.tensor(w)), interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(f"{s.run.init}\n{when}" if i == 0 else f"{when} (Δ {_f(s.relative, 2)})", fontsize=7)
-        html += figure_img(fig, alt=f"{model}: first-layer filters ({cols[0].key}) at initialisation or "
-                                    "pretrained (top) and after training (bottom); Δ = relative change")
+        mine = [s for s in snaps if s.run.model == model]
+        html += figure_img(filter_snapshots_figure(snaps=mine),
+                           alt=f"{model}: first-layer filters ({mine[0].key}) at initialisation or "
+                               "pretrained (top) and after training (bottom); Δ = relative change")
     return html
 
 

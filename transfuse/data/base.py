@@ -69,6 +69,8 @@ class DatasetInfo:
         split_sizes: examples per split after subsampling (segmentation: volumes).
         spacing: segmentation: voxel spacing in mm every volume was resampled to.
         regions: segmentation: Dice regions, name → labels whose union forms the region.
+        train_available: training examples before ``n_train``/``fraction`` subsampling
+            (``None`` where not recorded).
     """
 
     name: str
@@ -85,6 +87,7 @@ class DatasetInfo:
     split_sizes: dict[str, int] = field(default_factory=dict)
     spacing: tuple[float, ...] = ()
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    train_available: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +101,8 @@ class DatasetInfo:
             "description": self.description, "norm_mean": list(self.norm_mean),
             "norm_std": list(self.norm_std), "split_sizes": dict(self.split_sizes),
         }
+        if self.train_available is not None:
+            d["train_available"] = self.train_available
         if self.task == "segmentation":
             d["spacing"] = list(self.spacing)
             d["regions"] = {k: list(v) for k, v in self.regions.items()}

@@ -90,6 +90,26 @@ def medmnist_path(root: Path, flag: str, size: int) -> Path:
     return root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
 
 
+def _check_shapes(path: Path, split: str, images: np.ndarray, labels: np.ndarray, *, sdims: int,
+                  size: int, channels: int) -> None:
+    """MedMNIST layout: ``(N, H, W)`` / ``(N, H, W, C)`` images (2D), ``(N, D, H, W)`` (3D), and
+    one label row per image; anything else is a DataError naming the file, array and shape."""
+    key = f"{split}_images"
+    want = (f"(N, {size}, {size}) or (N, {size}, {size}, {channels})" if sdims == 2
+            else f"(N, {size}, {size}, {size})")
+    if sdims == 2:
+        ok = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))
+    else:
+        ok = images.ndim == 4
+    if not ok or min(images.shape[1:], default=0) < 1:
+        raise DataError(f"{path}: array {key!r} has shape {tuple(images.shape)}; a "
+                        f"{sdims}D MedMNIST file holds {want} images — give the official file "
+                        "(e.g. reshape flattened images before saving)")
+    if labels.ndim == 0 or len(labels) != len(images):
+        raise DataError(f"{path}: array {split + '_labels'!r} has shape {tuple(labels.shape)} but "
+                        f"{key!r} has {len(images)} images; give one label row per image")
+
+
 @register_dataset("medmnist", description="MedMNIST v2/+ .npz files: medmnist:<flag>@<size>",
                   examples=tuple(f"medmnist:{f}@28" for f in MEDMNIST_INFO))
 def load_medmnist(spec: DataSpec, arg: str) -> RawData:
@@ -120,6 +140,7 @@ def load_medmnist(spec: DataSpec, arg: str) -> RawData:
                         "truncated or corrupt, download it again") from None
     out = {}
     for split, (images, labels) in splits.items():
+        _check_shapes(path, split, images, labels, sdims=sdims, size=size, channels=channels)
         # MedMNIST stores (N, H, W) or (N, H, W, 3) for 2D and (N, D, H, W) for 3D.
         if sdims == 2:
             images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)

@@ -109,6 +109,7 @@ def prepare(raw: RawData, spec: DataSpec, *,
         validate_split(splits[k], split=k, task=raw.task, num_classes=len(raw.class_names))
 
     tr = splits["train"]
+    available = len(tr.labels)
     n_keep = spec.n_train
     if spec.fraction is not None:
         n_keep = max(1, int(round(spec.fraction * len(tr.labels))))
@@ -144,7 +145,7 @@ def prepare(raw: RawData, spec: DataSpec, *,
         license=raw.license, description=raw.description,
         norm_mean=tuple(round(float(v), 6) for v in mean),
         norm_std=tuple(round(float(v), 6) for v in std),
-        split_sizes={k: len(v) for k, v in datasets.items()},
+        split_sizes={k: len(v) for k, v in datasets.items()}, train_available=available,
     )
     return PreparedData(info, datasets["train"], datasets["val"], datasets["test"])
 

@@ -103,11 +103,37 @@ def _loader() -> Any:
     return LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
 
 
+def _check_dicom_folder(folder: Path, what: str) -> None:
+    """Every file of a DICOM series folder must be a readable slice: MONAI silently skips files
+    that are not DICOM and slices without an InstanceNumber, which shifts the volume and blames
+    the label's shape instead of the bad file."""
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        return  # MONAI's reader needs pydicom too and says so
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")
+             and f.name.upper() != "DICOMDIR"]
+    if not files:
+        raise DataError(f"{folder}: the {what} folder holds no DICOM files; give one series per case")
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as e:
+            raise DataError(f"{f}: not a readable DICOM slice ({type(e).__name__}); the file is "
+                            f"corrupt or not DICOM — replace it or remove it from {folder}") from None
+        if "InstanceNumber" not in ds:
+            raise DataError(f"{f}: DICOM slice without InstanceNumber, so its place in the series "
+                            "is unknown; fix the file or remove it from the folder")
+
+
 def _load(path: Path, what: str, where: str) -> Any:
     """``(C, *spatial)`` MetaTensor of one file / DICOM folder, or a one-line DataError."""
     if not path.exists():
         listed = f" (listed in {where})" if where else ""
         raise DataError(f"{path}: {what} file not found{listed}; check the path")
+    if path.is_dir():
+        _check_dicom_folder(path, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,8 +1,8 @@
 """Named, standalone adaptations of pretrained tensors to a target model.
 
 - :func:`adapt_input_conv`: first-conv weights for a different number of input channels, as timm
-  does — 1 channel: sum over RGB (a gray image is R = G = B, so the response is unchanged);
-  N channels: repeat RGB cyclically and scale by 3 / N (keeps the activation scale).
+  does (defined beside the inflation helpers in :mod:`transfuse.models.inflate`, which uses it
+  too; re-exported here, where it is documented).
 - :func:`inflate_source`: a 2D source for a 3D model — every 2D kernel ``(O, I, k_h, k_w)`` whose
   target is 3D goes through :func:`~transfuse.models.inflate_state_dict` (``1xkxk`` for a target
   of depth 1, else ``mean`` (I3D) or, on request, ``center``).
@@ -21,30 +21,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
+from ..models.inflate import adapt_input_conv, inflate_state_dict
 
 __all__ = ["adapt_input_conv", "align_source", "inflate_source", "Aligned", "require",
            "INFLATE_MODES", "check_inflate"]
 
 StateDict = dict[str, torch.Tensor]
-
-
-def adapt_input_conv(w: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Adapt a conv weight ``(O, I, *k)`` to ``(O, in_channels, *k)``.
-
-    Args:
-        w: weight of the pretrained first convolution.
-        in_channels: input channels of the target.
-
-    Returns:
-        The adapted weight, same dtype.
-    """
-    i = w.shape[1]
-    if in_channels == i:
-        return w.clone()
-    if in_channels == 1:
-        return w.sum(dim=1, keepdim=True)
-    reps = -(-in_channels // i)
-    return (w.repeat(1, reps, *([1] * (w.ndim - 2)))[:, :in_channels] * (i / in_channels)).contiguous()
 
 
 @dataclass
@@ -110,8 +92,6 @@ def inflate_source(target: StateDict, source: StateDict, *, mode: str = "mean",
     Raises:
         ConfigError: unknown ``mode``, or ``1xkxk`` for a kernel of depth > 1 (names the tensor).
     """
-    from ..models import inflate_state_dict  # lazy: models imports inits.adapt lazily too
-
     check_inflate(mode)
     flat = [k for k, v in source.items() if v.ndim == 4 and k in target and target[k].ndim == 5]
     if not flat:

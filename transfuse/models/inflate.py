@@ -50,13 +50,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .norm import STABLE_3D, BatchNormAct3d, LayerNorm3d
 
-__all__ = ["MODES", "InflationReport", "Conversion", "inflate_model", "inflate_state_dict",
-           "inflate_weight", "transposed_strides", "BatchNormAct3d", "LayerNorm3d"]
+__all__ = ["MODES", "InflationReport", "adapt_input_conv", "Conversion", "inflate_model",
+           "inflate_state_dict", "inflate_weight", "transposed_strides", "BatchNormAct3d", "LayerNorm3d"]
 
 MODES = ("1xkxk", "center", "mean")
 StateDict = dict[str, torch.Tensor]
@@ -152,6 +152,28 @@ def inflate_weight(w: torch.Tensor, *, depth: int, mode: str,
     return out
 
 
+def adapt_input_conv(w: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt a conv weight ``(O, I, *k)`` to ``(O, in_channels, *k)``, as timm does.
+
+    1 channel: sum over the inputs (a gray image is R = G = B, so the response is unchanged);
+    N channels: repeat the inputs cyclically and scale by I / N (keeps the activation scale).
+
+    Args:
+        w: weight of the pretrained first convolution.
+        in_channels: input channels of the target.
+
+    Returns:
+        The adapted weight, same dtype.
+    """
+    i = w.shape[1]
+    if in_channels == i:
+        return w.clone()
+    if in_channels == 1:
+        return w.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // i)
+    return (w.repeat(1, reps, *([1] * (w.ndim - 2)))[:, :in_channels] * (i / in_channels)).contiguous()
+
+
 def inflate_state_dict(state2d: Mapping[str, torch.Tensor], *,
                        target_state: Mapping[str, torch.Tensor] | None = None,
                        target_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -210,27 +232,6 @@ def transposed_strides(model: nn.Module) -> dict[str, int]:
 
 
 # -- modules --------------------------------------------------------------------------------------
-class BatchNormAct3d(nn.BatchNorm3d):
-    """3D twin of timm's ``BatchNormAct2d``: BatchNorm3d → ``drop`` → ``act`` (same keys)."""
-
-    def __init__(self, num_features: int, *, drop: nn.Module, act: nn.Module, **kw: Any) -> None:
-        super().__init__(num_features, **kw)
-        self.drop = drop
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(super().forward(x)))
-
-
-class LayerNorm3d(nn.LayerNorm):
-    """Layer norm over the channels of ``(N, C, D, H, W)`` (3D twin of timm's ``LayerNorm2d``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 4, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 4, 1, 2, 3)
-
-
 def _depth_of(mode: str, k: int, s: int, p: Any, d: int = 1) -> tuple[int, int, Any, int]:
     """Kernel, stride, padding, dilation along depth."""
     return (1, 1, 0, 1) if mode == "1xkxk" else (k, s, p, d)
@@ -337,6 +338,9 @@ def _convert(m: nn.Module, path: str, mode: str, first: str | None,
         return _conv(m, mode, first_w if path == first else m.weight)
     if t is nn.BatchNorm2d:
         return _norm(m, nn.BatchNorm3d)
+    if t in STABLE_3D:  # models/norm.py: the 3D twin keeps the degenerate-batch fallback
+        extra = {"drop": m.drop, "act": m.act} if hasattr(m, "act") else {}
+        return _norm(m, STABLE_3D[t], **extra)
     if name == "BatchNormAct2d" and isinstance(m, nn.BatchNorm2d) and hasattr(m, "act"):
         return _norm(m, BatchNormAct3d, drop=m.drop, act=m.act)
     if t is nn.InstanceNorm2d:
@@ -416,8 +420,6 @@ def inflate_model(model2d: nn.Module, *, mode: str = "1xkxk", in_channels: int |
                              "has no Conv2d to adapt")
         first_w = conv.weight.detach()
         if conv.in_channels != in_channels:
-            from ..inits.adapt import adapt_input_conv  # lazy: inits imports models
-
             if conv.groups != 1:
                 raise ModelError(f"cannot adapt {first}: a grouped first convolution (groups={conv.groups})")
             first_w = adapt_input_conv(first_w, in_channels)

@@ -31,8 +31,8 @@ MODELS: Registry[Builder] = Registry("model")
 def register_model(name: str, *, spatial_dims: tuple[int, ...] = (2,), min_size: int = 8,
                    family: str = "", description: str = "",
                    probe_size: int | None = None, task: str = "classification",
-                   size_multiple: int = 1,
-                   heavy_dims: tuple[int, ...] = ()) -> Callable[[Builder], Builder]:
+                   size_multiple: int = 1, heavy_dims: tuple[int, ...] = (),
+                   inflated_dims: tuple[int, ...] = ()) -> Callable[[Builder], Builder]:
     """Register a builder ``fn(*, spatial_dims, in_channels, num_classes, **kw) -> (model, groups)``.
 
     ``groups`` lists the stages as ``(name, module prefixes, output module)``; channels and
@@ -42,11 +42,17 @@ def register_model(name: str, *, spatial_dims: tuple[int, ...] = (2,), min_size:
     ``"segmentation"`` (logits ``(N, K, *spatial)`` at the input size; the training code matches
     it against the data); ``size_multiple``: input sides must be multiples of it (segmentation
     U-Nets: their total downsampling); ``heavy_dims``: spatial dims at which the model has more
-    than ~30M parameters (seconds per build on CPU: registry-wide tests mark those cases slow).
+    than ~30M parameters (seconds per build on CPU: registry-wide tests mark those cases slow);
+    ``inflated_dims`` (``(3,)`` or ``()``): dims at which :func:`create_model` builds the 2D
+    network and passes it through :func:`~transfuse.models.inflate_model` (listed in
+    ``spatial_dims`` too).
     """
-    return MODELS.register(name, spatial_dims=tuple(spatial_dims), min_size=min_size,
-                           family=family, description=description, probe_size=probe_size,
-                           task=task, size_multiple=size_multiple, heavy_dims=tuple(heavy_dims))
+    if set(inflated_dims) - {3} or (inflated_dims and 2 not in spatial_dims):
+        raise ModelError(f"{name}: inflated_dims={inflated_dims} must be (3,) for a 2D model, or ()")
+    return MODELS.register(name, spatial_dims=tuple(sorted({*spatial_dims, *inflated_dims})),
+                           min_size=min_size, family=family, description=description,
+                           probe_size=probe_size, task=task, size_multiple=size_multiple,
+                           heavy_dims=tuple(heavy_dims), inflated_dims=tuple(inflated_dims))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -54,13 +60,25 @@ def list_models(pattern: str = "*") -> list[str]:
     return MODELS.list(pattern)
 
 
+#: ``model_info`` of every ``timm:<name>``: 2D, and 3D by inflation; 32 px (the total stride of
+#: timm's CNNs: the last map is at least 1 px).
+TIMM_INFO: dict[str, Any] = {
+    "spatial_dims": (2, 3), "inflated_dims": (3,), "min_size": 32, "family": "timm",
+    "description": "any timm model by name; 3D: inflated (kernels=1xkxk or kxkxk)",
+    "task": "classification", "size_multiple": 1, "heavy_dims": ()}
+
+#: How a 2D classifier becomes 3D (``kernels=`` of :func:`create_model`, as for the U-Nets):
+#: ``1xkxk`` pseudo-3D (in-plane kernels, strides and pools; any depth), ``kxkxk`` full 3D
+#: (kernels centre-inflated: at initialisation each output sees its own slice).
+INFLATED_KERNELS = {"1xkxk": "1xkxk", "kxkxk": "center"}
+
+
 def model_info(name: str) -> dict[str, Any]:
     """Registry metadata of a model: ``spatial_dims``, ``min_size``, ``family``, ``task``,
-    ``size_multiple``, ``heavy_dims`` (see :func:`register_model`)."""
+    ``size_multiple``, ``heavy_dims``, ``inflated_dims`` (see :func:`register_model`)."""
     if name.startswith("timm:"):
-        return {"spatial_dims": (2,), "min_size": 32, "family": "timm", "description": "timm model",
-                "task": "classification", "size_multiple": 1, "heavy_dims": ()}
-    return {"task": "classification", "size_multiple": 1, "heavy_dims": (),
+        return dict(TIMM_INFO)
+    return {"task": "classification", "size_multiple": 1, "heavy_dims": (), "inflated_dims": (),
             **MODELS.get(name).meta}
 
 
@@ -76,7 +94,12 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
         **kwargs: passed to the builder (e.g. ``drop_rate``). CBR and ResNet builders accept
             ``stage_widths`` — ``{"block3": 0.5, ...}``, stage name → channel-width multiplier,
             or a :class:`WidthsAbove` — and build those stages that much narrower (random
-            weights; the layers after them adapt their inputs).
+            weights; the layers after them adapt their inputs). A 2D classifier built in 3D
+            (``model_info(name)["inflated_dims"]``: torchvision ResNets, ``timm:<name>``) takes
+            ``kernels="1xkxk"`` (default, pseudo-3D) or ``"kxkxk"`` (full 3D), see
+            :data:`INFLATED_KERNELS`; its 2D network (random weights, the library's init) goes
+            through :func:`~transfuse.models.inflate_model`, and a 2D pretrained source is
+            inflated by the init framework.
 
     Returns:
         ``nn.Module`` mapping ``(N, in_channels, *spatial)`` to logits ``(N, num_classes)``
@@ -88,8 +111,9 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
 
     Raises:
         ConfigError: unknown name (with close matches).
-        ModelError: unsupported ``spatial_dims``, bad channel/class counts, or ``stage_widths``
-            for a model without width multipliers or naming a stage it cannot scale.
+        ModelError: unsupported ``spatial_dims``, bad channel/class counts, ``stage_widths``
+            for a model without width multipliers or naming a stage it cannot scale, or a 2D
+            network with a module that has no 3D counterpart (named; e.g. squeeze-excite).
     """
     if in_channels < 1:
         raise ModelError(f"in_channels={in_channels} must be >= 1")
@@ -115,18 +139,47 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
         dims = " or ".join(f"{d}D" for d in meta["spatial_dims"])
         raise ModelError(f"model {name!r} is {dims} only, not {spatial_dims}D; pick a model that "
                          "supports it (`transfuse models`)")
-    model, groups = fn(spatial_dims=spatial_dims, in_channels=in_channels,
+    inflated = spatial_dims in meta.get("inflated_dims", ())
+    if "kernels" in kwargs and not inflated and "kernels" not in inspect.signature(fn).parameters:
+        raise ModelError(f"model {name!r}: kernels= applies to 3D models only (a 2D classifier "
+                         "inflated to 3D, or a U-Net); drop it for spatial_dims=2")
+    kernels = kwargs.pop("kernels", "1xkxk") if inflated else None
+    if inflated and kernels not in INFLATED_KERNELS:
+        raise ModelError(f"{name}: kernels={kernels!r} must be one of {', '.join(INFLATED_KERNELS)} "
+                         "(1xkxk: pseudo-3D, kxkxk: full 3D)")
+    build_dims = 2 if inflated else spatial_dims
+    model, groups = fn(spatial_dims=build_dims, in_channels=in_channels,
                        num_classes=num_classes, **kwargs)
     probe = (getattr(model, "probe_size", None) or meta.get("probe_size")
-             or max(meta["min_size"], 64 if spatial_dims == 2 else 32))
-    model.stage_info = _stages.probe_stages(model, groups, in_channels=in_channels,
-                                            spatial_dims=spatial_dims, size=probe)
+             or max(meta["min_size"], 64 if build_dims == 2 else 32))
+    # Inflation keeps module names, channels and in-plane strides: probe the 2D network (cheap).
+    stage_info = _stages.probe_stages(model, groups, in_channels=in_channels,
+                                      spatial_dims=build_dims, size=probe)
+    if inflated:
+        model = _inflate(model, name=name, mode=INFLATED_KERNELS[kernels])
+    model.stage_info = stage_info
     model.spatial_dims = spatial_dims
     model.model_name = name
     model.min_input_size = meta["min_size"]
     # The builder options (e.g. a U-Net's kernels=), so that the same model can be rebuilt.
     model.model_kwargs = {k: v for k, v in kwargs.items() if k not in ("stage_widths", "timm_name")}
+    if inflated and kernels != "1xkxk":
+        model.model_kwargs["kernels"] = kernels
     return model
+
+
+def _inflate(model: nn.Module, *, name: str, mode: str) -> nn.Module:
+    """The 3D twin of a built 2D classifier (:func:`~transfuse.models.inflate_model`)."""
+    from .inflate import inflate_model
+
+    try:
+        model3d, _ = inflate_model(model, mode=mode)
+    except ModelError as e:
+        why = str(e).split("; pass passthrough=")[0]  # that hint is for inflate_model's callers
+        raise ModelError(f"model {name!r} cannot be built in 3D: {why}; pick another 2D model "
+                         "(e.g. timm:efficientnet_lite0, resnet18) or a 3D one (`transfuse models`)"
+                         ) from None
+    return model3d
 
 
 @dataclass(frozen=True)

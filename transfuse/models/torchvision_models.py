@@ -72,8 +72,8 @@ def _resnet(fn):
 
 
 for _n, _fn in (("resnet18", tvm.resnet18), ("resnet34", tvm.resnet34), ("resnet50", tvm.resnet50)):
-    register_model(_n, spatial_dims=(2,), min_size=16, family="resnet",
-                   description=f"torchvision {_n}")(_resnet(_fn))
+    register_model(_n, spatial_dims=(2,), inflated_dims=(3,), min_size=16, family="resnet",
+                   description=f"torchvision {_n}; 3D: inflated (kernels=1xkxk or kxkxk)")(_resnet(_fn))
 
 _INCEPTION_STAGES = {
     "stem": ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
@@ -84,7 +84,8 @@ _INCEPTION_STAGES = {
 
 
 @register_model("inception_v3", spatial_dims=(2,), min_size=75, family="inception", probe_size=299,
-                 description="torchvision Inception-v3 (no auxiliary head); inputs >= 75 px")
+                 description="torchvision Inception-v3 (no auxiliary head); inputs >= 75 px; "
+                 "2D only (its blocks pool with 2D functions)")
 def _inception(*, spatial_dims: int, in_channels: int, num_classes: int, drop_rate: float = 0.5):
     model = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True,
                              num_classes=num_classes, dropout=drop_rate)

@@ -40,6 +40,7 @@ from torchvision import models as tvm
 from ..errors import ModelError
 from .cbr import CBR, CBR_CONFIGS
 from .inflate import inflate_model
+from .norm import stabilise_batchnorm
 from .registry import WidthsAbove, register_model, resolve_stage_widths, scaled_width
 from .torchvision_models import _replace_first_conv, _rewiden
 
@@ -276,6 +277,7 @@ def _unet_builder(name: str):
         he_init(model)
         if spatial_dims == 3:
             model = to_3d(model, kernels=kernels, through_plane=through)
+        stabilise_batchnorm(model)  # batch 2, 1×1 bottom maps: constant patches (models/norm.py)
         model.model_label = name
         return model, groups
 

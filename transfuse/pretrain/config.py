@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import OPTIMIZERS, DataSpec, check_top_keys, read_yaml_file
 from ..config import where as _where
-from ..errors import ConfigError
+from ..errors import ConfigError, check_name
 
 __all__ = ["DatasetEntry", "PretrainSpec", "load_pretrain", "pretrain_from_dict", "SMOKE",
            "MIN_PATCH"]
@@ -174,9 +174,10 @@ def pretrain_from_dict(raw: Any, *, path: str = "") -> PretrainSpec:
     raw = check_top_keys(raw, path=path, what="pretraining", allowed=TOP_KEYS,
                          required=("name", "encoder", "datasets"))
     name = raw["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name.strip()):
-        raise ConfigError(_where(path, f"name={name!r} must be a non-empty folder name (letters, "
-                                       "digits, . _ -)"))
+    try:  # the output folder <workspace>/pretrain/<name>/
+        name = check_name(name.strip() if isinstance(name, str) else name, field="name")
+    except ConfigError as e:
+        raise ConfigError(_where(path, str(e))) from None
     enc = raw["encoder"]
     m = _ENCODER.fullmatch(str(enc))
     if m is None or int(m.group(1)) not in MED3D_DEPTHS:

@@ -74,7 +74,8 @@ def dice_section(store: Store, study: str) -> Section | None:
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], names)
     ax.set_ylabel("test Dice")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
+    if keys:
+        ax.legend(fontsize=7, loc="lower right", ncols=2 if len(keys) > 6 else 1)
     body = ("<p>Test Dice of each foreground class (and each region, a union of labels) on the "
             "held-out volumes: mean ± sd over seeds (n seeds with that class present). The study "
             "score above is the mean over foreground classes.</p>"

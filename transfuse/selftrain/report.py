@@ -109,7 +109,8 @@ def _figure(rows: list[ChainRow]) -> str:
     for s in seeds:
         pts = [(r.generation, r.aucs.get(s)) for r in gens if r.aucs.get(s) is not None]
         if pts:
-            ax.plot(*zip(*pts), color="0.7", lw=1, marker=".")
+            first = not any(line.get_label() == "one seed" for line in ax.lines)
+            ax.plot(*zip(*pts), color="0.7", lw=1, marker=".", label="one seed" if first else None)
     pts = [(r.generation, r.mean()) for r in gens if r.mean() is not None]
     if pts:
         ax.plot(*zip(*pts), color="C0", lw=2.5, marker="o", label="chain (mean over seeds)")
@@ -119,7 +120,8 @@ def _figure(rows: list[ChainRow]) -> str:
     ax.set_xlabel("generation (0 = teacher)")
     ax.set_ylabel("test AUC")
     ax.set_xticks([r.generation for r in gens])
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return figure_img(fig, alt="Test AUC per generation (grey: seeds) beside the supervised baselines")
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..config import RunSpec, TrainSpec, check_top_keys, read_yaml_file, run_id, spec_from_dict
 from ..config import where as _where
-from ..errors import ConfigError
+from ..errors import ConfigError, check_name
 from .noise import NoiseSpec
 from .pseudo import PseudoSpec
 
@@ -134,6 +134,10 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(_where(path, "name must be a non-empty string"))
+    try:  # the chain is stored and reported under this name (report-<name>.html)
+        check_name(name.strip(), field="name")
+    except ConfigError as e:
+        raise ConfigError(_where(path, str(e))) from None
     base = _mapping(raw["base"], _where(path, "base"))
     data = _mapping(base.get("data"), _where(path, "base.data"))
     for k in ("fraction", "n_train"):

@@ -21,7 +21,7 @@ from ..store import RunRecord, Store
 from .convergence import Convergence, convergence
 from .stats import DeLong, PairedTest, Summary, delong, paired_test, summarize
 
-__all__ = ["RunRow", "Cell", "Comparison", "StudyResults", "load_results", "BASELINE"]
+__all__ = ["RunRow", "Cell", "Comparison", "StudyResults", "load_results", "cell_keys", "BASELINE"]
 
 BASELINE = "random"
 
@@ -65,7 +65,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class Comparison:
-    """An init vs ``random`` on the same model and size, paired by seed.
+    """An init vs the reference arm (default ``random``) on the same model and size, by seed.
 
     Attributes:
         final: paired test of the test scores (``init - random``).
@@ -98,6 +98,7 @@ class StudyResults:
     thresholds: tuple[float, ...]
     relative: tuple[float, ...]
     unfinished: dict[str, int]
+    reference: str = BASELINE
 
     def cell(self, model: str, init: str, size: str) -> Cell | None:
         return next((c for c in self.cells if (c.model, c.init, c.size) == (model, init, size)), None)
@@ -109,7 +110,7 @@ class StudyResults:
     @property
     def inits(self) -> list[str]:
         names = list(dict.fromkeys(r.init for r in self.rows))
-        return sorted(names, key=lambda n: (n != BASELINE, names.index(n)))
+        return sorted(names, key=lambda n: (n != self.reference, names.index(n)))
 
     @property
     def sizes(self) -> list[str]:
@@ -138,6 +139,19 @@ def _init_label(spec: dict[str, Any], ambiguous: set[str]) -> str:
     name = spec["init"]["name"]
     src = spec["init"].get("source")
     return f"{name} ({src})" if src and name in ambiguous else name
+
+
+def cell_keys(specs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(model, arm, size)`` of each run spec (as a dict), labelled as the report labels cells.
+
+    The arm is the init name, with its source in brackets where one model runs the same init
+    from several sources.
+    """
+    sources: dict[tuple[str, str], set] = defaultdict(set)
+    for sp in specs:
+        sources[(sp["model"]["name"], sp["init"]["name"])].add(sp["init"].get("source"))
+    ambiguous = {init for (_, init), s in sources.items() if len(s) > 1}
+    return [(sp["model"]["name"], _init_label(sp, ambiguous), _size(sp)) for sp in specs]
 
 
 def _row(store: Store, r: RunRecord, label: str, thresholds: tuple[float, ...],
@@ -207,8 +221,8 @@ def _compare(cell: Cell, base: Cell, thresholds: tuple[float, ...]) -> Compariso
 
 
 def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0.8, 0.9),
-                 relative: tuple[float, ...] = (0.9, 0.95)) -> StudyResults:
-    """Rows, cells and comparisons of the finished runs of ``study``.
+                 relative: tuple[float, ...] = (0.9, 0.95), reference: str = BASELINE) -> StudyResults:
+    """Rows, cells and comparisons (each arm vs ``reference``) of the finished runs of ``study``.
 
     Raises:
         TransfuseError: the study has no runs in this store (the message lists the studies).
@@ -225,18 +239,15 @@ def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0
     for r in records:
         if r.status != "finished":
             unfinished[r.status] += 1
-    sources: dict[tuple[str, str], set] = defaultdict(set)
-    for r in finished:
-        sources[(r.spec["model"]["name"], r.spec["init"]["name"])].add(r.spec["init"].get("source"))
-    ambiguous = {init for (_, init), s in sources.items() if len(s) > 1}
-    rows = [_row(store, r, _init_label(r.spec, ambiguous), thresholds, relative) for r in finished]
+    keys = cell_keys([r.spec for r in finished])
+    rows = [_row(store, r, k[1], thresholds, relative) for r, k in zip(finished, keys)]
     groups: dict[tuple[str, str, str], list[RunRow]] = defaultdict(list)
     for row in rows:
         groups[row.cell].append(row)
     cells = [_cell(g, thresholds) for g in groups.values()]
     index = {(c.model, c.init, c.size): c for c in cells}
-    comps = [_compare(c, index[(c.model, BASELINE, c.size)], thresholds) for c in cells
-             if c.init != BASELINE and (c.model, BASELINE, c.size) in index]
+    comps = [_compare(c, index[(c.model, reference, c.size)], thresholds) for c in cells
+             if c.init != reference and (c.model, reference, c.size) in index]
     task = rows[0].task if rows else "multiclass"
     return StudyResults(study, rows[0].metric if rows else "auc", task, tuple(rows), tuple(cells),
-                        tuple(comps), thresholds, relative, dict(unfinished))
+                        tuple(comps), thresholds, relative, dict(unfinished), reference)

@@ -23,7 +23,7 @@ from ..errors import ConfigError, TransfuseError
 from ..store import Store
 from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
 
-__all__ = ["run_study", "study_status", "StudyOutcome", "RunTask"]
+__all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask"]
 
 EXECUTORS = ("local", "ray")
 
@@ -136,7 +136,8 @@ def _med3d_stage(spec: Any, *, workspace: str | Path, device: str | None, progre
 
 def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, executor: str = "local",
               address: str | None = None, smoke: bool = False, device: str | None = None,
-              progress: bool = True) -> StudyOutcome:
+              progress: bool = True, specs: list[RunSpec] | None = None,
+              sequential: dict[str, Any] | None = None) -> StudyOutcome:
     """Run every missing run of ``study`` and store it.
 
     Args:
@@ -148,6 +149,9 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
         smoke: run the shrunk study (see :mod:`transfuse.study.spec`).
         device: device for every run (``None``: auto).
         progress: one progress bar for the whole study.
+        specs: the grid runs to do instead of ``expand(study)`` (adaptive studies add seeds).
+        sequential: an adaptive study's look schedule, recorded with the study (see
+            :mod:`transfuse.study.adaptive`); an earlier record is kept when ``None``.
 
     Returns:
         :class:`StudyOutcome`.
@@ -157,14 +161,18 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
     if workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
     pre = list(pretrain_specs(study, smoke=smoke).values())
-    specs = expand(study, smoke=smoke)
+    specs = expand(study, smoke=smoke) if specs is None else specs
     store = Store(workspace)
     name = specs[0].study or study.name
+    earlier = store.get_results("study", study=name).get(name, {})
+    sequential = sequential if sequential is not None else earlier.get("sequential")
     store.put_result("study", name, {
         "name": name, "description": study.description, "path": study.path,
         "auc_thresholds": list(study.auc_thresholds),
         "relative_thresholds": list(study.relative_thresholds),
-        "grid": {k: [str(x) for x in v] for k, v in study.grid.items()}, "smoke": smoke}, study=name)
+        "grid": {k: [str(x) for x in v] for k, v in study.grid.items()}, "smoke": smoke,
+        "run_ids": [run_id(s) for s in specs], "evaluation": study.evaluation.to_dict(),
+        "sequential": sequential}, study=name)
     done = {r.run_id for r in store.list_runs(status="finished")}
     outcome = StudyOutcome(study=name, total=len(specs) + len(pre))
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -211,10 +219,30 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
 
 
 def study_status(study: StudySpec, *, workspace: str | Path, smoke: bool = False) -> list[tuple[RunSpec, str, str]]:
-    """``(spec, run_id, status)`` for every run of the study (``missing`` if never started)."""
+    """``(spec, run_id, status)`` for every run of the study: ``finished``, ``running``,
+    ``stale`` (running, but its process is gone), ``failed`` or ``missing`` (never started)."""
     specs = [*pretrain_specs(study, smoke=smoke).values(), *expand(study, smoke=smoke)]
     ws = Path(workspace)
     statuses = {}
     if (ws / "transfuse.db").is_file():
-        statuses = {r.run_id: r.status for r in Store(ws).list_runs()}
+        statuses = {r.run_id: r.state for r in Store(ws).list_runs()}
     return [(s, run_id(s), statuses.get(run_id(s), "missing")) for s in specs]
+
+
+def study_progress(*, store: Store, study: str) -> dict[str, int]:
+    """How complete a study is in this store: run counts by state.
+
+    The grid's run ids are recorded by the last :func:`run_study` of ``study`` (the ``study``
+    result's ``run_ids``), so runs no process has started yet count as ``missing``; runs
+    stored under the study but no longer in the grid count by their state as well.
+
+    Returns:
+        ``{"finished": n, "running": n, "stale": n, "failed": n, "missing": n}`` (every key
+        present); ``running + stale + failed + missing > 0`` means the study is incomplete.
+    """
+    info = store.get_results("study", study=study).get(study, {})
+    states = {r.run_id: r.state for r in store.list_runs(study=study) if not r.spec.get("parent")}
+    counts = dict.fromkeys(("finished", "running", "stale", "failed", "missing"), 0)
+    for rid in dict.fromkeys([*info.get("run_ids", []), *states]):
+        counts[states.get(rid, "missing")] += 1
+    return counts

@@ -46,12 +46,14 @@ from typing import Any
 
 from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_top_keys,
                       read_yaml_file, spec_from_dict)
-from ..errors import ConfigError
+from ..errors import ConfigError, check_name
+from .decide import Evaluation
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "SMOKE"]
 
 TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke")
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
+DECISION_KEYS = ("margin", "area_margin", "speed_margin", "reference", "multiplicity", "alpha", "power")
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
 RUN_KEYS = ("seed",)
 SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 16,
@@ -70,6 +72,8 @@ class StudySpec:
         relative_thresholds: fractions of each run's final AUC for steps-to-threshold.
         smoke: dotted overrides applied by ``--smoke``.
         path: the file it was read from.
+        evaluation: how verdicts are reached (margins, reference arm, multiplicity; see
+            :class:`transfuse.study.decide.Evaluation`).
     """
 
     name: str
@@ -82,6 +86,7 @@ class StudySpec:
     path: str = ""
     exclude: tuple[dict[str, Any], ...] = ()
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluation: Evaluation = field(default_factory=Evaluation)
 
 
 def _check_path(dotted: str, where: str) -> None:
@@ -121,6 +126,10 @@ def load_study(path: str | Path) -> StudySpec:
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{path}: name must be a non-empty string")
+    try:  # the name becomes file names (report-<name>.html): no folders, no "..", no spaces
+        check_name(name.strip(), field="name")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     base = raw["base"]
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a mapping (a run spec)")
@@ -136,6 +145,7 @@ def load_study(path: str | Path) -> StudySpec:
                     _check_path(str(kk), f"{path}: grid.{k}")
         else:
             _check_path(str(k), f"{path}: grid")
+    _check_axes_disjoint(grid, str(path))
     exclude = raw.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
         raise ConfigError(f"{path}: exclude must be a list of mappings of dotted keys to values")
@@ -146,6 +156,10 @@ def load_study(path: str | Path) -> StudySpec:
     if not isinstance(pretrain, dict) or not all(isinstance(v, dict) for v in pretrain.values()):
         raise ConfigError(f"{path}: pretrain must map names to run specs (data, model, init, train)")
     for pname, pspec in pretrain.items():
+        try:  # a Med3D entry's name is a folder; every entry's name goes into source names
+            check_name(str(pname), field=f"pretrain.{pname}")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         if "med3d" in pspec:  # a Med3D multi-dataset pretraining file, not a run spec
             if set(pspec) != {"med3d"} or not isinstance(pspec["med3d"], str):
                 raise ConfigError(f"{path}: pretrain.{pname}: a Med3D entry is only "
@@ -168,10 +182,12 @@ def load_study(path: str | Path) -> StudySpec:
             raise ConfigError(f"{path}: evaluation.dice_thresholds and evaluation.auc_thresholds "
                               "are the same setting (the study's metric); give one")
         ev["auc_thresholds"] = ev.pop("dice_thresholds")
-    bad = sorted(set(ev) - set(EVAL_KEYS))
+    bad = sorted(set(ev) - set(EVAL_KEYS) - set(DECISION_KEYS))
     if bad:
         raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}; valid: "
-                          f"{', '.join(EVAL_KEYS)}, dice_thresholds")
+                          f"{', '.join(EVAL_KEYS)}, dice_thresholds, {', '.join(DECISION_KEYS)}")
+    decision = Evaluation.from_dict({k: ev[k] for k in DECISION_KEYS if k in ev})
+    decision.check(where=str(path))
     thr = {}
     for k in EVAL_KEYS:
         vals = ev.get(k, StudySpec.__dataclass_fields__[k].default)
@@ -188,9 +204,39 @@ def load_study(path: str | Path) -> StudySpec:
     study = StudySpec(name=name.strip(), base=base, grid={str(k): list(v) for k, v in grid.items()},
                       smoke=dict(smoke), description=str(raw.get("description", "")),
                       path=str(path), exclude=tuple(dict(e) for e in exclude),
-                      pretrain={str(k): dict(v) for k, v in pretrain.items()}, **thr)
+                      pretrain={str(k): dict(v) for k, v in pretrain.items()}, evaluation=decision,
+                      **thr)
     expand(study)  # validate every cell now, with the file named in errors
     return study
+
+
+def _axis_fields(key: str, values: list[Any]) -> set[str]:
+    """The dotted fields a grid axis sets: its key, or every key of a named axis's mappings."""
+    if _is_linked(key, values):
+        return {str(kk) for item in values for kk in item}
+    return {key}
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Do two dotted fields set the same value? (``init`` sets all of ``init.*``.)"""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _check_axes_disjoint(grid: dict[str, Any], path: str) -> None:
+    """Two axes may not set the same field: the later one would silently win and the product
+    would collapse into fewer runs than it has cells.
+
+    Raises:
+        ConfigError: naming both axes and the field.
+    """
+    axes = [(str(k), _axis_fields(str(k), v)) for k, v in grid.items()]
+    for i, (ka, fa) in enumerate(axes):
+        for kb, fb in axes[i + 1:]:
+            both = sorted(x for x in fa for y in fb if _overlap(x, y))
+            if both:
+                raise ConfigError(f"{path}: grid.{ka} and grid.{kb} both set {both[0]}; give each "
+                                  "field in one axis only (one list of values, or inside the "
+                                  "named axis)")
 
 
 def _is_linked(key: str, values: list[Any]) -> bool:

@@ -14,7 +14,10 @@ rank 0 writes.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import TrainSpec
 from ..data.base import PreparedData
+from ..errors import DivergedError
 from .device import autocast, init_distributed, resolve_device
 from .metrics import classification_metrics
 from .segment import evaluate_segmentation, segmentation_loss
@@ -138,11 +142,17 @@ def _save_predictions(path: Path, data: PreparedData, preds: np.ndarray) -> None
     """``test_predictions.npz``: probabilities, targets and masks, or per-case Dice (segmentation)."""
     if data.info.task == "segmentation":
         cols = list(data.info.class_names[1:]) + list(data.info.regions)
-        np.savez(path, dice=preds, columns=np.array(cols))
-        return
-    items = [data.test[i] for i in range(len(data.test))]
-    np.savez(path, probs=preds, targets=torch.stack([it[1] for it in items]).numpy(),
-             masks=torch.stack([torch.as_tensor(it[2]) for it in items]).numpy())
+        arrays = {"dice": preds, "columns": np.array(cols)}
+    else:
+        items = [data.test[i] for i in range(len(data.test))]
+        arrays = {"probs": preds, "targets": torch.stack([it[1] for it in items]).numpy(),
+                  "masks": torch.stack([torch.as_tensor(it[2]) for it in items]).numpy()}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the name
+            np.savez(f, **arrays)
+
+    _atomic_write(path, write)
 
 
 def _batches(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
@@ -154,10 +164,47 @@ def _batches(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator
         epoch += 1
 
 
-def _save(model: nn.Module, path: Path, step: int) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``: a crash never leaves a half-written file, and a
+    failed write removes its ``.tmp`` (torch reports a full disk as a RuntimeError: it becomes
+    the OSError it is)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "step": step}, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+    try:
+        write(tmp)
+        tmp.replace(path)
+        return
+    except BaseException as e:
+        if not isinstance(e, RuntimeError):
+            tmp.unlink(missing_ok=True)
+            raise
+        full = tmp.exists() and shutil.disk_usage(tmp.parent).free < 1 << 20
+    # Outside the except block: torch's half-closed writer (referenced by the RuntimeError's
+    # traceback) is released first, so unlinking really frees the space the store needs.
+    import gc
+
+    gc.collect()
+    tmp.unlink(missing_ok=True)
+    code = errno.ENOSPC if full else errno.EIO
+    raise OSError(code, os.strerror(code), str(path))
+
+
+def _save(model: nn.Module, path: Path, step: int) -> None:
+    _atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "step": step}, tmp))
+
+
+def _diverged(what: str, step: int, spec: TrainSpec) -> DivergedError:
+    return DivergedError(f"{what} at step {step} (train.lr={spec.lr}); lower train.lr (e.g. --lr "
+                         f"{spec.lr / 10:g}), add train.warmup_steps, or check the inputs for "
+                         "extreme values")
+
+
+def _evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device: torch.device,
+              spec: TrainSpec, step: int) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate`, with NaN/inf predictions reported as a divergence at ``step``."""
+    try:
+        return evaluate(model, loader, data=data, device=device, amp=spec.amp)
+    except FloatingPointError:
+        raise _diverged("the model predicts NaN/inf", step, spec) from None
 
 
 def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
@@ -218,7 +265,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         _save(raw_model, run_dir / "init.pt", 0)
     primary = primary_metric(task)
     best_score, best_step, best_state = -math.inf, 0, None
-    val_metrics, _ = evaluate(model, val_loader, data=data, device=dev, amp=spec.amp)
+    val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=0)
     record(0, "val", val_metrics)
 
     from tqdm.auto import tqdm
@@ -230,6 +277,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     batches = _batches(train_loader, sampler)
     loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
+    first_bad = torch.zeros((), dtype=torch.long, device=dev)  # first step with a NaN/inf loss
     seen, t0, eval_seconds = 0, time.perf_counter(), 0.0
     model.train()
     for step in range(1, total + 1):
@@ -243,6 +291,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         opt.step()
         sched.step()
         loss_acc += loss.detach()
+        first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
         seen += len(x)
         bar.update(1)
 
@@ -251,11 +300,10 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             train_loss = loss_acc.item() / n_since  # waits for the queued steps to finish
             t_eval = time.perf_counter()
             if not math.isfinite(train_loss):
-                raise FloatingPointError(f"training loss is {train_loss} at step {step}; "
-                                         f"lower the learning rate (train.lr={spec.lr})")
+                raise _diverged(f"the training loss became {train_loss}", int(first_bad) or step, spec)
             record(step, "train", {"loss": train_loss, "lr": sched.get_last_lr()[0]})
             loss_acc.zero_()
-            val_metrics, _ = evaluate(model, val_loader, data=data, device=dev, amp=spec.amp)
+            val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=step)
             record(step, "val", val_metrics)
             val_score = val_metrics[primary]
             score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
@@ -273,7 +321,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
     if best_state is not None:  # else: no evaluation scored (cannot happen with finite losses)
         raw_model.load_state_dict(best_state)
-    test_metrics, test_probs = evaluate(model, test_loader, data=data, device=dev, amp=spec.amp)
+    test_metrics, test_probs = _evaluate(model, test_loader, data=data, device=dev, spec=spec,
+                                         step=best_step)
     if run_dir is not None and main:
         _save_predictions(run_dir / "test_predictions.npz", data, test_probs)
     return FitResult(test=test_metrics, best_step=best_step, steps=total, history=history,

@@ -1,0 +1,170 @@
+"""``transfuse study run|status|plan`` and ``transfuse report``: parse → library call → print."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, TransfuseError, check_name
+
+__all__ = ["add_study_parser", "add_report_parser", "study_command", "report_command"]
+
+
+def add_study_parser(sub: argparse._SubParsersAction) -> None:
+    study = sub.add_parser("study", help="run a grid of runs from a YAML study file")
+    ss = study.add_subparsers(dest="study_cmd", required=True)
+    for name, what in (("run", "run every missing run of the study (rerun resumes)"),
+                       ("status", "which runs are finished, running, stale, failed or missing"),
+                       ("plan", "per comparison: paired SD, current verdict, seeds needed")):
+        q = ss.add_parser(name, help=what)
+        q.add_argument("file", help="study YAML file (see examples/)")
+        q.add_argument("-w", "--workspace", default="workspace",
+                       help="run store folder (default ./workspace)")
+        q.add_argument("--smoke", action="store_true", help="the shrunk, sub-minute version (a pilot)")
+        if name == "run":
+            q.add_argument("--workers", type=int, default=1,
+                           help="parallel local processes / Ray CPUs (default 1)")
+            q.add_argument("--executor", default="local", choices=("local", "ray"),
+                           help="where runs execute (default local)")
+            q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+            q.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
+            q.add_argument("--no-progress", action="store_true", help="no progress bar")
+            q.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
+                           help="then write the study report (default WORKSPACE/report-STUDY.html)")
+            q.add_argument("--until-decided", action="store_true",
+                           help="add seeds, in batches, to cells with an undecided comparison until "
+                                "all are decided or --max-seeds is reached (O'Brien-Fleming alpha "
+                                "spending over the looks)")
+            q.add_argument("--max-seeds", type=int, default=10,
+                           help="--until-decided: most seeds per cell (default 10)")
+            q.add_argument("--seed-batch", type=int, default=2,
+                           help="--until-decided: seeds added per look (default 2)")
+        elif name == "status":
+            q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser("report", help="write a study's report: self-contained HTML or JSON")
+    rep.add_argument("workspace_pos", nargs="?", metavar="WORKSPACE",
+                     help="the workspace the study ran in (or -w)")
+    rep.add_argument("-w", "--workspace", default=None, help="the workspace (default ./workspace)")
+    rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
+    rep.add_argument("--format", default="html", choices=("html", "json"),
+                     help="html: the report; json: every cell, comparison and verdict, schema "
+                          "transfuse.study-results/1 (default html)")
+    rep.add_argument("-o", "--output", default=None,
+                     help="file to write (default WORKSPACE/report-STUDY.html or .json)")
+
+
+def _print_outcome(out, a: argparse.Namespace) -> None:
+    print(f"study {out.study}: {out.total} runs — {len(out.finished)} trained now, "
+          f"{len(out.skipped)} already finished, {len(out.busy)} running elsewhere, "
+          f"{len(out.failed)} failed")
+    for rid, msg in out.failed.items():
+        print(f"  run {rid} failed: {msg}", file=sys.stderr)
+
+
+def _plan(a: argparse.Namespace, study) -> int:
+    from .store import Store
+    from .study.decide import load_decisions
+
+    name = f"{study.name}-smoke" if a.smoke else study.name
+    ws = Path(a.workspace)
+    if not (ws / "transfuse.db").is_file():
+        raise TransfuseError(f"no run store in {ws}; run `transfuse study run {a.file} -w {ws}` first")
+    res, dec, _ = load_decisions(Store(ws), name, evaluation=study.evaluation)
+    ev = dec.evaluation
+    unit = "AUC" if res.metric == "auc" else "Dice"
+    print(f"study {name}: {len(dec.verdicts)} questions, {dec.family_size} in the family "
+          f"({ev.multiplicity}, α = {ev.alpha:g}, power {ev.power:g}); reference {ev.reference}; "
+          f"margin ±{ev.margins(res.metric)[0]:g} {unit}")
+    if dec.pilot:
+        print(f"  {dec.pilot}")
+    headers = ["model", "n_train", "arm", "question", "seeds", "Δ mean", "paired SD", "verdict",
+               "seeds needed"]
+    rows = []
+    for v in dec.verdicts:
+        q, d = v.question, v.decision
+        vals = [x for x in q.diffs if x is not None and math.isfinite(x)]
+        mean = d.mean if d else (sum(vals) / len(vals) if vals else math.nan)
+        sd = d.sd if d else (float(__import__("numpy").std(vals, ddof=1)) if len(vals) > 1 else math.nan)
+        if v.verdict != "undecided":
+            need = f"decided (look {v.look})" if v.look else "decided"
+        elif v.seeds_needed is not None:
+            need = str(v.seeds_needed)
+        elif q.gate:
+            need = f"– ({q.gate})"
+        else:
+            need = "> 1000 (the difference sits near the margin)"
+        rows.append([q.model, q.size, q.arm, q.endpoint, str(v.n),
+                     "–" if not math.isfinite(mean) else f"{mean:+.4f}",
+                     "–" if not math.isfinite(sd) else f"{sd:.4f}", v.verdict, need])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    return 0
+
+
+def study_command(a: argparse.Namespace) -> int:
+    from .study import load_study, study_status
+
+    study = load_study(a.file)
+    if a.study_cmd == "status":
+        rows = study_status(study, workspace=a.workspace, smoke=a.smoke)
+        counts: dict[str, int] = {}
+        lines = []
+        for spec, rid, status in rows:
+            counts[status] = counts.get(status, 0) + 1
+            lines.append([rid, status, spec.model.name, spec.init.name,
+                          f"n_train={spec.data.n_train}", f"seed={spec.seed}"])
+        if a.verbose and lines:
+            widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
+            for r in lines:
+                print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        name = rows[-1][0].study if rows else study.name
+        print(f"study {name}: {len(rows)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        return 0
+    if a.study_cmd == "plan":
+        return _plan(a, study)
+    if a.until_decided:
+        if a.smoke:
+            raise ConfigError("--until-decided needs the real study: a --smoke study is a pilot "
+                              "and decides nothing")
+        from .study.adaptive import describe, run_until_decided
+
+        ad = run_until_decided(study, workspace=a.workspace, max_seeds=a.max_seeds,
+                               batch=a.seed_batch, workers=a.workers, executor=a.executor,
+                               address=a.address, device=a.device, progress=not a.no_progress)
+        for o in ad.outcomes[-1:]:
+            _print_outcome(o, a)
+        for line in describe(ad):
+            print(line)
+        name, ok = ad.study, ad.ok
+    else:
+        from .study import run_study
+
+        out = run_study(study, workspace=a.workspace, workers=a.workers, executor=a.executor,
+                        address=a.address, smoke=a.smoke, device=a.device,
+                        progress=not a.no_progress)
+        _print_outcome(out, a)
+        name, ok = out.study, out.ok
+    print(f"  results in {Path(a.workspace) / 'transfuse.db'}")
+    if a.report is not None:
+        from .report.study import build_report
+
+        dest = a.report or str(Path(a.workspace) / f"report-{check_name(name, field='study')}.html")
+        print(f"report: {build_report(workspace=a.workspace, study=name, out=dest).resolve()}")
+    return 0 if ok else 1
+
+
+def report_command(a: argparse.Namespace) -> int:
+    from .report.study import build_report
+
+    ws = a.workspace or a.workspace_pos or "workspace"
+    ext = "json" if a.format == "json" else "html"
+    out = a.output or str(Path(ws) / f"report-{check_name(a.study, field='--study')}.{ext}")
+    path = build_report(workspace=ws, study=a.study, out=out, format=a.format)
+    print(f"report: {path.resolve()}")
+    return 0

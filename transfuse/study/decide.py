@@ -1,0 +1,457 @@
+"""From a study's results to decisions: questions, sanity gates, verdicts, seed plans, recommendations.
+
+This is the "numbers → answers" stage between :func:`transfuse.study.results.load_results` and the
+report. For every arm (an init label) compared with the reference arm (``evaluation.reference``,
+default ``random``) on the same model and training-set size, paired by seed, three kinds of
+*question* are asked, all in one multiplicity family per report:
+
+- ``final``: the test score (AUC, or Dice for segmentation), margin ``evaluation.margin``;
+- ``area``: the area under the validation curve (time-averaged score), ``evaluation.area_margin``;
+- ``speed@T``: log of steps(reference) / steps(arm) to reach score ``T``, margin
+  ``log(evaluation.speed_margin)``; an interval that spans 1× is never a speed-up.
+
+Sanity gates force ``undecided`` before any statistics: a pilot study (``--smoke`` or a single
+seed), a cell that did not learn (every run's test score within 0.02 of chance, or a validation
+curve that never moved), a threshold some run never reached, fewer than two paired seeds. The
+rest get verdicts from :mod:`transfuse.study.verdicts`, in one look (a fixed design) or replayed
+look by look with O'Brien–Fleming-type alpha spending (an adaptive ``--until-decided`` study).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .results import Cell, RunRow, StudyResults
+from .verdicts import MULTIPLICITY, Decision, look_levels, seeds_needed, sequential_decisions
+
+__all__ = ["Evaluation", "Sequential", "Question", "Verdict", "Recommendation", "Decisions",
+           "decide", "load_decisions", "questions", "CHANCE_BAND", "default_margin"]
+
+CHANCE = {"auc": 0.5, "dice": 0.0}
+CHANCE_BAND = 0.02  # a cell whose every run stays this close to chance did not learn
+FLAT = 1e-3  # a validation curve whose range is below this never moved
+DEFAULT_MARGIN = {"auc": 0.01, "dice": 0.02}
+
+
+def default_margin(metric: str) -> float:
+    """The default ``evaluation.margin``: 0.01 AUC, 0.02 Dice (see docs/STUDIES.md, Methods)."""
+    return DEFAULT_MARGIN.get(metric, 0.01)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a study is judged (the ``evaluation`` block of a study file).
+
+    Attributes:
+        margin: smallest test-score difference that matters (``None``: 0.01 AUC / 0.02 Dice).
+        area_margin: the same for the area under the validation curve (``None``: ``margin``).
+        speed_margin: speed-ups within ``[1/m, m]`` are equivalent (default 1.2, i.e. ±20 %).
+        reference: the arm every other arm is compared with.
+        multiplicity: ``holm`` (family-wise), ``bh`` (false-discovery rate) or ``none``.
+        alpha: the family's error rate.
+        power: the probability a seed plan aims for.
+    """
+
+    margin: float | None = None
+    area_margin: float | None = None
+    speed_margin: float = 1.2
+    reference: str = "random"
+    multiplicity: str = "holm"
+    alpha: float = 0.05
+    power: float = 0.8
+
+    def margins(self, metric: str) -> tuple[float, float, float]:
+        """``(final, area, log speed)`` margins in the units of each question."""
+        m = self.margin if self.margin is not None else default_margin(metric)
+        return m, self.area_margin if self.area_margin is not None else m, math.log(self.speed_margin)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Evaluation:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+    def check(self, *, where: str) -> None:
+        """Raise ``ConfigError`` naming ``where`` (the file) and the key for an invalid value."""
+        from ..errors import ConfigError
+
+        for k in ("margin", "area_margin"):
+            v = getattr(self, k)
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise ConfigError(f"{where}: evaluation.{k} must be a number in (0, 1), got {v!r}")
+        if not (isinstance(self.speed_margin, (int, float)) and self.speed_margin > 1):
+            raise ConfigError(f"{where}: evaluation.speed_margin must be a ratio > 1 (e.g. 1.2), "
+                              f"got {self.speed_margin!r}")
+        if self.multiplicity not in MULTIPLICITY:
+            raise ConfigError(f"{where}: evaluation.multiplicity must be one of "
+                              f"{', '.join(MULTIPLICITY)}, got {self.multiplicity!r}")
+        for k in ("alpha", "power"):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise ConfigError(f"{where}: evaluation.{k} must be a number in (0, 1), got {v!r}")
+        if not isinstance(self.reference, str) or not self.reference:
+            raise ConfigError(f"{where}: evaluation.reference must be an init name, e.g. random")
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """An adaptive study's look schedule: verdicts are read at these seed counts.
+
+    Attributes:
+        looks: seed counts per cell at each look, increasing; the last is ``max_seeds``.
+        max_seeds: the most seeds any cell gets.
+        batch: seeds added per look.
+    """
+
+    looks: tuple[int, ...]
+    max_seeds: int
+    batch: int
+
+    @classmethod
+    def plan(cls, *, initial: int, max_seeds: int, batch: int) -> Sequential:
+        looks = [initial]
+        while looks[-1] < max_seeds:
+            looks.append(min(looks[-1] + batch, max_seeds))
+        return cls(tuple(looks), max_seeds, batch)
+
+    def levels(self, alpha: float) -> list[float]:
+        return look_levels(self.looks, max_seeds=self.max_seeds, alpha=alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"looks": list(self.looks), "max_seeds": self.max_seeds, "batch": self.batch,
+                "spending": "obrien-fleming"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Sequential | None:
+        if not d:
+            return None
+        return cls(tuple(int(x) for x in d["looks"]), int(d["max_seeds"]), int(d["batch"]))
+
+
+@dataclass(frozen=True)
+class Question:
+    """One paired comparison of an arm with the reference.
+
+    Attributes:
+        model, size, arm, reference: where and what is compared.
+        endpoint: ``final``, ``area`` or ``speed@T``.
+        margin: in the units of ``diffs``.
+        seeds: the shared seeds, ascending.
+        diffs: ``arm - reference`` per shared seed (log speed-up for ``speed@T``); ``None``
+            where undefined (a threshold not reached, an undefined score).
+        gate: the reason it is ``undecided`` before any statistics, or ``None``.
+    """
+
+    model: str
+    size: str
+    arm: str
+    reference: str
+    endpoint: str
+    margin: float
+    seeds: tuple[int, ...]
+    diffs: tuple[float | None, ...]
+    gate: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.model} · n_train={self.size} · {self.arm} vs {self.reference} · {self.endpoint}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A question's answer: the verdict, why, the numbers it was read from, and a seed plan.
+
+    ``look`` is the (1-based) look whose interval is shown; ``seeds_needed`` is the seed count a
+    fixed design would need for a decisive verdict with ``evaluation.power`` at the family's
+    first-step level, assuming the observed mean and spread (``None``: over 1000, or unknown).
+    """
+
+    question: Question
+    verdict: str
+    reason: str
+    decision: Decision | None = None
+    look: int | None = None
+    seeds_needed: int | None = None
+
+    @property
+    def n(self) -> int:
+        return self.decision.n if self.decision else sum(d is not None for d in self.question.diffs)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The line the report opens with for one (model, size): what to use and on what evidence."""
+
+    model: str
+    size: str
+    arm: str | None
+    verdict: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Every verdict of a study, the recommendations, and how they were reached."""
+
+    metric: str
+    evaluation: Evaluation
+    sequential: Sequential | None
+    pilot: str | None
+    family_size: int
+    verdicts: tuple[Verdict, ...]
+    recommendations: tuple[Recommendation, ...]
+    did_not_learn: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def of(self, model: str, size: str, endpoint: str = "final") -> list[Verdict]:
+        return [v for v in self.verdicts if (v.question.model, v.question.size,
+                                             v.question.endpoint) == (model, size, endpoint)]
+
+
+# ---- questions ----------------------------------------------------------------------------------
+
+def _did_not_learn(cell: Cell, metric: str) -> str | None:
+    chance = CHANCE.get(metric, 0.5)
+    name = "AUC" if metric == "auc" else "Dice"
+    tests = [r.test for r in cell.runs if r.test is not None and math.isfinite(r.test)]
+    if tests and all(abs(t - chance) <= CHANCE_BAND for t in tests):
+        return (f"{cell.init} did not learn: every run's test {name} is within {CHANCE_BAND:g} "
+                f"of chance ({chance:g})")
+
+    def flat(r: RunRow) -> bool:
+        v = [x for x in r.curve if x is not None and math.isfinite(x)]
+        return len(v) >= 2 and max(v) - min(v) < FLAT
+
+    if cell.runs and all(flat(r) for r in cell.runs):
+        return f"{cell.init} did not learn: its validation {name} never moved"
+    return None
+
+
+def _speed(a: RunRow, b: RunRow, t: float) -> float | None:
+    x, y = a.conv.absolute.get(t), b.conv.absolute.get(t)
+    if not x or not y:  # not reached, or reached at initialisation (step 0): no ratio
+        return None
+    return math.log(y / x)
+
+
+def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
+              ) -> tuple[list[Question], dict[tuple[str, str, str], str]]:
+    """Every question of the study and the cells that did not learn (cell → reason)."""
+    m_final, m_area, m_speed = ev.margins(res.metric)
+    name = "AUC" if res.metric == "auc" else "Dice"
+    dnl = {(c.model, c.init, c.size): r for c in res.cells if (r := _did_not_learn(c, res.metric))}
+    out: list[Question] = []
+    for cell in res.cells:
+        if cell.init == ev.reference:
+            continue
+        ref = res.cell(cell.model, ev.reference, cell.size)
+        if ref is None:
+            continue
+        a = {r.seed: r for r in cell.runs}
+        b = {r.seed: r for r in ref.runs}
+        seeds = tuple(sorted(set(a) & set(b)))
+        gate = pilot or dnl.get((cell.model, ev.reference, cell.size)) or dnl.get(
+            (cell.model, cell.init, cell.size))
+
+        def q(endpoint: str, margin: float, diffs: list[float | None], why: str | None = None) -> Question:
+            n = sum(d is not None for d in diffs)
+            g = gate or why or (f"too few seeds ({n} paired; at least 2 are needed)" if n < 2 else None)
+            return Question(cell.model, cell.size, cell.init, ev.reference, endpoint, margin, seeds,
+                            tuple(diffs), g)
+
+        def diff(x: float | None, y: float | None) -> float | None:
+            ok = x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
+            return x - y if ok else None
+
+        out.append(q("final", m_final, [diff(a[s].test, b[s].test) for s in seeds]))
+        out.append(q("area", m_area, [diff(a[s].conv.area, b[s].conv.area) for s in seeds]))
+        for t in res.thresholds:
+            d = [_speed(a[s], b[s], t) for s in seeds]
+            why = None
+            if any(v is None for v in d):
+                miss_a = sum(not a[s].conv.absolute.get(t) for s in seeds)
+                miss_b = sum(not b[s].conv.absolute.get(t) for s in seeds)
+                parts = [f"{who} in {k} of {len(seeds)} seeds" for who, k in
+                         ((cell.init, miss_a), (ev.reference, miss_b)) if k]
+                why = f"{name} {t:g} not reached (or reached at step 0): " + ", ".join(parts)
+            out.append(q(f"speed@{t:g}", m_speed, d, why))
+    return out, dnl
+
+
+# ---- verdicts -----------------------------------------------------------------------------------
+
+def _lvl(level: float) -> str:
+    return f"{100 * level:.2f}".rstrip("0").rstrip(".") + " %"
+
+
+def _interval_reason(d: Decision, q: Question, alpha: float) -> str:
+    zero = "1×" if q.endpoint.startswith("speed") else "0"
+    if d.verdict == "equivalent":
+        extra = " (a real but smaller difference)" if d.ci_low > 0 or d.ci_high < 0 else ""
+        return f"{_lvl(d.level)} interval inside ±{_fmt_margin(q)} (TOST){extra}"
+    if d.verdict in ("better", "worse"):
+        return f"{_lvl(d.level)} interval excludes {zero}"
+    raw = min(d.p_diff, d.p_equiv)
+    if raw <= alpha:
+        return (f"decisive only before the multiplicity adjustment (p = {raw:.3g}, adjusted "
+                f"{d.p_adjusted:.3g})")
+    return f"{_lvl(d.level)} interval spans {zero} and reaches beyond ±{_fmt_margin(q)}"
+
+
+def _fmt_margin(q: Question) -> str:
+    if q.endpoint.startswith("speed"):
+        return f"{math.exp(q.margin):.2f}×"
+    return f"{q.margin:g}"
+
+
+def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
+           sequential: Sequential | None = None, smoke: bool = False) -> Decisions:
+    """Verdicts and recommendations for a study's results.
+
+    Args:
+        res: the study's results (:func:`~transfuse.study.results.load_results`).
+        evaluation: margins, reference, multiplicity (default :class:`Evaluation`).
+        sequential: the look schedule of an adaptive study; ``None`` for a fixed design.
+        smoke: the study ran with ``--smoke`` (pilot only).
+    """
+    ev = evaluation or Evaluation()
+    seeds_per_cell = [len(c.runs) for c in res.cells]
+    pilot = None
+    if smoke:
+        pilot = "pilot only: a --smoke study checks the pipeline, its numbers decide nothing"
+    elif seeds_per_cell and max(seeds_per_cell) < 2:
+        pilot = ("pilot only: one seed per cell gives no seed-to-seed spread; run at least 3 "
+                 "seeds, then `transfuse study plan` gives the count")
+    qs, dnl = questions(res, ev, pilot=pilot)
+    testable = [i for i, q in enumerate(qs) if q.gate is None]
+    k = len(testable)
+    plan_a = ev.alpha / max(k, 1) if ev.multiplicity != "none" else ev.alpha
+    if sequential is None:
+        looks, levels = [None], [ev.alpha]
+    else:
+        looks, levels = list(sequential.looks), sequential.levels(ev.alpha)
+    read = sequential_decisions([[x for x in qs[i].diffs if x is not None] for i in testable],
+                                [qs[i].margin for i in testable], looks=looks, levels=levels,
+                                method=ev.multiplicity)
+    latest = {i: r for i, r in zip(testable, read) if r is not None}
+    verdicts = []
+    for i, q in enumerate(qs):
+        if q.gate is not None:
+            verdicts.append(Verdict(q, "undecided", q.gate))
+            continue
+        if i not in latest:  # an adaptive study whose first look is not complete yet
+            n = sum(x is not None for x in q.diffs)
+            verdicts.append(Verdict(q, "undecided", f"waiting for seeds ({n} of {looks[0]} at look 1)"))
+            continue
+        dec, li = latest[i]
+        need = None
+        if dec.verdict == "undecided":
+            need = seeds_needed(delta=dec.mean, sd=dec.sd, margin=q.margin, a=plan_a,
+                                power=ev.power, at_least=dec.n)
+        verdicts.append(Verdict(q, dec.verdict, _interval_reason(dec, q, levels[li - 1]), dec,
+                                li if sequential else None, need))
+    recs = _recommendations(res, ev, verdicts, pilot, dnl)
+    return Decisions(res.metric, ev, sequential, pilot, k, tuple(verdicts), tuple(recs), dnl)
+
+
+# ---- recommendations ----------------------------------------------------------------------------
+
+def _delta_text(v: Verdict, unit: str) -> str:
+    d = v.decision
+    assert d is not None
+    lvl = _lvl(d.level)
+    if v.question.endpoint.startswith("speed"):
+        return f"{math.exp(d.mean):.2f}× [{math.exp(d.ci_low):.2f}×, {math.exp(d.ci_high):.2f}×] ({lvl} CI)"
+    return f"{d.mean:+.3f} {unit} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] ({lvl} CI)"
+
+
+def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict], pilot: str | None,
+                     dnl: dict[tuple[str, str, str], str]) -> list[Recommendation]:
+    unit = "AUC" if res.metric == "auc" else "Dice"
+    margin = ev.margins(res.metric)[0]
+    out = []
+    for model in res.models:
+        for size in res.sizes:
+            arms = [c for c in res.cells if c.model == model and c.size == size]
+            if not arms:
+                continue
+
+            def rec(arm: str | None, verdict: str, text: str) -> None:
+                out.append(Recommendation(model, size, arm, verdict, text))
+
+            if pilot:
+                rec(None, "undecided", f"{pilot}; no recommendation.")
+                continue
+            ref = res.cell(model, ev.reference, size)
+            if ref is None:
+                rec(None, "undecided", f"no recommendation: no {ev.reference} runs to compare with "
+                                       f"(evaluation.reference).")
+                continue
+            if (model, ev.reference, size) in dnl:
+                rec(None, "undecided", f"undecided: {dnl[(model, ev.reference, size)]}.")
+                continue
+            mine = [v for v in verdicts if (v.question.model, v.question.size) == (model, size)]
+            final = {v.question.arm: v for v in mine if v.question.endpoint == "final"}
+            if not final:
+                rec(ev.reference, "undecided", f"only {ev.reference} was run here.")
+                continue
+            better = [v for v in final.values() if v.verdict == "better"]
+            if better:
+                top = max(better, key=lambda v: v.decision.mean)
+                rec(top.question.arm, "better",
+                    f"{top.question.arm}: better than {ev.reference} by {_delta_text(top, unit)}, "
+                    f"{top.n} seeds.")
+                continue
+            undecided = [v for v in final.values() if v.verdict == "undecided"]
+            equiv = [a for a, v in final.items() if v.verdict == "equivalent"]
+            worse = [a for a, v in final.items() if v.verdict == "worse"]
+            tail = "".join([f"; equivalent within ±{margin:g} {unit}: {', '.join(equiv)}" if equiv else "",
+                            f"; worse: {', '.join(worse)}" if worse else ""])
+            if undecided:
+                needs = [v.seeds_needed for v in undecided]
+                how = (f"needs ≈ {max(needs)} seeds" if all(n is not None for n in needs)
+                       else "needs more than 1000 seeds or a wider margin")
+                who = ", ".join(f"{v.question.arm} ({v.reason})" for v in undecided)
+                rec(None, "undecided", f"undecided: {how} — {who}{tail}.")
+                continue
+            fast = [v for v in mine if v.question.arm in equiv and v.verdict == "better"
+                    and v.question.endpoint != "final"]
+            n = max(v.n for v in final.values())
+            if fast:
+                top = max(fast, key=lambda v: v.decision.mean)
+                what = ("converges faster (area under the validation curve "
+                        if top.question.endpoint == "area" else f"is faster to {unit} "
+                        f"{top.question.endpoint.split('@')[1]} (")
+                rec(top.question.arm, "equivalent",
+                    f"{top.question.arm}: equivalent to {ev.reference} within ±{margin:g} {unit} on "
+                    f"the final score ({n} seeds) and {what}{_delta_text(top, unit)}){tail}.")
+                continue
+            rec(ev.reference, "equivalent" if equiv else "better",
+                f"{ev.reference}: no init is better at this size ({n} seeds){tail}.")
+    return out
+
+
+def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = None
+                   ) -> tuple[StudyResults, Decisions, dict[str, Any]]:
+    """A stored study's results and decisions, judged as the study recorded (or ``evaluation``).
+
+    Returns:
+        ``(results, decisions, study_info)``; ``study_info`` is what ``study run`` recorded.
+
+    Raises:
+        TransfuseError: no runs of ``study`` in ``store``.
+    """
+    from .results import load_results
+
+    info = store.get_results("study", study=study).get(study, {})
+    ev = evaluation or Evaluation.from_dict(info.get("evaluation"))
+    res = load_results(store, study, thresholds=tuple(info.get("auc_thresholds", (0.8, 0.9))),
+                       relative=tuple(info.get("relative_thresholds", (0.9, 0.95))),
+                       reference=ev.reference)
+    dec = decide(res, evaluation=ev, sequential=Sequential.from_dict(info.get("sequential")),
+                 smoke=bool(info.get("smoke")))
+    return res, dec, info

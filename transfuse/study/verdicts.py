@@ -1,0 +1,327 @@
+"""Decision rules for paired comparisons: four verdicts, multiplicity control, alpha spending, power.
+
+A *question* is one paired comparison over seeds: the per-seed differences ``d_1 … d_n`` of an arm
+against the reference arm (test score, area under the validation curve, or log speed-up) and the
+margin ``m`` below which a difference does not matter to the user. Two standard tests are asked
+of every question, each family-wise over all questions of a report:
+
+- **equivalence** — two one-sided tests (TOST, Schuirmann 1987) of ``|δ| >= m``: p-value
+  ``p_equiv = max(p_lower, p_upper)``; at level ``a`` this is the ``1 - 2a`` t-interval lying
+  inside ``(-m, +m)``;
+- **difference** — the two-sided paired t-test of ``δ = 0``: ``p_diff``; at level ``a`` the
+  ``1 - a`` t-interval excludes 0, and its sign says ``better`` or ``worse``.
+
+Each family of p-values is adjusted on its own (:func:`adjust`: Holm by default), so false
+``better``/``worse`` claims and false ``equivalent`` claims are each controlled at ``alpha``; for one
+question at most one of the two nulls can be true (``δ = 0`` and ``|δ| >= m`` exclude each other).
+The verdict: ``equivalent`` when the equivalence test is rejected after adjustment, else
+``better``/``worse`` when the difference test is, else ``undecided``. The interval reported is the
+one the verdict was read from, at the level of its adjustment step.
+
+Everything here is numeric and vectorised over questions; nothing reads the store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["VERDICTS", "MULTIPLICITY", "Decision", "decide_family", "adjust", "interval",
+           "decision_p", "obrien_fleming_spent", "look_levels", "sequential_decisions", "power_decisive",
+           "seeds_needed"]
+
+VERDICTS = ("better", "worse", "equivalent", "undecided")
+MULTIPLICITY = ("holm", "bh", "none")
+MAX_SEEDS_PLANNED = 1000  # seeds_needed reports "more than this" beyond it
+
+
+def _moments(d: np.ndarray) -> tuple[int, float, float]:
+    n = len(d)
+    return n, float(d.mean()) if n else math.nan, float(d.std(ddof=1)) if n > 1 else math.nan
+
+
+def interval(diffs: Sequence[float], *, level: float) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the two-sided ``level`` Student-t interval of the mean of ``diffs``.
+
+    Needs at least 2 values; a zero standard deviation gives the point ``(mean, mean, mean)``.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    n, mean, sd = _moments(d)
+    if n < 2:
+        raise ValueError(f"an interval needs at least 2 paired values, got {n}")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def decision_p(diffs: Sequence[float], *, margin: float) -> tuple[float, float]:
+    """``(p_diff, p_equiv)`` of one question (see the module docstring).
+
+    With fewer than 2 values both are 1; with no spread the interval is a point, and the p-values
+    are 0 or 1.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    n, mean, sd = _moments(d)
+    if n < 2:
+        return 1.0, 1.0
+    p_diff, p_eq = _family_ps(np.array([n], float), np.array([mean]), np.array([sd]),
+                              np.array([margin], float))
+    return float(p_diff[0]), float(p_eq[0])
+
+
+def adjust(p: Sequence[float], *, alpha: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplicity-adjusted p-values and the interval level ``a`` each question is judged at.
+
+    Args:
+        p: decision p-values of the family, shape ``(K,)``.
+        alpha: family-wise error (``holm``) or false-discovery rate (``bh``) to control.
+        method: ``holm`` (step-down, family-wise), ``bh`` (Benjamini–Hochberg step-up, false
+            discovery rate; intervals at ``R·alpha/K`` for ``R`` decisions, Benjamini & Yekutieli
+            2005) or ``none`` (every question at ``alpha``).
+
+    Returns:
+        ``(p_adjusted, a)``, both shape ``(K,)``; a question is decided when
+        ``p_adjusted <= alpha``, and its interval is the ``1 - a`` one. Holm: ``a`` is
+        ``alpha / (K - rank + 1)`` at the question's rank among the sorted p-values.
+    """
+    if method not in MULTIPLICITY:
+        raise ValueError(f"multiplicity {method!r}; choose one of {', '.join(MULTIPLICITY)}")
+    p = np.asarray(p, dtype=np.float64)
+    k = len(p)
+    if k == 0:
+        return p.copy(), p.copy()
+    if method == "none":
+        return p.copy(), np.full(k, alpha)
+    order = np.argsort(p, kind="stable")
+    rank = np.empty(k, dtype=np.int64)
+    rank[order] = np.arange(1, k + 1)
+    if method == "holm":
+        # Holm (1979): p_adj(k) = max_{j<=k} min(1, (K - j + 1) p(j)); equal to statsmodels'
+        # multipletests(method="holm") (a test checks), which is too slow for simulations.
+        stepped = np.minimum(1.0, (k - np.arange(k)) * p[order])
+        p_adj = np.empty(k)
+        p_adj[order] = np.maximum.accumulate(stepped)
+        return p_adj, alpha / (k - rank + 1)
+    p_adj = stats.false_discovery_control(p, method="bh")
+    decided = int(np.sum(p_adj <= alpha))
+    return p_adj, np.full(k, alpha * max(decided, 1) / k)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict of one question.
+
+    Attributes:
+        verdict: one of :data:`VERDICTS`.
+        n: paired values used.
+        mean, sd: mean and sample standard deviation of the differences.
+        p_diff, p_equiv: the difference and equivalence (TOST) p-values.
+        p_diff_adjusted, p_equiv_adjusted: after the family's multiplicity adjustment.
+        level: confidence level of the interval the verdict was read from: ``1 - 2a`` for
+            ``equivalent``, ``1 - a`` otherwise, ``a`` the question's adjustment-step level.
+        ci_low, ci_high: that interval.
+    """
+
+    verdict: str
+    n: int
+    mean: float
+    sd: float
+    p_diff: float
+    p_equiv: float
+    p_diff_adjusted: float
+    p_equiv_adjusted: float
+    level: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def p_adjusted(self) -> float:
+        """The adjusted p-value of the test that decided (undecided: the smaller one)."""
+        if self.verdict == "equivalent":
+            return self.p_equiv_adjusted
+        if self.verdict in ("better", "worse"):
+            return self.p_diff_adjusted
+        return min(self.p_diff_adjusted, self.p_equiv_adjusted)
+
+
+def _family_ps(n: np.ndarray, mean: np.ndarray, sd: np.ndarray,
+               margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`decision_p` over questions (arrays of shape ``(K,)``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flat = sd <= 1e-12 * np.maximum(1.0, np.abs(mean))
+        se = np.where(flat, 1.0, sd / np.sqrt(n))
+        df = np.maximum(n - 1, 1)
+        p_diff = np.where(flat, np.where(mean == 0, 1.0, 0.0), 2 * stats.t.sf(np.abs(mean) / se, df))
+        # TOST: the larger one-sided p-value is the one against the nearer bound
+        p_eq = np.where(flat, np.where(np.abs(mean) < margin, 0.0, 1.0),
+                        stats.t.sf((margin - np.abs(mean)) / se, df))
+    small = n < 2
+    return np.where(small, 1.0, p_diff), np.where(small, 1.0, p_eq)
+
+
+def _half(n: np.ndarray, sd: np.ndarray, two_sided_a: np.ndarray) -> np.ndarray:
+    return stats.t.ppf(1 - two_sided_a / 2, n - 1) * sd / np.sqrt(n)
+
+
+def decide_family(diffs: Sequence[Sequence[float]], margins: Sequence[float], *, alpha: float = 0.05,
+                  method: str = "holm") -> list[Decision]:
+    """Verdicts for a family of questions under one multiplicity adjustment per test.
+
+    Args:
+        diffs: per question, its paired differences (each at least 2 values), ``K`` sequences.
+        margins: per question, the margin in the differences' units, shape ``(K,)``.
+        alpha: error rate each test family is controlled at (a look's alpha, adaptively).
+        method: see :func:`adjust`.
+
+    Returns:
+        one :class:`Decision` per question, in input order.
+    """
+    arrs = [np.asarray(d, dtype=np.float64) for d in diffs]
+    if any(len(d) < 2 for d in arrs):
+        raise ValueError("decide_family: every question needs at least 2 paired values")
+    if not arrs:
+        return []
+    n = np.array([len(d) for d in arrs], dtype=np.float64)
+    mean = np.array([d.mean() for d in arrs])
+    sd = np.array([d.std(ddof=1) for d in arrs])
+    m = np.asarray(margins, dtype=np.float64)
+    p_diff, p_eq = _family_ps(n, mean, sd, m)
+    pd_adj, a_diff = adjust(p_diff, alpha=alpha, method=method)
+    pe_adj, a_eq = adjust(p_eq, alpha=alpha, method=method)
+    h_diff, h_eq = _half(n, sd, a_diff), _half(n, sd, 2 * a_eq)
+    out = []
+    for i in range(len(arrs)):
+        if pe_adj[i] <= alpha:
+            verdict, level, h = "equivalent", 1 - 2 * a_eq[i], h_eq[i]
+        else:
+            verdict = ("better" if mean[i] > 0 else "worse") if pd_adj[i] <= alpha else "undecided"
+            level, h = 1 - a_diff[i], h_diff[i]
+        out.append(Decision(verdict, int(n[i]), float(mean[i]), float(sd[i]), float(p_diff[i]),
+                            float(p_eq[i]), float(min(pd_adj[i], 1.0)), float(min(pe_adj[i], 1.0)),
+                            float(level), float(mean[i] - h), float(mean[i] + h)))
+    return out
+
+
+# ---- group-sequential looks ---------------------------------------------------------------------
+
+def obrien_fleming_spent(t: float, *, alpha: float) -> float:
+    """Alpha spent by information fraction ``t`` (Lan & DeMets 1983, O'Brien–Fleming type):
+    ``2 - 2 Φ(z_{1-α/2} / √t)``; 0 at ``t = 0`` and ``alpha`` at ``t = 1``."""
+    if t <= 0:
+        return 0.0
+    if t >= 1:
+        return alpha
+    z = stats.norm.ppf(1 - alpha / 2)
+    return float(2 - 2 * stats.norm.cdf(z / math.sqrt(t)))
+
+
+def look_levels(looks: Sequence[int], *, max_seeds: int, alpha: float) -> list[float]:
+    """The alpha each look may use: the O'Brien–Fleming-type spending increments.
+
+    ``looks`` are the seed counts at which verdicts are read (increasing, the last at most
+    ``max_seeds``); information fraction ``t = seeds / max_seeds``. The increments sum to at most
+    ``alpha``, so by the union bound over looks the whole sequence errs with probability at most
+    ``alpha`` whatever the correlation between looks (conservative: the exact O'Brien–Fleming
+    boundaries would let the last look use more).
+    """
+    spent, out = 0.0, []
+    for n in looks:
+        s = obrien_fleming_spent(n / max_seeds, alpha=alpha)
+        out.append(max(s - spent, 0.0))
+        spent = max(spent, s)
+    return out
+
+
+def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
+                         looks: Sequence[int | None], levels: Sequence[float], method: str = "holm"
+                         ) -> list[tuple[Decision, int] | None]:
+    """Read verdicts look by look; a question decided at a look keeps that verdict.
+
+    Args:
+        diffs: per question, its paired differences in seed order (``K`` sequences; a question
+            with fewer values than a look's count is not read at that look).
+        margins: per question, shape ``(K,)``.
+        looks: seed counts of the looks; ``[None]`` is one look at every available seed (a
+            fixed design).
+        levels: alpha of each look (:func:`look_levels`; ``[alpha]`` for a fixed design).
+        method: multiplicity adjustment within a look, over the questions still open there.
+
+    Returns:
+        per question ``(decision, look)`` — the look (1-based) it was decided at, or the last look
+        it was read at while undecided — or ``None`` if it was never read (fewer than 2 values,
+        or fewer than the first look's count).
+    """
+    latest: list[tuple[Decision, int] | None] = [None] * len(diffs)
+    open_ = [i for i, d in enumerate(diffs) if len(d) >= 2]
+    for li, (n_look, a_look) in enumerate(zip(looks, levels), start=1):
+        ready = [i for i in open_ if n_look is None or len(diffs[i]) >= n_look]
+        if not ready or a_look <= 0:
+            continue
+        decs = decide_family([list(diffs[i])[:n_look] if n_look else diffs[i] for i in ready],
+                             [margins[i] for i in ready], alpha=a_look, method=method)
+        for i, dec in zip(ready, decs):
+            latest[i] = (dec, li)
+        open_ = [i for i in open_ if latest[i] is None or latest[i][0].verdict == "undecided"]
+    return latest
+
+
+# ---- power and planning -------------------------------------------------------------------------
+
+def _nct_sf(x: float, df: int, nc: float) -> float:
+    """``P(T > x)`` for a noncentral t; the normal approximation where scipy returns NaN (its
+    far tails at large noncentrality)."""
+    v = float(stats.nct.sf(x, df, nc))
+    return v if math.isfinite(v) else float(stats.norm.sf(x - nc))
+
+
+def power_decisive(n: int, *, delta: float, sd: float, margin: float, a: float) -> float:
+    """Probability that ``n`` paired seeds give a decisive verdict at test level ``a``.
+
+    The larger of the power of the difference test (statsmodels' ``TTestPower``; the noncentral t
+    by hand where statsmodels returns NaN) and a lower bound of the power of equivalence:
+    ``P(T_u > t_e) + P(T_l > t_e) - 1`` with ``T_u``, ``T_l`` the two TOST statistics (noncentral
+    t with ``n - 1`` degrees of freedom and noncentralities ``(m ∓ δ)√n/σ``), ``t_e = t_{1-a}``
+    (each one-sided test at ``a``); the difference test is two-sided at ``a``.
+    """
+    if n < 2:
+        return 0.0
+    if sd <= 0:
+        return 1.0
+    from statsmodels.stats.power import TTestPower
+
+    df, tc = n - 1, float(stats.t.ppf(1 - a / 2, n - 1))
+    eff = abs(delta) / sd
+    p_diff = float(TTestPower().power(effect_size=eff, nobs=n, alpha=a, alternative="two-sided")) \
+        if eff > 0 else a
+    if not math.isfinite(p_diff):
+        nc = eff * math.sqrt(n)
+        p_diff = _nct_sf(tc, df, nc) + (1 - _nct_sf(-tc, df, nc))
+    nc_u, nc_l = (margin - abs(delta)) * math.sqrt(n) / sd, (margin + abs(delta)) * math.sqrt(n) / sd
+    te = float(stats.t.ppf(1 - a, n - 1))
+    p_eq = _nct_sf(te, df, nc_u) + _nct_sf(te, df, nc_l) - 1.0
+    return min(1.0, max(0.0, p_diff, p_eq))
+
+
+def seeds_needed(*, delta: float, sd: float, margin: float, a: float, power: float = 0.8,
+                 at_least: int = 2) -> int | None:
+    """Smallest seed count whose interval is decisive with probability ``power`` if the true mean
+    difference is ``delta`` and the paired standard deviation ``sd``; ``None`` beyond
+    :data:`MAX_SEEDS_PLANNED` (the difference sits too close to the margin to decide)."""
+    if not (math.isfinite(delta) and math.isfinite(sd)):
+        return None
+
+    def ok(n: int) -> bool:
+        return power_decisive(n, delta=delta, sd=sd, margin=margin, a=a) >= power
+
+    lo, hi = max(2, at_least), MAX_SEEDS_PLANNED
+    if ok(lo):
+        return lo
+    if not ok(hi):
+        return None
+    while hi - lo > 1:  # ok(hi) and not ok(lo); power grows with n
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
