@@ -353,3 +353,58 @@ def test_two_seed_real_study_is_undecided_and_smoke_is_a_pilot(tmp_path, capsys)
     smoke = json.loads(build_report(workspace=ws, study="real2-smoke", out=ws / "s.json",
                                     format="json").read_text())
     assert "pilot only" in smoke["pilot"] and "pilot only" in smoke["recommendations"][0]["text"]
+
+
+KILLABLE = """
+name: killed
+base:
+  data: {name: "builtin:brain_tissue", n_train: 64}
+  model: {name: cbr_tiny}
+  train: {steps: 12, eval_every: 6, batch_size: 16, lr: 0.02}
+grid:
+  init: [random, "random:kaiming"]
+  seed: [0, 1]
+evaluation:
+  auc_thresholds: [0.99]
+"""
+
+
+def test_until_decided_resumes_after_sigkill(tmp_path):
+    """A real ``study run --until-decided`` killed during look 2, then rerun: every cell ends with
+    the same seeds, no run twice, and a third run trains nothing."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    f = tmp_path / "killed.yaml"
+    f.write_text(KILLABLE)
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "transfuse", "study", "run", str(f), "-w", str(ws), "--no-progress",
+           "--until-decided", "--max-seeds", "4", "--seed-batch", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (ws / "transfuse.db").exists():
+            with sqlite3.connect(ws / "transfuse.db") as con:
+                if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 5:  # inside look 2
+                    break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seeds = {}
+    for r in Store(ws).list_runs(study="killed"):
+        assert r.status == "finished"
+        seeds.setdefault(r.spec["init"]["name"], []).append(r.spec["seed"])
+    assert set(seeds) == {"random", "random:kaiming"}
+    a, b = (sorted(v) for v in seeds.values())
+    assert a == b and a == list(range(len(a))) and len(a) >= 3, seeds  # both sides, no gaps
+    with sqlite3.connect(ws / "transfuse.db") as con:
+        assert con.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone() == (2 * len(a),) * 2
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and " 0 trained now" in again.stdout, again.stdout
