@@ -266,6 +266,10 @@ def test_until_decided_adds_seeds_only_to_undecided_cells_and_resumes(tmp_path, 
     # the report replays the same looks
     _, dec, info = load_decisions(Store(tmp_path / "a"), "adapt")
     assert info["sequential"]["looks"] == [3, 5, 6]
+    from transfuse.study import study_status
+
+    rows = study_status(study, workspace=tmp_path / "a")  # the added seeds are listed too
+    assert len(rows) == 15 and {st for _, _, st in rows} == {"finished"}
     assert [(v.verdict, v.look) for v in dec.verdicts] == [(v.verdict, v.look) for v in out.decisions.verdicts]
 
     # killed in look 2, then rerun: the same runs, none twice

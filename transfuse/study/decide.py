@@ -402,9 +402,11 @@ def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict],
             better = [v for v in final.values() if v.verdict == "better"]
             if better:
                 top = max(better, key=lambda v: v.decision.mean)
+                others = [a for a, v in final.items() if v.verdict == "undecided"]
+                also = f"; still undecided against {ev.reference}: {', '.join(others)}" if others else ""
                 rec(top.question.arm, "better",
                     f"{top.question.arm}: better than {ev.reference} by {_delta_text(top, unit)}, "
-                    f"{top.n} seeds.")
+                    f"{top.n} seeds{also}.")
                 continue
             undecided = [v for v in final.values() if v.verdict == "undecided"]
             equiv = [a for a, v in final.items() if v.verdict == "equivalent"]

@@ -224,9 +224,18 @@ def study_status(study: StudySpec, *, workspace: str | Path, smoke: bool = False
     specs = [*pretrain_specs(study, smoke=smoke).values(), *expand(study, smoke=smoke)]
     ws = Path(workspace)
     statuses = {}
+    extra: list[RunSpec] = []
     if (ws / "transfuse.db").is_file():
-        statuses = {r.run_id: r.state for r in Store(ws).list_runs()}
-    return [(s, run_id(s), statuses.get(run_id(s), "missing")) for s in specs]
+        store = Store(ws)
+        records = {r.run_id: r for r in store.list_runs()}
+        statuses = {rid: r.state for rid, r in records.items()}
+        # seeds an adaptive study (--until-decided) added beyond the grid, as it recorded them
+        name = specs[-1].study if specs else study.name
+        ids = {run_id(s) for s in specs}
+        for rid in store.get_results("study", study=name).get(name, {}).get("run_ids", []):
+            if rid not in ids and rid in records:
+                extra.append(spec_from_dict(records[rid].spec))
+    return [(s, run_id(s), statuses.get(run_id(s), "missing")) for s in [*specs, *extra]]
 
 
 def study_progress(*, store: Store, study: str) -> dict[str, int]:
