@@ -170,3 +170,6 @@ def test_adaptive_decisions_are_final_and_read_only_their_look():
     assert lb == 2 and b.n == 4
     short = sequential_decisions([[0.1]], [0.01], looks=looks, levels=levels)
     assert short == [None]  # never read
+    # look 2 in progress (one open question lacks its seeds): look 2 is not read for anyone
+    partial = sequential_decisions([vague, vague[:3]], [0.01, 0.01], looks=looks, levels=levels)
+    assert [look for _, look in partial] == [1, 1]

@@ -241,8 +241,9 @@ def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[flo
     """Read verdicts look by look; a question decided at a look keeps that verdict.
 
     Args:
-        diffs: per question, its paired differences in seed order (``K`` sequences; a question
-            with fewer values than a look's count is not read at that look).
+        diffs: per question, its paired differences in seed order (``K`` sequences). A look is
+            read only when every question still open has its count of values; the first look
+            some lack is in progress, and it and later looks are not read.
         margins: per question, shape ``(K,)``.
         looks: seed counts of the looks; ``[None]`` is one look at every available seed (a
             fixed design).
@@ -258,6 +259,8 @@ def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[flo
     open_ = [i for i, d in enumerate(diffs) if len(d) >= 2]
     for li, (n_look, a_look) in enumerate(zip(looks, levels), start=1):
         ready = [i for i in open_ if n_look is None or len(diffs[i]) >= n_look]
+        if len(ready) < len(open_):
+            break  # a look still in progress is not read: its family would be too small
         if not ready or a_look <= 0:
             continue
         decs = decide_family([list(diffs[i])[:n_look] if n_look else diffs[i] for i in ready],
