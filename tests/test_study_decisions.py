@@ -412,3 +412,21 @@ def test_until_decided_resumes_after_sigkill(tmp_path):
         assert con.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone() == (2 * len(a),) * 2
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and " 0 trained now" in again.stdout, again.stdout
+
+
+def test_equal_step_counts_are_not_read_as_certainty(tmp_path):
+    """Every seed reaches the threshold at the same evaluated steps (40 vs 20, evaluations every
+    10): the log speed-up's spread is at least the rounding to the evaluation interval."""
+    import math
+
+    store = Store(tmp_path)
+    for seed in range(3):
+        add(store, init="random", seed=seed, test=0.9 + 0.001 * seed, curve=[0.5, 0.6, 0.7, 0.8, 0.9])
+        add(store, init="meanvar", seed=seed, test=0.9 + 0.001 * seed, curve=[0.5, 0.6, 0.9, 0.9, 0.9])
+    study_info(store, auc_thresholds=[0.85])
+    _, dec, _ = load_decisions(store, "syn")
+    (v,) = [v for v in dec.verdicts if v.question.endpoint == "speed@0.85"]
+    floor = math.sqrt((100 / 12) / 40**2 + (100 / 12) / 20**2)
+    assert v.question.sd_floor == pytest.approx(floor)
+    assert v.decision.sd == pytest.approx(floor) and v.decision.ci_low < math.log(2) < v.decision.ci_high
+    assert v.decision.mean == pytest.approx(math.log(2))

@@ -58,6 +58,10 @@ Schuirmann 1987). <i>equivalent</i>: TOST rejects — the 1 − 2a interval lies
 <i>better</i>/<i>worse</i>: the difference test rejects — the 1 − a interval excludes 0 (1× for
 speed-ups; an interval that spans 1× is never a speed-up) — and TOST does not; <i>undecided</i>:
 neither, with the reason. The interval shown is the one the verdict was read from, at its level.
+A step count is known only to its evaluation interval e (the curve crossed the threshold somewhere
+after the previous evaluation), so the standard deviation of a log speed-up is taken as at least
+that of the rounding, √(mean over seeds of (e²/12)(1/s<sub>arm</sub>² + 1/s<sub>ref</sub>²)): equal step
+counts on every seed are not read as certainty.
 All {dec.family_size} questions with data form one family per report; each of the two tests is
 adjusted over the family with {mult}, at α = {ev.alpha:g}. So false <i>better</i>/<i>worse</i>
 claims and false <i>equivalent</i> claims are each controlled at α; for one question at most one

@@ -145,6 +145,8 @@ class Question:
         diffs: ``arm - reference`` per shared seed (log speed-up for ``speed@T``); ``None``
             where undefined (a threshold not reached, an undefined score).
         gate: the reason it is ``undecided`` before any statistics, or ``None``.
+        sd_floor: the least spread the differences are known to have: for speed-ups, the
+            rounding of each step count to its evaluation interval (:func:`_step_rounding`).
     """
 
     model: str
@@ -156,6 +158,7 @@ class Question:
     seeds: tuple[int, ...]
     diffs: tuple[float | None, ...]
     gate: str | None = None
+    sd_floor: float = 0.0
 
     @property
     def id(self) -> str:
@@ -231,6 +234,16 @@ def _did_not_learn(cell: Cell, metric: str) -> str | None:
     return None
 
 
+def _step_rounding(r: RunRow, t: float) -> float:
+    """Variance of ``log(steps)`` from rounding: the curve crossed ``t`` somewhere after the
+    previous evaluation, so the step count is known to one evaluation interval ``e``; a uniform
+    rounding error has variance ``e² / 12`` (on the log scale divided by ``steps²``)."""
+    s = r.conv.absolute.get(t)
+    before = [x for x in r.curve_steps if x < s] if s else []
+    e = s - max(before) if before else 0
+    return (e * e / 12.0) / (s * s) if s else 0.0
+
+
 def _speed(a: RunRow, b: RunRow, t: float) -> float | None:
     x, y = a.conv.absolute.get(t), b.conv.absolute.get(t)
     if not x or not y:  # not reached, or reached at initialisation (step 0): no ratio
@@ -257,11 +270,12 @@ def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
         gate = pilot or dnl.get((cell.model, ev.reference, cell.size)) or dnl.get(
             (cell.model, cell.init, cell.size))
 
-        def q(endpoint: str, margin: float, diffs: list[float | None], why: str | None = None) -> Question:
+        def q(endpoint: str, margin: float, diffs: list[float | None], why: str | None = None,
+              floor: float = 0.0) -> Question:
             n = sum(d is not None for d in diffs)
             g = gate or why or (f"too few seeds ({n} paired; at least 2 are needed)" if n < 2 else None)
             return Question(cell.model, cell.size, cell.init, ev.reference, endpoint, margin, seeds,
-                            tuple(diffs), g)
+                            tuple(diffs), g, floor)
 
         def diff(x: float | None, y: float | None) -> float | None:
             ok = x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
@@ -278,7 +292,8 @@ def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
                 parts = [f"{who} in {k} of {len(seeds)} seeds" for who, k in
                          ((cell.init, miss_a), (ev.reference, miss_b)) if k]
                 why = f"{name} {t:g} not reached (or reached at step 0): " + ", ".join(parts)
-            out.append(q(f"speed@{t:g}", m_speed, d, why))
+            var = [_step_rounding(a[s], t) + _step_rounding(b[s], t) for s in seeds]
+            out.append(q(f"speed@{t:g}", m_speed, d, why, math.sqrt(sum(var) / len(var)) if var else 0.0))
     return out, dnl
 
 
@@ -336,7 +351,7 @@ def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
         looks, levels = list(sequential.looks), sequential.levels(ev.alpha)
     read = sequential_decisions([[x for x in qs[i].diffs if x is not None] for i in testable],
                                 [qs[i].margin for i in testable], looks=looks, levels=levels,
-                                method=ev.multiplicity)
+                                method=ev.multiplicity, sd_floors=[qs[i].sd_floor for i in testable])
     latest = {i: r for i, r in zip(testable, read) if r is not None}
     verdicts = []
     for i, q in enumerate(qs):
@@ -417,8 +432,9 @@ def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict],
                 needs = [v.seeds_needed for v in undecided]
                 how = (f"needs ≈ {max(needs)} seeds" if all(n is not None for n in needs)
                        else "needs more than 1000 seeds or a wider margin")
-                who = ", ".join(f"{v.question.arm} ({v.reason})" for v in undecided)
-                rec(None, "undecided", f"undecided: {how} — {who}{tail}.")
+                who = ", ".join(v.question.arm for v in undecided)
+                rec(None, "undecided", f"undecided: {how} ({who} vs {ev.reference} on the final "
+                                       f"{unit}; reasons in the verdict table){tail}.")
                 continue
             fast = [v for v in mine if v.question.arm in equiv and v.verdict == "better"
                     and v.question.endpoint != "final"]

@@ -167,7 +167,7 @@ def _half(n: np.ndarray, sd: np.ndarray, two_sided_a: np.ndarray) -> np.ndarray:
 
 
 def decide_family(diffs: Sequence[Sequence[float]], margins: Sequence[float], *, alpha: float = 0.05,
-                  method: str = "holm") -> list[Decision]:
+                  method: str = "holm", sd_floors: Sequence[float] | None = None) -> list[Decision]:
     """Verdicts for a family of questions under one multiplicity adjustment per test.
 
     Args:
@@ -175,6 +175,9 @@ def decide_family(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
         margins: per question, the margin in the differences' units, shape ``(K,)``.
         alpha: error rate each test family is controlled at (a look's alpha, adaptively).
         method: see :func:`adjust`.
+        sd_floors: per question, the smallest standard deviation its differences are known to
+            have (e.g. the rounding of step counts to evaluation intervals); the sample SD is
+            raised to it, so discrete data with no observed spread is not read as certainty.
 
     Returns:
         one :class:`Decision` per question, in input order.
@@ -187,6 +190,8 @@ def decide_family(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
     n = np.array([len(d) for d in arrs], dtype=np.float64)
     mean = np.array([d.mean() for d in arrs])
     sd = np.array([d.std(ddof=1) for d in arrs])
+    if sd_floors is not None:
+        sd = np.maximum(sd, np.asarray(sd_floors, dtype=np.float64))
     m = np.asarray(margins, dtype=np.float64)
     p_diff, p_eq = _family_ps(n, mean, sd, m)
     pd_adj, a_diff = adjust(p_diff, alpha=alpha, method=method)
@@ -236,8 +241,8 @@ def look_levels(looks: Sequence[int], *, max_seeds: int, alpha: float) -> list[f
 
 
 def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
-                         looks: Sequence[int | None], levels: Sequence[float], method: str = "holm"
-                         ) -> list[tuple[Decision, int] | None]:
+                         looks: Sequence[int | None], levels: Sequence[float], method: str = "holm",
+                         sd_floors: Sequence[float] | None = None) -> list[tuple[Decision, int] | None]:
     """Read verdicts look by look; a question decided at a look keeps that verdict.
 
     Args:
@@ -249,6 +254,7 @@ def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[flo
             fixed design).
         levels: alpha of each look (:func:`look_levels`; ``[alpha]`` for a fixed design).
         method: multiplicity adjustment within a look, over the questions still open there.
+        sd_floors: see :func:`decide_family`.
 
     Returns:
         per question ``(decision, look)`` — the look (1-based) it was decided at, or the last look
@@ -264,7 +270,8 @@ def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[flo
         if not ready or a_look <= 0:
             continue
         decs = decide_family([list(diffs[i])[:n_look] if n_look else diffs[i] for i in ready],
-                             [margins[i] for i in ready], alpha=a_look, method=method)
+                             [margins[i] for i in ready], alpha=a_look, method=method,
+                             sd_floors=None if sd_floors is None else [sd_floors[i] for i in ready])
         for i, dec in zip(ready, decs):
             latest[i] = (dec, li)
         open_ = [i for i in open_ if latest[i] is None or latest[i][0].verdict == "undecided"]
