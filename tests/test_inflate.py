@@ -274,9 +274,9 @@ def test_unsupported_module_raises_and_names_itself(net, match):
 
 
 def test_2d_only_containers_and_passthrough():
-    se = timm.create_model("efficientnet_b0", pretrained=False, num_classes=2)
-    with pytest.raises(ModelError, match=r"cannot inflate blocks\.\d+\.\d+\.se \(.*SqueezeExcite\): its forward is 2D-only"):
-        inflate_model(se)
+    eca = nn.Sequential(nn.Conv2d(1, 4, 3), timm.layers.EcaModule(4))  # squeeze-excite inflates
+    with pytest.raises(ModelError, match=r"cannot inflate 1 \(.*EcaModule\): its forward is 2D-only"):
+        inflate_model(eca)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), _Custom())
     out, rep = inflate_model(net, passthrough=(_Custom,))
     assert rep.kept == ["1"] and isinstance(out[0], nn.Conv3d)

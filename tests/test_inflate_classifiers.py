@@ -4,6 +4,9 @@ through ``inflate_model`` (issue 17, item 11).
 - for each registry entry (and two timm models): the 3D model has no 2D module left, keeps the
   2D stages, and on a volume of identical slices gives the 2D logits (1xkxk, eval);
 - ``kernels="kxkxk"`` is full 3D; bad ``kernels`` and non-inflatable modules raise, naming them;
+- timm's squeeze-excite blocks (``efficientnet_b0``'s ``SqueezeExcite``, ``seresnet18``'s
+  ``SEModule``) become ``SqueezeExcite3d``: same state-dict keys, a forward on a 32³ volume, and
+  on a depth-constant volume each slice of the block's output is the 2D block's output;
 - a 2D-only model on 3D data says so before any input-size advice;
 - ``transfuse models`` prints a minimum size on every row, ``timm:`` included;
 - acceptance: ``timm:efficientnet_lite0`` in 3D, initialised from ``imagenet:efficientnet_lite0``
@@ -72,9 +75,53 @@ def test_kxkxk_is_full_3d_and_recorded():
     assert m1.conv_stem.kernel_size == (1, 3, 3)
 
 
+@pytest.mark.parametrize(("name", "se_path"), [("timm:efficientnet_b0", "blocks.0.0.se"),
+                                               ("timm:seresnet18", "layer1.0.se")])
+@pytest.mark.parametrize("kernels", ["1xkxk", "kxkxk"])
+def test_timm_squeeze_excite_inflates(name, se_path, kernels):
+    from transfuse.models import inflate_state_dict
+    from transfuse.models.inflate import SqueezeExcite3d
+
+    torch.manual_seed(0)
+    m2 = create_model(name, spatial_dims=2, in_channels=1, num_classes=3).eval()
+    torch.manual_seed(0)
+    m3 = create_model(name, spatial_dims=3, in_channels=1, num_classes=3, kernels=kernels).eval()
+    se2, se3 = m2.get_submodule(se_path), m3.get_submodule(se_path)
+    assert isinstance(se3, SqueezeExcite3d) and type(se2).__name__ in se3.source
+    assert not [n for n, m in m3.named_modules() if isinstance(m, _2D_MODULES)]
+    assert all(isinstance(c, nn.Conv3d) and c.kernel_size == (1, 1, 1)
+               for c in se3.children() if isinstance(c, (nn.Conv2d, nn.Conv3d)))
+    # the same keys: a 2D state dict (e.g. pretrained weights) maps onto the 3D model key for key
+    sd2, sd3 = m2.state_dict(), m3.state_dict()
+    assert list(sd3) == list(sd2)
+    inflated, notes = inflate_state_dict(sd2, target_state=sd3,
+                                         mode="1xkxk" if kernels == "1xkxk" else "center")
+    reduce = next(n for n, c in se2.named_children() if isinstance(c, nn.Conv2d))
+    assert f"{se_path}.{reduce}.weight" in notes
+    m3.load_state_dict(inflated, strict=True)
+    with torch.no_grad():
+        assert m3(torch.randn(2, 1, 32, 32, 32)).shape == (2, 3)
+        # inflation invariant: a depth-constant volume gives, on every slice, the 2D SE output
+        feats: dict[str, torch.Tensor] = {}
+        h2 = se2.register_forward_hook(lambda mod, i, o: feats.__setitem__("2d", (i[0], o)))
+        h3 = se3.register_forward_hook(lambda mod, i, o: feats.__setitem__("3d", (i[0], o)))
+        x = torch.randn(2, 1, 32, 32)
+        want = m2(x)
+        got = m3(x.unsqueeze(2).repeat(1, 1, 4, 1, 1))
+        h2.remove()
+        h3.remove()
+    (_, out2), (in3, out3) = feats["2d"], feats["3d"]
+    assert in3.ndim == 5 and out3.shape == in3.shape
+    assert kernels != "1xkxk" or in3.shape[2] == 4  # kxkxk: depth strided like height
+    for d in range(in3.shape[2]):
+        torch.testing.assert_close(out3[:, :, d], out2, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
 def test_errors_name_the_problem():
-    with pytest.raises(ModelError, match=r"cannot be built in 3D: .*blocks\.0\.0\.se .*SqueezeExcite"):
-        create_model("timm:efficientnet_b0", spatial_dims=3, num_classes=2)
+    # squeeze-excite inflates (above); ECA attention is still 2D-only and says so, by name
+    with pytest.raises(ModelError, match=r"cannot be built in 3D: .*layer1\.0\.se .*EcaModule.*2D-only"):
+        create_model("timm:ecaresnet26t", spatial_dims=3, num_classes=2)
     with pytest.raises(ModelError, match="kernels='3x3' must be one of 1xkxk, kxkxk"):
         create_model("resnet18", spatial_dims=3, num_classes=2, kernels="3x3")
     with pytest.raises(ModelError, match="kernels= applies to 3D models only"):
@@ -157,3 +204,33 @@ def test_train_run_3d_classifier_from_imagenet_on_adrenalmnist3d(adrenalmnist3d_
     auc = out.test["auc"]
     assert auc is not None and math.isfinite(auc) and 0.0 <= auc <= 1.0
     assert any("inflated 2D source into 3D" in n for n in r.init_report["notes"])
+
+
+@pytest.mark.parametrize("mode", ["1xkxk", "center"])
+def test_timm_se_layers_with_maxpool_norm_and_effective_se(mode):
+    """``SEModule(add_maxpool=True, norm_layer=BatchNorm2d)`` and ``EffectiveSEModule`` directly."""
+    import timm.layers
+
+    from transfuse.models import inflate_model
+    from transfuse.models.inflate import SqueezeExcite3d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1),
+                        timm.layers.SEModule(8, rd_channels=4, add_maxpool=True,
+                                             norm_layer=nn.BatchNorm2d),
+                        timm.layers.EffectiveSEModule(8, add_maxpool=True)).eval()
+    net3, rep = inflate_model(net, mode=mode)
+    assert isinstance(net3[1], SqueezeExcite3d) and isinstance(net3[2], SqueezeExcite3d)
+    assert net3[1].add_maxpool and isinstance(net3[1].bn, nn.BatchNorm3d)
+    assert ("1", "SEModule", "SqueezeExcite3d") in [(c.path, c.before, c.after) for c in rep.converted]
+    assert list(net3.state_dict()) == list(net.state_dict())
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        want, got = net(x), net3(x.unsqueeze(2).repeat(1, 1, 3, 1, 1))
+    for d in range(3):
+        torch.testing.assert_close(got[:, :, d], want, atol=2e-5, rtol=1e-4)
+    # a squeeze-excite whose children are not the ones its twin knows stays refused
+    odd = timm.layers.SEModule(8)
+    odd.extra = nn.Identity()
+    with pytest.raises(ModelError, match=r"inflate the model \(timm\.layers.*SEModule\): its forward is 2D-only"):
+        inflate_model(odd)

@@ -31,13 +31,16 @@ keep the depth-constant response; ``k_d = s = 2`` copies ``W`` into both taps).
 ``MaxPool2d``, ``AvgPool2d``                ``MaxPool3d``, ``AvgPool3d`` (depth as for convs)
 ``AdaptiveAvg/MaxPool2d((h, w))``           ``AdaptiveAvg/MaxPool3d((1, h, w))``: pools depth
 ``Dropout2d``, ``Upsample``                 ``Dropout3d``, ``Upsample`` (depth scale per mode)
+timm squeeze-excite (``SqueezeExcite``,     :class:`SqueezeExcite3d`: same children and keys, its
+``SEModule``, ``EffectiveSEModule``)        1×1 convs inflated, pools over ``(D, H, W)``
 ``Linear``, activations, ``Dropout``,       kept as they are (they work on any rank)
 ``GroupNorm``, ``LayerNorm``, ``Flatten``
 =========================================== ===================================================
 
 Containers (``Sequential``, ResNet blocks, MONAI blocks) are recursed into; their ``forward`` is
-trusted to be dimension-agnostic, except for known 2D-only ones (timm's squeeze-excite family,
-which averages over ``(2, 3)``), which raise. Any other leaf module raises a
+trusted to be dimension-agnostic, except for known 2D-only ones (timm's ECA, CBAM, gather-excite,
+global-context and channels-last squeeze-excite modules, which average over ``(2, 3)`` or call 2D
+ops), which raise. Any other leaf module raises a
 :class:`~transfuse.errors.ModelError` naming its path and type; pass ``passthrough=(Type,)`` for a
 custom module that works on 5-D tensors unchanged.
 """
@@ -56,7 +59,8 @@ from ..errors import ConfigError, ModelError
 from .norm import STABLE_3D, BatchNormAct3d, LayerNorm3d
 
 __all__ = ["MODES", "InflationReport", "adapt_input_conv", "Conversion", "inflate_model",
-           "inflate_state_dict", "inflate_weight", "transposed_strides", "BatchNormAct3d", "LayerNorm3d"]
+           "inflate_state_dict", "inflate_weight", "transposed_strides", "BatchNormAct3d", "LayerNorm3d",
+           "SqueezeExcite3d"]
 
 MODES = ("1xkxk", "center", "mean")
 StateDict = dict[str, torch.Tensor]
@@ -71,7 +75,16 @@ _KEEP: tuple[type, ...] = (
 _KEEP_TIMM = {"DropPath", "Swish", "SwishMe", "Mish", "MishMe", "Sigmoid", "Tanh", "GELU",
               "GELUTanh", "HardSwish", "HardSwishMe", "HardSigmoid", "HardSigmoidMe", "HardMish",
               "HardMishMe", "QuickGELU", "PReLU"}
-# Containers whose forward is 2D-only (e.g. ``x.mean((2, 3))``): silently wrong on volumes.
+# timm's squeeze-excite blocks (pool over (2, 3), then their children in order, then x * gate):
+# class name -> child names, in order. A module of that name with other children is refused.
+_TIMM_SE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "SqueezeExcite": (("conv_reduce", "act1", "conv_expand", "gate"),),  # models/_efficientnet_blocks
+    "SEModule": (("fc1", "bn", "act", "fc2", "gate"),  # layers/squeeze_excite (seresnet, regnety, ...)
+                 ("fc1", "relu", "fc2", "sigmoid")),   # models/senet (legacy_seresnet)
+    "EffectiveSEModule": (("fc", "gate"),),  # layers/squeeze_excite (ese_vovnet)
+}
+# Containers whose forward is 2D-only (e.g. ``x.mean((2, 3))``): silently wrong on volumes
+# (the squeeze-excite names stay here for a variant whose children differ from _TIMM_SE).
 _DENY = {"SqueezeExcite", "SEModule", "EffectiveSEModule", "SqueezeExciteCl", "EcaModule",
          "CecaModule", "CbamModule", "LightCbamModule", "GatherExcite", "GlobalContext",
          "BlurPool2d", "SpaceToDepth", "Inception3"}
@@ -321,6 +334,47 @@ def _upsample(m: nn.Upsample, mode: str, path: str) -> nn.Module:
     return nn.Upsample(scale_factor=(depth, *sf), mode=interp, align_corners=m.align_corners)
 
 
+class SqueezeExcite3d(nn.Module):
+    """The any-rank twin of a timm squeeze-excite block (``SqueezeExcite``, ``SEModule``,
+    ``EffectiveSEModule``): the same children under the same names (so the same state-dict keys),
+    whose 1×1 convolutions :func:`inflate_model` inflates like any other.
+
+    ``forward``: ``s = x.mean(spatial dims)`` (``+ amax`` halves if the source had
+    ``add_maxpool``), then each child in order (reduce, act, expand, gate), then ``x * s``. On a
+    depth-constant volume it gives, on every slice, the 2D block's output.
+    """
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        self.source = f"{type(source).__module__}.{type(source).__name__}"
+        self.add_maxpool = bool(getattr(source, "add_maxpool", False))
+        for name, child in source.named_children():
+            self.add_module(name, child)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2, x.ndim))
+        s = x.mean(dims, keepdim=True)
+        if self.add_maxpool:
+            s = 0.5 * s + 0.5 * x.amax(dims, keepdim=True)
+        for child in self.children():
+            s = child(s)
+        return x * s
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}" + (", add_maxpool=True" if self.add_maxpool else "")
+
+
+def _timm_se(m: nn.Module) -> bool:
+    """``m`` is one of timm's squeeze-excite blocks, with the children its forward uses."""
+    t = type(m)
+    want = _TIMM_SE.get(t.__name__)
+    if want is None or not t.__module__.startswith("timm."):
+        return False
+    names = tuple(n for n, _ in m.named_children())
+    own = next(iter((*m.parameters(recurse=False), *m.buffers(recurse=False))), None)
+    return own is None and names in want
+
+
 def _kept(m: nn.Module, passthrough: tuple[type, ...]) -> bool:
     t = type(m)
     if t in _KEEP or isinstance(m, passthrough):
@@ -355,6 +409,8 @@ def _convert(m: nn.Module, path: str, mode: str, first: str | None,
         return nn.Dropout3d(m.p, inplace=m.inplace)
     if t is nn.Upsample:
         return _upsample(m, mode, path)
+    if _timm_se(m):  # its children (1×1 convs, norm, activations) are inflated by _walk
+        return SqueezeExcite3d(m)
     return None
 
 
@@ -364,7 +420,7 @@ def _walk(m: nn.Module, path: str, mode: str, first: str | None, first_w: torch.
     if new is not None:
         new.train(m.training)
         report.converted.append(Conversion(path, _label(m), _label(new)))
-        m = new  # BatchNormAct3d carries children (drop, act) that are inflated below
+        m = new  # BatchNormAct3d, SqueezeExcite3d carry children that are inflated below
     elif _kept(m, passthrough):
         report.kept.append(path)
         return m

@@ -113,7 +113,7 @@ def create_model(name: str, *, spatial_dims: int = 2, in_channels: int = 3, num_
         ConfigError: unknown name (with close matches).
         ModelError: unsupported ``spatial_dims``, bad channel/class counts, ``stage_widths``
             for a model without width multipliers or naming a stage it cannot scale, or a 2D
-            network with a module that has no 3D counterpart (named; e.g. squeeze-excite).
+            network with a module that has no 3D counterpart (named; e.g. ECA attention).
     """
     if in_channels < 1:
         raise ModelError(f"in_channels={in_channels} must be >= 1")
