@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _plan(a: argparse.Namespace, study) -> int:
         q, d = v.question, v.decision
         vals = [x for x in q.diffs if x is not None and math.isfinite(x)]
         mean = d.mean if d else (sum(vals) / len(vals) if vals else math.nan)
-        sd = d.sd if d else (float(__import__("numpy").std(vals, ddof=1)) if len(vals) > 1 else math.nan)
+        sd = d.sd if d else (statistics.stdev(vals) if len(vals) > 1 else math.nan)
         if v.verdict != "undecided":
             need = f"decided (look {v.look})" if v.look else "decided"
         elif v.seeds_needed is not None:

@@ -45,7 +45,7 @@ def _comparison(v: Verdict, res: StudyResults) -> dict[str, Any]:
     q, d = v.question, v.decision
     vals = [x for x in q.diffs if x is not None and math.isfinite(x)]
     mean = d.mean if d else (sum(vals) / len(vals) if vals else None)
-    comp = next((c for c in res.comparisons if (c.model, c.init, c.size) == (q.model, q.arm, q.size)), None)
+    comp = res.comparison(q.model, q.arm, q.size)
     delong = []
     if comp is not None and q.endpoint == "final":
         delong = [{"seed": int(s), "diff": float(x.diff), "p": float(x.p)}

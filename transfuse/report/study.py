@@ -84,7 +84,7 @@ def _delong_cell(v: Verdict, res: StudyResults, alpha: float) -> str:
     if v.question.endpoint != "final":
         return ""
     q = v.question
-    comp = next((c for c in res.comparisons if (c.model, c.init, c.size) == (q.model, q.arm, q.size)), None)
+    comp = res.comparison(q.model, q.arm, q.size)
     dl = [d for d in (comp.delong.values() if comp else []) if d is not None]
     if not dl:
         return "–"

@@ -103,6 +103,11 @@ class StudyResults:
     def cell(self, model: str, init: str, size: str) -> Cell | None:
         return next((c for c in self.cells if (c.model, c.init, c.size) == (model, init, size)), None)
 
+    def comparison(self, model: str, init: str, size: str) -> Comparison | None:
+        """The arm's comparison with the reference (its DeLong tests), if there is one."""
+        return next((c for c in self.comparisons if (c.model, c.init, c.size) == (model, init, size)),
+                    None)
+
     @property
     def models(self) -> list[str]:
         return list(dict.fromkeys(r.model for r in self.rows))

@@ -49,12 +49,12 @@ def interval(diffs: Sequence[float], *, level: float) -> tuple[float, float, flo
 
     Needs at least 2 values; a zero standard deviation gives the point ``(mean, mean, mean)``.
     """
-    d = np.asarray(diffs, dtype=np.float64)
-    n, mean, sd = _moments(d)
-    if n < 2:
-        raise ValueError(f"an interval needs at least 2 paired values, got {n}")
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+    from .stats import summarize
+
+    s = summarize(list(diffs), level=level)
+    if s is None or s.ci_low is None:
+        raise ValueError(f"an interval needs at least 2 paired values, got {0 if s is None else s.n}")
+    return s.mean, s.ci_low, s.ci_high
 
 
 def decision_p(diffs: Sequence[float], *, margin: float) -> tuple[float, float]:
