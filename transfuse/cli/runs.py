@@ -11,30 +11,36 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import StoreError
+from ..errors import StoreError
+from ._common import HelpFormatter, add_workspace, workspace_of
 
-__all__ = ["add_runs_parser", "runs_command", "RESUME_HINT"]
+__all__ = ["add_parser", "RESUME_HINT"]
 
 RESUME_HINT = ("stale: its process is gone (killed or crashed); run the same `transfuse train ...` "
                "or `transfuse study run FILE` again to restart it from scratch")
 
 
-def add_runs_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``runs`` command and its subcommands."""
     runs = sub.add_parser("runs", help="inspect stored runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
-    for name in ("list", "show", "export", "check"):
-        q = rs.add_parser(name, help="check the store's integrity and the run folders"
-                          if name == "check" else None)
-        q.add_argument("-w", "--workspace", default="workspace")
+    helps = {"list": "one line per run: id, status, data, model, init, seed, test score",
+             "show": "one run: spec, result, init report per stage",
+             "export": "every stored metric as CSV or JSON",
+             "check": "check the store's integrity and the run folders"}
+    for name, what in helps.items():
+        q = rs.add_parser(name, help=what, formatter_class=HelpFormatter)
+        q.set_defaults(func=_runs)
+        add_workspace(q)
         if name == "show":
             q.add_argument("run_id", help="run id or a unique prefix")
-            q.add_argument("--json", action="store_true", help="the full record as JSON")
+            q.add_argument("--json", action="store_true",
+                           help="the full record as JSON (default: a readable summary)")
         elif name != "check":
-            q.add_argument("--study")
+            q.add_argument("--study", help="only this study's runs (default: every run)")
         if name == "export":
-            q.add_argument("--format", choices=("csv", "json"), default="csv")
-            q.add_argument("-o", "--output")
+            q.add_argument("--format", choices=("csv", "json"), default="csv", help="output format")
+            q.add_argument("-o", "--output", help="file to write (default: standard output)")
 
 
 def _show_run(r, test: dict) -> None:
@@ -102,7 +108,7 @@ def _list(store, study: str | None) -> None:
 
 
 def _check(workspace: str) -> int:
-    from .store import RUN_FILES, check_store
+    from ..store import RUN_FILES, check_store
 
     res = check_store(workspace)
     print(f"store {res.path}: integrity " + ("ok" if not res.integrity else
@@ -127,16 +133,17 @@ def _check(workspace: str) -> int:
     return 0 if res.ok else 1
 
 
-def runs_command(a: argparse.Namespace) -> int:
+def _runs(a: argparse.Namespace) -> int:
     """Handler of ``transfuse runs ...``; returns the exit status (``check``: 1 when a problem
     is found)."""
-    from .store import Store
+    from ..store import Store
 
-    if not (Path(a.workspace) / "transfuse.db").is_file():
-        raise StoreError(f"no run store in {a.workspace}; pass --workspace or train a run first")
+    ws = workspace_of(a)
+    if not (Path(ws) / "transfuse.db").is_file():
+        raise StoreError(f"no run store in {ws}; pass -w/--workspace or train a run first")
     if a.runs_cmd == "check":
-        return _check(a.workspace)
-    store = Store(a.workspace)
+        return _check(ws)
+    store = Store(ws)
     if a.runs_cmd == "list":
         _list(store, a.study)
         return 0

@@ -1,4 +1,4 @@
-"""``transfuse study run|status|plan`` and ``transfuse report``: parse → library call → print."""
+"""``transfuse study run|status|plan``: parse → library call → print."""
 
 from __future__ import annotations
 
@@ -8,55 +8,46 @@ import statistics
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, TransfuseError, check_name
+from ..errors import ConfigError, TransfuseError, check_name
+from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
 
-__all__ = ["add_study_parser", "add_report_parser", "study_command", "report_command"]
+__all__ = ["add_parser"]
 
 
-def add_study_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser("study", help="run a grid of runs from a YAML study file")
     ss = study.add_subparsers(dest="study_cmd", required=True)
     for name, what in (("run", "run every missing run of the study (rerun resumes)"),
                        ("status", "which runs are finished, running, stale, failed or missing"),
                        ("plan", "per comparison: paired SD, current verdict, seeds needed")):
-        q = ss.add_parser(name, help=what)
+        q = ss.add_parser(name, help=what, formatter_class=HelpFormatter)
+        q.set_defaults(func=_study)
         q.add_argument("file", help="study YAML file (see examples/)")
-        q.add_argument("-w", "--workspace", default="workspace",
-                       help="run store folder (default ./workspace)")
-        q.add_argument("--smoke", action="store_true", help="the shrunk, sub-minute version (a pilot)")
+        add_workspace(q)
+        q.add_argument("--smoke", action="store_true",
+                       help="the shrunk, sub-minute version, a pilot (default: the full study)")
         if name == "run":
             q.add_argument("--workers", type=int, default=1,
                            help="parallel local processes / Ray CPUs (default 1)")
             q.add_argument("--executor", default="local", choices=("local", "ray"),
                            help="where runs execute (default local)")
             q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-            q.add_argument("--device", help="cpu, cuda or cuda:N (default: auto)")
-            q.add_argument("--no-progress", action="store_true", help="no progress bar")
+            add_device(q)
+            add_progress(q)
             q.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
-                           help="then write the study report (default WORKSPACE/report-STUDY.html)")
+                           help="then write the study report to HTML (without a value: WORKSPACE/report-STUDY.html; "
+                                 "default: no report)")
             q.add_argument("--until-decided", action="store_true",
                            help="add seeds, in batches, to cells with an undecided comparison until "
                                 "all are decided or --max-seeds is reached (O'Brien-Fleming alpha "
-                                "spending over the looks)")
+                                "spending over the looks; default: the grid's seeds only)")
             q.add_argument("--max-seeds", type=int, default=10,
                            help="--until-decided: most seeds per cell (default 10)")
             q.add_argument("--seed-batch", type=int, default=2,
                            help="--until-decided: seeds added per look (default 2)")
         elif name == "status":
-            q.add_argument("-v", "--verbose", action="store_true", help="one line per run")
-
-
-def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    rep = sub.add_parser("report", help="write a study's report: self-contained HTML or JSON")
-    rep.add_argument("workspace_pos", nargs="?", metavar="WORKSPACE",
-                     help="the workspace the study ran in (or -w)")
-    rep.add_argument("-w", "--workspace", default=None, help="the workspace (default ./workspace)")
-    rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
-    rep.add_argument("--format", default="html", choices=("html", "json"),
-                     help="html: the report; json: every cell, comparison and verdict, schema "
-                          "transfuse.study-results/1 (default html)")
-    rep.add_argument("-o", "--output", default=None,
-                     help="file to write (default WORKSPACE/report-STUDY.html or .json)")
+            q.add_argument("-v", "--verbose", action="store_true",
+                           help="one line per run (default: counts only)")
 
 
 def _print_outcome(out, a: argparse.Namespace) -> None:
@@ -68,11 +59,11 @@ def _print_outcome(out, a: argparse.Namespace) -> None:
 
 
 def _plan(a: argparse.Namespace, study) -> int:
-    from .store import Store
-    from .study.decide import load_decisions
+    from ..store import Store
+    from ..study.decide import load_decisions
 
     name = f"{study.name}-smoke" if a.smoke else study.name
-    ws = Path(a.workspace)
+    ws = Path(workspace_of(a))
     if not (ws / "transfuse.db").is_file():
         raise TransfuseError(f"no run store in {ws}; run `transfuse study run {a.file} -w {ws}` first")
     res, dec, _ = load_decisions(Store(ws), name, evaluation=study.evaluation)
@@ -108,12 +99,12 @@ def _plan(a: argparse.Namespace, study) -> int:
     return 0
 
 
-def study_command(a: argparse.Namespace) -> int:
-    from .study import load_study, study_status
+def _study(a: argparse.Namespace) -> int:
+    from ..study import load_study, study_status
 
     study = load_study(a.file)
     if a.study_cmd == "status":
-        rows = study_status(study, workspace=a.workspace, smoke=a.smoke)
+        rows = study_status(study, workspace=workspace_of(a), smoke=a.smoke)
         counts: dict[str, int] = {}
         lines = []
         for spec, rid, status in rows:
@@ -133,9 +124,9 @@ def study_command(a: argparse.Namespace) -> int:
         if a.smoke:
             raise ConfigError("--until-decided needs the real study: a --smoke study is a pilot "
                               "and decides nothing")
-        from .study.adaptive import describe, run_until_decided
+        from ..study.adaptive import describe, run_until_decided
 
-        ad = run_until_decided(study, workspace=a.workspace, max_seeds=a.max_seeds,
+        ad = run_until_decided(study, workspace=workspace_of(a), max_seeds=a.max_seeds,
                                batch=a.seed_batch, workers=a.workers, executor=a.executor,
                                address=a.address, device=a.device, progress=not a.no_progress)
         for o in ad.outcomes[-1:]:
@@ -144,28 +135,17 @@ def study_command(a: argparse.Namespace) -> int:
             print(line)
         name, ok = ad.study, ad.ok
     else:
-        from .study import run_study
+        from ..study import run_study
 
-        out = run_study(study, workspace=a.workspace, workers=a.workers, executor=a.executor,
+        out = run_study(study, workspace=workspace_of(a), workers=a.workers, executor=a.executor,
                         address=a.address, smoke=a.smoke, device=a.device,
                         progress=not a.no_progress)
         _print_outcome(out, a)
         name, ok = out.study, out.ok
-    print(f"  results in {Path(a.workspace) / 'transfuse.db'}")
+    print(f"  results in {Path(workspace_of(a)) / 'transfuse.db'}")
     if a.report is not None:
-        from .report.study import build_report
+        from ..report.study import build_report
 
-        dest = a.report or str(Path(a.workspace) / f"report-{check_name(name, field='study')}.html")
-        print(f"report: {build_report(workspace=a.workspace, study=name, out=dest).resolve()}")
+        dest = a.report or str(Path(workspace_of(a)) / f"report-{check_name(name, field='study')}.html")
+        print(f"report: {build_report(workspace=workspace_of(a), study=name, out=dest).resolve()}")
     return 0 if ok else 1
-
-
-def report_command(a: argparse.Namespace) -> int:
-    from .report.study import build_report
-
-    ws = a.workspace or a.workspace_pos or "workspace"
-    ext = "json" if a.format == "json" else "html"
-    out = a.output or str(Path(ws) / f"report-{check_name(a.study, field='--study')}.{ext}")
-    path = build_report(workspace=ws, study=a.study, out=out, format=a.format)
-    print(f"report: {path.resolve()}")
-    return 0

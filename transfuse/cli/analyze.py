@@ -1,0 +1,53 @@
+"""``transfuse analyze``: SVCCA/PWCCA/CKA between layers and runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from pathlib import Path
+
+from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    an = sub.add_parser("analyze", help="SVCCA/PWCCA/CKA between layers and runs, weight change, filters",
+                        formatter_class=HelpFormatter)
+    an.set_defaults(func=_analyze)
+    add_workspace(an, positional=True, help="the workspace the study ran in")
+    an.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
+    an.add_argument("--pairs", nargs="+", metavar="RUNID:RUNID", help="runs to compare layer by layer "
+                    "(default: random seed A vs B, and random vs each other init, per model)")
+    an.add_argument("--images", type=int, default=256, help="images per run (default 256)")
+    an.add_argument("--split", default="test", help="split the images come from (default test)")
+    an.add_argument("--policy", default="pool", help="conv maps: pool (global average) or positions")
+    an.add_argument("--per-image", type=int, default=16, help="positions per image (--policy positions)")
+    an.add_argument("--measures", default="linear_cka,svcca,pwcca",
+                    help="comma list of cca, svcca, pwcca, linear_cka")
+    an.add_argument("--keep", type=float, default=0.99, help="SVD variance fraction for svcca/pwcca")
+    an.add_argument("--max-dims", type=int, help="cap on SVD directions (default datapoints/5)")
+    an.add_argument("--checkpoint", default="best", help="trained checkpoint: best or last")
+    an.add_argument("--seed", type=int, default=0, help="image subset, positions and chance shuffle")
+    add_device(an, default="cpu")
+    add_progress(an)
+
+
+def _analyze(a: argparse.Namespace) -> int:
+    from ..analysis.runs import AnalysisOptions, analyze_study
+
+    measures = tuple(m.strip() for m in a.measures.split(",") if m.strip())
+    opts = AnalysisOptions(images=a.images, split=a.split, policy=a.policy, per_image=a.per_image,
+                           measures=measures, keep=a.keep, max_dims=a.max_dims,
+                           checkpoint=a.checkpoint, seed=a.seed)
+    out = analyze_study(workspace=workspace_of(a), study=a.study, pairs=a.pairs, options=opts,
+                        device=a.device, progress=not a.no_progress)
+    print(f"study {out.study}: analysed {len(out.runs)} runs and {len(out.pairs)} pairs in "
+          f"{out.seconds:.1f} s — " + ", ".join(f"{n} {k}" for k, n in out.results.items()))
+    for p in out.pairs:
+        print(f"  {p.role:<10} {p.a} vs {p.b}")
+    print(f"  results in {Path(workspace_of(a)) / 'transfuse.db'}; "
+          f"show them with `transfuse report {workspace_of(a)} --study {out.study}`")
+    return 0
+
+

@@ -1,0 +1,41 @@
+"""``transfuse pretrain med3d``: pretrain an encoder ourselves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder ourselves (Med3D multi-dataset)")
+    ps = p.add_subparsers(dest="pretrain_cmd", required=True)
+    q = ps.add_parser("med3d", help="one shared Med3D encoder, one segmentation head per dataset",
+                      formatter_class=HelpFormatter)
+    q.set_defaults(func=_pretrain)
+    q.add_argument("file", help="pretraining YAML file (see examples/med3d_pretrain.yaml)")
+    add_workspace(q, help="default output root: WORKSPACE/pretrain/NAME")
+    q.add_argument("-o", "--out", help="output folder (default WORKSPACE/pretrain/NAME)")
+    q.add_argument("--smoke", action="store_true",
+                   help="a few steps on tiny patches, for CI (default: the full pretraining)")
+    add_device(q)
+    add_progress(q)
+
+
+def _pretrain(a: argparse.Namespace) -> int:
+    from ..pretrain import default_out_dir, load_pretrain, pretrain_med3d
+
+    spec = load_pretrain(a.file)
+    spec = spec.shrink() if a.smoke else spec
+    out = pretrain_med3d(spec, out_dir=a.out or default_out_dir(spec, workspace_of(a)),
+                         device=a.device, progress=not a.no_progress)
+    s = out.summary
+    print(json.dumps({"name": s["name"], "out": str(out.out_dir), "steps": s["steps"],
+                      "seconds": s["seconds"], "use": s["use"],
+                      "val_dice": {d["name"]: d["final_dice"] for d in s["datasets"]}}))
+    return 0
+
+
