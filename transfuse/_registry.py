@@ -36,12 +36,27 @@ class Registry(Generic[F]):
     Args:
         kind: what the registry holds ("model", "dataset", ...), used in error messages.
         list_command: the CLI command that lists the entries (default ``transfuse <kind>s``).
+        load: called once, before the first lookup or listing, to import the modules whose
+            decorators fill the registry (so importing the registry's package stays cheap:
+            ``import transfuse.models`` does not import torchvision, MONAI or timm).
     """
 
-    def __init__(self, kind: str, *, list_command: str | None = None) -> None:
+    def __init__(self, kind: str, *, list_command: str | None = None,
+                 load: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self.list_command = list_command or f"transfuse {kind}s"
         self._entries: dict[str, Entry[F]] = {}
+        self._load = load
+
+    def _loaded(self) -> dict[str, Entry[F]]:
+        if self._load is not None:
+            load, self._load = self._load, None
+            try:
+                load()
+            except BaseException:
+                self._load = load  # retry next time instead of serving a half-filled registry
+                raise
+        return self._entries
 
     def register(self, name: str, **meta: Any) -> Callable[[F], F]:
         """Decorator that registers ``fn`` under ``name`` with metadata ``meta``."""
@@ -65,9 +80,9 @@ class Registry(Generic[F]):
             ConfigError: ``name`` is not registered; the message lists close matches.
         """
         try:
-            return self._entries[name]
+            return self._loaded()[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._entries), n=3)
+            close = difflib.get_close_matches(name, list(self._loaded()), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
                 f"unknown {self.kind} {name!r}{hint} (see `{self.list_command}` for the list)"
@@ -75,13 +90,14 @@ class Registry(Generic[F]):
 
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted names matching the glob ``pattern``."""
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        return sorted(n for n in self._loaded() if fnmatch.fnmatchcase(n, pattern))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._loaded()
 
     def __iter__(self) -> Iterator[Entry[F]]:
-        return iter(self._entries[n] for n in sorted(self._entries))
+        entries = self._loaded()
+        return iter(entries[n] for n in sorted(entries))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._loaded())

@@ -20,7 +20,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+        if ("default" in text.lower() or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):
             return text
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text  # a required positional has no default

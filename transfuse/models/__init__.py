@@ -5,14 +5,29 @@
 ['stem', 'block1', 'block2', 'block3', 'head']
 """
 
+import importlib
+from typing import Any
+
 from ._stages import Stage, get_stages, stage_module, stage_names, stage_of, stage_parameters
 from .registry import MODELS, create_model, list_models, model_info, register_model
-from . import torchvision_models as _tv  # noqa: F401  (registers builders)
-from . import seg_tiny as _seg_tiny  # noqa: F401  (seg_unet_tiny, task=segmentation)
-from .inflate import (InflationReport, adapt_input_conv, inflate_model, inflate_state_dict, inflate_weight,
-                      transposed_strides)
-from .med3d import Med3DEncoder, Med3DResNet, Med3DSeg  # registers med3d_resnet*, med3d_seg_resnet*
-from .unet import UNet  # registers unet_resnet18/34/50, unet_cbr_small (task=segmentation)
+
+# Builders register themselves when their module is imported; MODELS imports them on its first
+# lookup or listing (registry.BUILDER_MODULES), and the names below load on first use, so
+# ``import transfuse.models`` costs torch and the CBRs only (no torchvision, MONAI or timm).
+_LAZY = {
+    "InflationReport": "inflate", "adapt_input_conv": "inflate", "inflate_model": "inflate",
+    "inflate_state_dict": "inflate", "inflate_weight": "inflate", "transposed_strides": "inflate",
+    "Med3DEncoder": "med3d", "Med3DResNet": "med3d", "Med3DSeg": "med3d", "UNet": "unet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Stage", "MODELS", "create_model", "list_models", "model_info", "register_model",

@@ -25,7 +25,20 @@ __all__ = ["MODELS", "create_model", "list_models", "register_model", "model_inf
            "scaled_width"]
 
 Builder = Callable[..., tuple[nn.Module, list[tuple[str, tuple[str, ...], str]]]]
-MODELS: Registry[Builder] = Registry("model")
+
+#: Modules of this package whose ``register_model`` decorators fill :data:`MODELS`; imported on
+#: the registry's first lookup or listing (they need torchvision; the CBRs register below).
+BUILDER_MODULES = ("torchvision_models", "seg_tiny", "med3d", "unet")
+
+
+def _load_builders() -> None:
+    import importlib
+
+    for m in BUILDER_MODULES:
+        importlib.import_module(f"{__package__}.{m}")
+
+
+MODELS: Registry[Builder] = Registry("model", load=_load_builders)
 
 
 def register_model(name: str, *, spatial_dims: tuple[int, ...] = (2,), min_size: int = 8,

@@ -47,7 +47,7 @@ from typing import Any
 from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_top_keys,
                       read_yaml_file, spec_from_dict)
 from ..errors import ConfigError, check_name
-from .decide import Evaluation
+from .evaluation import Evaluation
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "SMOKE"]
 

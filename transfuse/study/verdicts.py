@@ -30,12 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from .evaluation import MULTIPLICITY
+
 __all__ = ["VERDICTS", "MULTIPLICITY", "Decision", "decide_family", "adjust", "interval",
            "decision_p", "obrien_fleming_spent", "look_levels", "sequential_decisions", "power_decisive",
            "seeds_needed"]
 
 VERDICTS = ("better", "worse", "equivalent", "undecided")
-MULTIPLICITY = ("holm", "bh", "none")
 MAX_SEEDS_PLANNED = 1000  # seeds_needed reports "more than this" beyond it
 
 
