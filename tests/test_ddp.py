@@ -113,7 +113,8 @@ def test_checkpoints_written(ddp_run):
     store = Store(ws)
     (r,) = store.list_runs()
     d = store.run_dir(r.run_id)
-    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "init.pt", "last.pt", "test_predictions.npz"]
+    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "init.pt", "last.pt", "metrics.csv",
+                                                    "test_predictions.npz"]  # rank 0 writes, once
     init = torch.load(d / "init.pt", weights_only=True)["state_dict"]
     last = torch.load(d / "last.pt", weights_only=True)["state_dict"]
     assert not any(k.startswith("module.") for k in last)  # the unwrapped model's keys

@@ -180,3 +180,34 @@ def test_ray_executor_runs_the_study(tmp_path):
     again = run_study(study, workspace=tmp_path / "ws", workers=2, executor="ray", progress=False)
     assert again.finished == [] and len(again.skipped) == 4  # nothing submitted to Ray twice
     assert all(r.status == "finished" for r in Store(tmp_path / "ws").list_runs())
+
+
+def test_cells_wait_for_a_pretraining_run_another_process_holds(tmp_path):
+    """A pretraining run busy in another (live) process: the cells that read it are not started
+    (they would fail for want of their source); the other cells train; the next run does the rest."""
+    from transfuse.store import Store
+    from transfuse.study.spec import pretrain_specs
+
+    text = LINKED.replace('    - {model.name: cbr_small, init.source: "file:/nowhere.pt"}\n', "")
+    study = load_study(write(tmp_path, text))
+    ws = tmp_path / "ws"
+    pre = pretrain_specs(study)["mod"]
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    Store(ws).start_run(pre)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:  # the pretraining run now belongs to another live process
+        with sqlite3.connect(ws / "transfuse.db") as con:
+            con.execute("UPDATE runs SET owner = ?", (f"{socket.gethostname()}:{other.pid}",))
+        out = run_study(study, workspace=ws, progress=False)
+    finally:
+        other.kill()
+    pre_id = run_id(pre)
+    waiting = [run_id(s) for s in expand(study) if s.init.source == f"run:{pre_id}"]
+    assert len(waiting) == 1 and not out.failed
+    assert sorted(out.busy) == sorted([pre_id, *waiting])
+    assert len(out.finished) == 2  # random and gabor: no source needed
+    assert Store(ws).status(waiting[0]) is None  # never started, nothing stored

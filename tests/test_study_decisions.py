@@ -252,8 +252,14 @@ def test_until_decided_adds_seeds_only_to_undecided_cells_and_resumes(tmp_path, 
     from transfuse.study import runner
     from transfuse.study.adaptive import run_until_decided
 
+    import torch
+
+    from transfuse.models import create_model
+
+    ckpt = tmp_path / "src.pt"  # the training is faked, the source is real: run_study checks it
+    torch.save(create_model("cbr_tiny", spatial_dims=2, in_channels=1, num_classes=4).state_dict(), ckpt)
     f = tmp_path / "adapt.yaml"
-    f.write_text(ADAPTIVE)
+    f.write_text(ADAPTIVE.replace("file:/nonexistent.pt", f"file:{ckpt}"))
     study = load_study(f)
     monkeypatch.setattr(runner, "execute", FakeTrainer())
     out = run_until_decided(study, workspace=tmp_path / "a", max_seeds=6, batch=2, progress=False)

@@ -19,6 +19,7 @@ import torch
 from .config import RunSpec, run_id
 from .data import PreparedData, load_dataset
 from .inits import INITS, apply_init, init_model_kwargs, parse_init
+from .live import check_tensorboard, live_log
 from .errors import ConfigError, DivergedError, ModelError, StoreError, TransfuseError
 from .models import create_model, get_stages
 from .store import RunRecord, Store
@@ -169,7 +170,7 @@ def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
 
 
 def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None,
-              progress: bool = True) -> RunOutcome:
+              progress: bool = True, tensorboard: bool = False) -> RunOutcome:
     """Train one run and store it; a finished run is returned as is, not repeated.
 
     Args:
@@ -177,6 +178,8 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
         workspace: folder of the run store.
         device: ``None`` (auto), ``"cpu"`` or ``"cuda[:i]"``.
         progress: show a progress bar.
+        tensorboard: also write TensorBoard events to ``WORKSPACE/tensorboard/<run_id>/``
+            (``metrics.csv`` in the run folder is always written; see :mod:`transfuse.live`).
 
     Returns:
         :class:`RunOutcome` with the stored record and test metrics.
@@ -188,6 +191,8 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
         raise ConfigError(f"run spec has parent={spec.parent!r}: it is a derived run (e.g. a "
                           "self-training student) and is trained by its own command "
                           "(`transfuse selftrain FILE`), not as a plain run")
+    if tensorboard:
+        check_tensorboard()
     source = _source(spec, workspace)
     norm = None
     if spec.data.normalize == "source":
@@ -214,15 +219,17 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     if main:
         store.start_run(spec, env=environment(dev))
     run_dir = store.run_dir(rid)
+    log = None
     try:
         if main:
+            log = live_log(store, rid, run_dir=run_dir, workspace=workspace, tensorboard=tensorboard)
             store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
                 "name": spec.model.name, "spatial_dims": dims,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "stages": [s.to_dict() for s in get_stages(model)]})
         result = fit(model, data, spec.train, seed=spec.seed, device=device,
                      run_dir=run_dir, progress=progress,
-                     log=(lambda step, split, m: store.log_metrics(rid, step, split, m)) if main else None)
+                     log=log)
         if main:
             store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
                 "best_step": result.best_step, "steps": result.steps,
@@ -235,6 +242,9 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
         if err is e:
             raise
         raise err from None
+    finally:
+        if log is not None:
+            log.close()
     if main:
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=False)
     return RunOutcome(None, result.test, skipped=False)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from ..errors import EXIT_DIVERGED, EXIT_ERROR, DivergedError, TransfuseError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: Command-group modules of this package, in the order ``transfuse --help`` lists them.
-COMMAND_MODULES = ("train", "catalog", "study", "selftrain", "analyze", "pretrain", "report", "runs")
+COMMAND_MODULES = ("train", "catalog", "study", "selftrain", "analyze", "pretrain", "report", "runs", "predict", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = ["HelpFormatter", "add_workspace", "workspace_of", "add_device", "add_progress",
-           "DEFAULT_WORKSPACE"]
+           "add_tensorboard", "add_overrides", "DEFAULT_WORKSPACE"]
 
 DEFAULT_WORKSPACE = "workspace"
 
@@ -50,3 +50,18 @@ def add_device(p: argparse.ArgumentParser, *, default: str = "auto") -> None:
 
 def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+
+
+def add_tensorboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events to WORKSPACE/tensorboard/RUN_ID/ (needs "
+                        "pip install 'transfuse[tensorboard]'; default: off, metrics.csv only)")
+
+
+def add_overrides(p: argparse.ArgumentParser, *, what: str = "the run spec",
+                  example: str = "--set train.lr=0.05 --set data.n_train=500") -> None:
+    """``--set KEY=VALUE`` (repeatable), typed against the spec's fields (:mod:`transfuse.overrides`)."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+                   help=f"override a key of {what}, typed against its field (int, float, bool, "
+                        f"none, lists as a,b or [a, b]); repeatable, e.g. {example} "
+                        "(default: none)")

@@ -44,10 +44,31 @@ def _analyze(a: argparse.Namespace) -> int:
                         device=a.device, progress=not a.no_progress)
     print(f"study {out.study}: analysed {len(out.runs)} runs and {len(out.pairs)} pairs in "
           f"{out.seconds:.1f} s — " + ", ".join(f"{n} {k}" for k, n in out.results.items()))
-    for p in out.pairs:
-        print(f"  {p.role:<10} {p.a} vs {p.b}")
+    for line in _pair_lines(out.pairs, workspace_of(a)):
+        print(line)
     print(f"  results in {Path(workspace_of(a)) / 'transfuse.db'}; "
           f"show them with `transfuse report {workspace_of(a)} --study {out.study}`")
     return 0
+
+
+def _pair_lines(pairs, workspace: str) -> list[str]:
+    """``  baseline   cbr_tiny · random · seed 0  vs  cbr_tiny · random · seed 1  [id:id]``, aligned;
+    the dataset and training-set size are added when the pairs span more than one of them."""
+    from ..analysis.runs import run_info
+    from ..store import Store
+
+    store = Store(workspace)
+    recs = {rid: store.get_run(rid) for p in pairs for rid in (p.a, p.b)}
+    data = {rid: (r.spec["data"]["name"], run_info(r).size) for rid, r in recs.items()}
+    several = len(set(data.values())) > 1
+
+    def label(rid: str) -> str:
+        sp = recs[rid].spec
+        text = f"{sp['model']['name']} · {sp['init']['name']} · seed {sp['seed']}"
+        return text + (f" · {data[rid][0]} n_train={data[rid][1]}" if several else "")
+
+    rows = [(p.role, label(p.a), label(p.b), f"[{p.a}:{p.b}]") for p in pairs]
+    w = [max([0, *(len(r[i]) for r in rows)]) for i in range(3)]
+    return [f"  {r:<{w[0]}}  {la:<{w[1]}}  vs  {lb:<{w[2]}}  {ids}" for r, la, lb, ids in rows]
 
 

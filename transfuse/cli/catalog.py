@@ -1,4 +1,6 @@
-"""``transfuse datasets|models|inits``: what can be named in a spec."""
+"""``transfuse datasets|models|inits``: what can be named in a spec.
+
+Read from the registries' snapshot (:mod:`transfuse.catalog`), so listing imports no torch."""
 
 from __future__ import annotations
 
@@ -10,27 +12,27 @@ __all__ = ["add_parser"]
 
 
 def _datasets(a: argparse.Namespace) -> int:
-    from ..data import DATASETS
-    from ..data.medmnist import MEDMNIST_INFO
+    from ..catalog import load
 
+    cat = load()
     print("Dataset families and built-in datasets:")
-    for e in DATASETS:
-        print(f"  {e.name:<24} {e.meta.get('description', '')}")
+    for name, meta in sorted(cat["datasets"].items()):
+        print(f"  {name:<24} {meta.get('description', '')}")
     print("\nMedMNIST flags (medmnist:<flag>@<size>; files from --data-root / $TRANSFUSE_DATA):")
-    for flag, (task, k, c, dims, desc) in MEDMNIST_INFO.items():
+    for flag, task, k, c, dims, desc in cat["medmnist"]:
         print(f"  {flag:<16} {dims}D {task:<10} {k:>2} classes  {c} ch  {desc}")
     return 0
 
 
 def _models(a: argparse.Namespace) -> int:
-    from ..models import MODELS
+    from ..catalog import load
 
-    from ..models.registry import TIMM_INFO
+    cat = load()
 
     def dims(meta: dict) -> str:
         return "/".join(f"{d}D" + "*" * (d in meta.get("inflated_dims", ())) for d in meta["spatial_dims"])
 
-    rows = [(e.name, e.meta) for e in MODELS] + [("timm:<name>", TIMM_INFO)]
+    rows = sorted(cat["models"].items()) + [("timm:<name>", cat["timm"])]
     w = max(len(n) for n, _ in rows) + 1
     print(f"  {'name':<{w}} {'dims':<7} {'task':<5} {'min px':<7} description")
     for name, meta in rows:
@@ -43,21 +45,19 @@ def _models(a: argparse.Namespace) -> int:
 
 
 def _inits(a: argparse.Namespace) -> int:
-    from ..inits import INITS
-    from ..weights import SOURCES
+    from ..catalog import load
 
+    cat = load()
     print("Init strategies (combine with +, e.g. transfusion:block1+meanvar):")
-    for e in INITS:
-        name = f"{e.name}:{e.meta['arg']}" if e.meta["arg"] else e.name
-        src = " [needs --source]" if e.meta["needs_source"] else ""
-        print(f"  {name:<24} {e.meta['description']}{src}")
+    for iname, meta in sorted(cat["inits"].items()):
+        name = f"{iname}:{meta['arg']}" if meta["arg"] else iname
+        src = " [needs --source]" if meta["needs_source"] else ""
+        print(f"  {name:<24} {meta['description']}{src}")
     print("\nPretrained source families (--source family:argument):")
-    for e in SOURCES:
-        net = "" if e.meta["offline"] else " [needs network]"
-        print(f"  {e.name:<12} {e.meta['description']}{net}")
+    for sname, meta in sorted(cat["sources"].items()):
+        net = "" if meta["offline"] else " [needs network]"
+        print(f"  {sname:<12} {meta['description']}{net}")
     return 0
-
-
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

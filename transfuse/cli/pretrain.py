@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
+from ._common import HelpFormatter, add_device, add_overrides, add_progress, add_workspace, workspace_of
 
 __all__ = ["add_parser"]
 
@@ -23,12 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a few steps on tiny patches, for CI (default: the full pretraining)")
     add_device(q)
     add_progress(q)
+    add_overrides(q, what="the pretraining file", example="--set steps=500 --set lr=0.02 "
+                  "--set datasets[0].weight=2")
 
 
 def _pretrain(a: argparse.Namespace) -> int:
     from ..pretrain import default_out_dir, load_pretrain, pretrain_med3d
 
-    spec = load_pretrain(a.file)
+    if a.set:
+        from ..overrides import load_pretrain_overridden
+
+        spec = load_pretrain_overridden(a.file, sets=a.set)
+    else:
+        spec = load_pretrain(a.file)
     spec = spec.shrink() if a.smoke else spec
     out = pretrain_med3d(spec, out_dir=a.out or default_out_dir(spec, workspace_of(a)),
                          device=a.device, progress=not a.no_progress)

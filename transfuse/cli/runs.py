@@ -1,7 +1,8 @@
 """``transfuse runs list|show|export|check``: read the run store of a workspace. Nothing is changed.
 
 ``list`` and ``show`` print a run whose owner process is gone (killed, crashed) as ``stale``;
-``check`` runs SQLite's integrity check and lists finished runs whose folders lack their files.
+``check`` runs SQLite's integrity check and lists finished runs whose folders lack their files;
+``show --follow`` polls the store and prints each evaluation of a running run as it is stored.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from ._common import HelpFormatter, add_workspace, workspace_of
 
 __all__ = ["add_parser", "RESUME_HINT"]
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     runs = sub.add_parser("runs", help="inspect stored runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
     helps = {"list": "one line per run: id, status, data, model, init, seed, test score",
-             "show": "one run: spec, result, init report per stage",
+             "show": "one run: spec, result, init report per stage (--follow: tail it live)",
              "export": "every stored metric as CSV or JSON",
              "check": "check the store's integrity and the run folders"}
     for name, what in helps.items():
@@ -36,6 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("run_id", help="run id or a unique prefix")
             q.add_argument("--json", action="store_true",
                            help="the full record as JSON (default: a readable summary)")
+            q.add_argument("-f", "--follow", action="store_true",
+                           help="tail a running run: print each evaluation as it is stored, then "
+                                "the test line when the run ends (default: show once)")
+            q.add_argument("--interval", type=float, default=1.0,
+                           help="--follow: seconds between polls of the store")
         elif name != "check":
             q.add_argument("--study", help="only this study's runs (default: every run)")
         if name == "export":
@@ -80,6 +86,57 @@ def _show_run(r, test: dict) -> None:
     print(f"  checkpoints {r.run_dir}  (full record: transfuse runs show {r.run_id} --json)")
 
 
+def _num(name: str, v: float | None) -> str:
+    if v is None:
+        return "undefined"  # NaN is stored as NULL
+    return f"{v:.3g}" if name == "lr" else f"{v:.4f}"
+
+
+def _eval_line(label: str, split: str, metrics: dict[str, float | None]) -> str:
+    """``  step   50  val    acc 0.7000  auc 0.8123  loss 0.6931``: the summary metrics of one
+    evaluation, by name (per-class ``name/class`` values are in ``metrics.csv`` and ``runs export``)."""
+    vals = "  ".join(f"{n} {_num(n, v)}" for n, v in metrics.items() if "/" not in n)
+    return f"  {label}  {split:<5}  {vals}"
+
+
+def _follow(store, run_id: str, *, interval: float) -> int:
+    """``runs show RUN --follow``: print each new evaluation of the run as the store gets it, until
+    the run is finished (then its test line; exit 0), failed or stale (exit 1). Ctrl-C: exit 0."""
+    import time
+
+    r = store.get_run(run_id)
+    rid, sp, started = r.run_id, r.spec, r.started
+    print(f"run {rid}  [{r.state}]  {sp['model']['name']} on {sp['data']['name']} "
+          f"(init {sp['init']['name']}, seed {sp['seed']})", flush=True)
+    width = max(4, len(str(sp["train"].get("steps") or "")))
+    seen: set[tuple[int, str]] = set()
+    try:
+        while True:
+            r = store.get_run(rid)  # state before metrics: once it is final, the metrics are too
+            if r.started != started:  # restarted from scratch: its evaluations start over
+                started, seen = r.started, set()
+                print("  (the run restarted from scratch)", flush=True)
+            evals: dict[tuple[int, str], dict[str, float | None]] = {}
+            for step, split, name, v in store.metrics(rid):
+                if split != "test":
+                    evals.setdefault((step, split), {})[name] = v
+            for key in sorted(set(evals) - seen):
+                print(_eval_line(f"step {key[0]:>{width}}", key[1], evals[key]), flush=True)
+                seen.add(key)
+            if r.state in ("finished", "failed", "stale"):
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+    if r.state == "finished":
+        best = r.summary.get("best_step")
+        print(_eval_line(f"step {best:>{width}}", "test", store.final_metrics(rid))
+              + "  (the best-on-validation checkpoint)", flush=True)
+        return 0
+    print(f"  run {rid} failed: {r.error}" if r.state == "failed" else f"  {RESUME_HINT}", flush=True)
+    return 1
+
+
 def _seconds(v: float | None) -> str:
     """A stored duration as printed everywhere (3 decimals), so printed and stored agree."""
     return "-" if v is None else f"{round(v, 3)}"
@@ -87,9 +144,8 @@ def _seconds(v: float | None) -> str:
 
 def _list(store, study: str | None) -> None:
     runs = store.list_runs(study=study)
-    mw = max([14] + [len(r.spec["model"]["name"]) for r in runs])
-    print(f"{'run_id':<13} {'status':<9} {'dataset':<28} {'model':<{mw}} {'init':<20} {'seed':>4} "
-          f"{'test score':>16}")
+    header = ["run_id", "status", "dataset", "model", "init", "seed", "test score"]
+    rows = []
     stale = 0
     for r in runs:
         score = ""
@@ -100,9 +156,13 @@ def _list(store, study: str | None) -> None:
                 score = f"{name.upper() if name == 'auc' else 'Dice'} {final[name]:.4f}"
         state = r.state
         stale += state == "stale"
-        print(f"{r.run_id:<13} {state:<9} {r.spec['data']['name'][:28]:<28} "
-              f"{r.spec['model']['name']:<{mw}} {r.spec['init']['name'][:20]:<20} {r.spec['seed']:>4} "
-              f"{score:>16}")
+        rows.append([r.run_id, state, r.spec["data"]["name"], r.spec["model"]["name"],
+                     r.spec["init"]["name"], str(r.spec["seed"]), score])
+    # every column as wide as its longest entry: nothing is cut; seed and score align right
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for line in [header, *rows]:
+        cells = [c.rjust(w) if i >= 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        print(" ".join(cells).rstrip())
     if stale:
         print(f"{stale} run(s) {RESUME_HINT}")
 
@@ -147,6 +207,10 @@ def _runs(a: argparse.Namespace) -> int:
     if a.runs_cmd == "list":
         _list(store, a.study)
         return 0
+    if a.runs_cmd == "show" and a.follow:
+        if not a.interval > 0:
+            raise ConfigError(f"--interval {a.interval} must be a positive number of seconds")
+        return _follow(store, a.run_id, interval=a.interval)
     if a.runs_cmd == "show":
         r = store.get_run(a.run_id)
         test = store.final_metrics(r.run_id)

@@ -6,7 +6,7 @@ import argparse
 
 from pathlib import Path
 
-from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
+from ._common import HelpFormatter, add_device, add_overrides, add_progress, add_workspace, workspace_of
 
 __all__ = ["add_parser"]
 
@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", action="store_true", help="show which runs are done; train nothing (default: run the chain)")
     add_device(p)
     add_progress(p)
+    add_overrides(p, what="the chain file (train.*, data.* ... set base)",
+                  example="--set generations=2 --set student.noise.dropout=0.3 --set train.lr=0.05")
 
 
 def _selftrain(a: argparse.Namespace) -> int:
@@ -28,7 +30,12 @@ def _selftrain(a: argparse.Namespace) -> int:
     from ..selftrain.report import chain_rows, chain_verdict, format_rows
     from ..store import Store
 
-    chain = load_chain(a.file)
+    if a.set:
+        from ..overrides import load_chain_overridden
+
+        chain = load_chain_overridden(a.file, sets=a.set)
+    else:
+        chain = load_chain(a.file)
     if a.status:
         for seed, role, gen, rid, status in chain_status(chain, workspace=workspace_of(a), smoke=a.smoke):
             what = f"generation {gen}" if gen is not None else f"baseline {role}"

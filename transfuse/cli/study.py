@@ -1,4 +1,4 @@
-"""``transfuse study run|status|plan``: parse → library call → print."""
+"""``transfuse study run|status|plan|check``: parse → library call → print."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, TransfuseError, check_name
-from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
+from ._common import (HelpFormatter, add_device, add_overrides, add_progress, add_tensorboard,
+                      add_workspace, workspace_of)
 
 __all__ = ["add_parser"]
 
@@ -19,13 +20,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ss = study.add_subparsers(dest="study_cmd", required=True)
     for name, what in (("run", "run every missing run of the study (rerun resumes)"),
                        ("status", "which runs are finished, running, stale, failed or missing"),
-                       ("plan", "per comparison: paired SD, current verdict, seeds needed")):
+                       ("plan", "per comparison: paired SD, current verdict, seeds needed"),
+                       ("check", "build every cell, resolve every source, check every size; "
+                                 "train nothing (exit 2 listing every problem)")):
         q = ss.add_parser(name, help=what, formatter_class=HelpFormatter)
         q.set_defaults(func=_study)
         q.add_argument("file", help="study YAML file (see examples/)")
         add_workspace(q)
         q.add_argument("--smoke", action="store_true",
                        help="the shrunk, sub-minute version, a pilot (default: the full study)")
+        add_overrides(q, what="the study: run keys (train.lr, data.n_train, seed) set the base "
+                      "spec, so every cell; also grid.AXIS=[...], evaluation.KEY, "
+                      "pretrain.NAME.KEY", example="--set train.lr=0.05 --set grid.seed=[0,1]")
         if name == "run":
             q.add_argument("--workers", type=int, default=1,
                            help="parallel local processes / Ray CPUs (default 1)")
@@ -34,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
             add_device(q)
             add_progress(q)
+            add_tensorboard(q)
             q.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
                            help="then write the study report to HTML (without a value: WORKSPACE/report-STUDY.html; "
                                  "default: no report)")
@@ -52,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _print_outcome(out, a: argparse.Namespace) -> None:
     print(f"study {out.study}: {out.total} runs — {len(out.finished)} trained now, "
-          f"{len(out.skipped)} already finished, {len(out.busy)} running elsewhere, "
+          f"{len(out.skipped)} already finished, {len(out.busy)} running elsewhere (or waiting for a pretraining run that is), "
           f"{len(out.failed)} failed")
     for rid, msg in out.failed.items():
         print(f"  run {rid} failed: {msg}", file=sys.stderr)
@@ -99,19 +106,39 @@ def _plan(a: argparse.Namespace, study) -> int:
     return 0
 
 
-def _study(a: argparse.Namespace) -> int:
-    from ..study import load_study, study_status
+def _train_size(spec) -> str:
+    d = spec.data
+    return str(d.n_train) if d.n_train is not None else (f"{d.fraction:.0%}" if d.fraction else "all")
 
-    study = load_study(a.file)
+
+def _study(a: argparse.Namespace) -> int:
+    from ..study import expand, load_study, study_status
+
+    # run/check report every cell's problems at once (study.check), not the first bad cell
+    study = load_study(a.file, validate=a.study_cmd not in ("run", "check"))
+    if a.set:
+        from ..overrides import override_study
+
+        study = override_study(study, sets=a.set)
+        if a.study_cmd == "plan":
+            expand(study, smoke=a.smoke)  # the overridden cells are valid run specs
+    if a.study_cmd == "check":  # (run: run_study checks first, the same way)
+        from ..study.check import check_study
+
+        report = check_study(study, workspace=workspace_of(a), smoke=a.smoke)
+        report.raise_if_invalid()  # exit 2, one line per problem
+        print(report.summary())
+        return 0
     if a.study_cmd == "status":
         rows = study_status(study, workspace=workspace_of(a), smoke=a.smoke)
         counts: dict[str, int] = {}
         lines = []
         for spec, rid, status in rows:
             counts[status] = counts.get(status, 0) + 1
-            lines.append([rid, status, spec.model.name, spec.init.name,
-                          f"n_train={spec.data.n_train}", f"seed={spec.seed}"])
+            lines.append([rid, status, spec.data.name, spec.model.name, spec.init.name,
+                          _train_size(spec), str(spec.seed)])
         if a.verbose and lines:
+            lines.insert(0, ["run_id", "status", "dataset", "model", "init", "n_train", "seed"])
             widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
             for r in lines:
                 print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -128,7 +155,8 @@ def _study(a: argparse.Namespace) -> int:
 
         ad = run_until_decided(study, workspace=workspace_of(a), max_seeds=a.max_seeds,
                                batch=a.seed_batch, workers=a.workers, executor=a.executor,
-                               address=a.address, device=a.device, progress=not a.no_progress)
+                               address=a.address, device=a.device, progress=not a.no_progress,
+                               tensorboard=a.tensorboard)
         for o in ad.outcomes[-1:]:
             _print_outcome(o, a)
         for line in describe(ad):
@@ -139,7 +167,7 @@ def _study(a: argparse.Namespace) -> int:
 
         out = run_study(study, workspace=workspace_of(a), workers=a.workers, executor=a.executor,
                         address=a.address, smoke=a.smoke, device=a.device,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, tensorboard=a.tensorboard)
         _print_outcome(out, a)
         name, ok = out.study, out.ok
     print(f"  results in {Path(workspace_of(a)) / 'transfuse.db'}")

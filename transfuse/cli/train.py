@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import HelpFormatter, add_device, add_progress, add_workspace, workspace_of
+from ._common import (HelpFormatter, add_device, add_overrides, add_progress, add_tensorboard,
+                      add_workspace, workspace_of)
 
 __all__ = ["add_parser"]
 
@@ -62,6 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_workspace(p)
     add_device(p)
     add_progress(p)
+    add_tensorboard(p)
+    add_overrides(p, what="the run spec, applied on top of the flags above")
     p.add_argument("--json", action="store_true", help="print the result as JSON (default: readable lines)")
 
 
@@ -105,7 +108,12 @@ def _train(a: argparse.Namespace) -> int:
                         num_workers=a.num_workers),
         seed=a.seed, study=a.study,
     )
-    out = train_run(spec, workspace=workspace_of(a), device=a.device, progress=not a.no_progress)
+    if a.set:
+        from ..overrides import override_run
+
+        spec = override_run(spec, sets=a.set)
+    out = train_run(spec, workspace=workspace_of(a), device=a.device, progress=not a.no_progress,
+                    tensorboard=a.tensorboard)
     if out.record is None:  # a non-zero DDP rank: rank 0 reports
         return 0
     if a.json:

@@ -35,6 +35,7 @@ from ..config import RunSpec, TrainSpec, run_id, spec_from_dict
 from ..data import PreparedData, load_dataset
 from ..errors import ConfigError, DataError, TransfuseError
 from ..inits import apply_init, init_model_kwargs
+from ..live import live_log
 from ..models import create_model, get_stages
 from ..run import _source, check_compatible, environment, train_run
 from ..store import Store
@@ -225,14 +226,15 @@ def _fit_phases(model: nn.Module, data: PreparedData, tune: PreparedData, spec: 
     well on validation (with very few labels, fine-tuning can overfit them).
     """
     run_dir = store.run_dir(rid)
+    log = live_log(store, rid, run_dir=run_dir, workspace=store.workspace)  # store + metrics.csv
     res = fit(model, data, spec.train, seed=spec.seed, device=device, run_dir=run_dir,
-              progress=progress, log=lambda s, split, m: store.log_metrics(rid, s, split, m))
+              progress=progress, log=log)
     if ft is None:
         return res, None, False
     off = res.steps  # fine-tuning steps continue the run's step axis (its step 0 is not re-logged)
     ft_res = fit(model, tune, ft, seed=spec.seed, device=device, run_dir=run_dir / "finetune",
                  progress=progress,
-                 log=lambda s, split, m: store.log_metrics(rid, off + s, split, m) if s else None)
+                 log=lambda s, split, m: log(off + s, split, m) if s else None)
     if _best_val(ft_res) < _best_val(res):
         return res, ft_res, False
     # The fine-tuned model is the generation's: put it where teachers and analysis look.

@@ -77,7 +77,8 @@ def _extend(dec: Decisions) -> set[tuple[str, str, str]]:
 
 def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int, batch: int = 2,
                       workers: int = 1, executor: str = "local", address: str | None = None,
-                      device: str | None = None, progress: bool = True) -> AdaptiveOutcome:
+                      device: str | None = None, progress: bool = True,
+                      tensorboard: bool = False) -> AdaptiveOutcome:
     """Run ``study`` adding seeds to undecided cells, look by look (see the module docstring).
 
     Args:
@@ -85,7 +86,8 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
         workspace: run store folder.
         max_seeds: the most seeds any cell gets (the last look).
         batch: seeds added to each undecided cell per look.
-        workers, executor, address, device, progress: as :func:`~transfuse.study.runner.run_study`.
+        workers, executor, address, device, progress, tensorboard: as
+            :func:`~transfuse.study.runner.run_study`.
 
     Raises:
         ConfigError: ``max_seeds``/``batch`` invalid, or a schedule different from the one this
@@ -129,6 +131,7 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
                         specs.append(dataclasses.replace(cells[key], seed=s))
         res_run = run_study(study, workspace=workspace, workers=workers, executor=executor,
                             address=address, device=device, progress=progress, specs=specs,
+                            tensorboard=tensorboard,
                             sequential=seq.to_dict())
         out.outcomes.append(res_run)
         out.looks_run = look

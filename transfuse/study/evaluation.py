@@ -6,11 +6,13 @@ schedule. Plain dataclasses without numpy or scipy, so reading a study file (``s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
-__all__ = ["Evaluation", "Sequential", "MULTIPLICITY", "DEFAULT_MARGIN", "default_margin"]
+__all__ = ["Evaluation", "Sequential", "MULTIPLICITY", "DEFAULT_MARGIN", "default_margin",
+           "obrien_fleming_spent", "look_levels"]
 
 #: Multiplicity adjustments over one family (``evaluation.multiplicity``).
 MULTIPLICITY = ("holm", "bh", "none")
@@ -101,8 +103,6 @@ class Sequential:
         return cls(tuple(looks), max_seeds, batch)
 
     def levels(self, alpha: float) -> list[float]:
-        from .verdicts import look_levels
-
         return look_levels(self.looks, max_seeds=self.max_seeds, alpha=alpha)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,3 +114,32 @@ class Sequential:
         if not d:
             return None
         return cls(tuple(int(x) for x in d["looks"]), int(d["max_seeds"]), int(d["batch"]))
+
+
+def obrien_fleming_spent(t: float, *, alpha: float) -> float:
+    """Alpha spent by information fraction ``t`` (Lan & DeMets 1983, O'Brien–Fleming type):
+    ``2 - 2 Φ(z_{1-α/2} / √t)``; 0 at ``t = 0`` and ``alpha`` at ``t = 1``."""
+    if t <= 0:
+        return 0.0
+    if t >= 1:
+        return alpha
+    phi = NormalDist()
+    z = phi.inv_cdf(1 - alpha / 2)
+    return float(2 - 2 * phi.cdf(z / math.sqrt(t)))
+
+
+def look_levels(looks: Sequence[int], *, max_seeds: int, alpha: float) -> list[float]:
+    """The alpha each look may use: the O'Brien–Fleming-type spending increments.
+
+    ``looks`` are the seed counts at which verdicts are read (increasing, the last at most
+    ``max_seeds``); information fraction ``t = seeds / max_seeds``. The increments sum to at most
+    ``alpha``, so by the union bound over looks the whole sequence errs with probability at most
+    ``alpha`` whatever the correlation between looks (conservative: the exact O'Brien–Fleming
+    boundaries would let the last look use more).
+    """
+    spent, out = 0.0, []
+    for n in looks:
+        s = obrien_fleming_spent(n / max_seeds, alpha=alpha)
+        out.append(max(s - spent, 0.0))
+        spent = max(spent, s)
+    return out

@@ -23,19 +23,22 @@ from ..errors import ConfigError, TransfuseError
 from ..store import Store
 from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
 
-__all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask"]
+__all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask", "run_steps",
+           "progress_total"]
 
 EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
 class RunTask:
-    """What one worker runs: a spec, where to store it, and how many CPU threads to use."""
+    """What one worker runs: a spec, where to store it, how many CPU threads to use, and whether
+    to write TensorBoard events."""
 
     spec: dict[str, Any]
     workspace: str
     device: str | None
     threads: int
+    tensorboard: bool = False
 
 
 @dataclass
@@ -69,7 +72,8 @@ def execute(task: RunTask) -> tuple[str, str, str]:
     spec = spec_from_dict(task.spec)
     rid = run_id(spec)
     try:
-        out = train_run(spec, workspace=task.workspace, device=task.device, progress=False)
+        out = train_run(spec, workspace=task.workspace, device=task.device, progress=False,
+                        tensorboard=task.tensorboard)
     except RunBusyError as e:
         return rid, "busy", str(e)
     except TransfuseError as e:
@@ -116,6 +120,27 @@ def _ray(tasks: list[RunTask], workers: int, address: str | None,
             ray.shutdown()
 
 
+def run_steps(spec: RunSpec) -> int | None:
+    """Optimiser steps ``spec`` will take: ``train.steps``, or for an epoch-based spec
+    ``epochs × (n_train // batch_size)`` when ``data.n_train`` is set (an estimate: the loader
+    drops the last partial batch, and a smoke cap may exceed the data); ``None`` when unknown."""
+    t = spec.train
+    if t.steps:
+        return t.steps
+    if t.epochs and spec.data.n_train:
+        return t.epochs * max(1, spec.data.n_train // max(1, t.batch_size))
+    return None
+
+
+def progress_total(specs: list[RunSpec]) -> tuple[list[int], str]:
+    """Per-run weights of the study progress bar and its unit: each run's :func:`run_steps`
+    (unit ``step``), or 1 per run (unit ``run``) when some run's step count is unknown."""
+    steps = [run_steps(s) for s in specs]
+    if all(n is not None for n in steps):
+        return [int(n) for n in steps], "step"  # type: ignore[arg-type]
+    return [1] * len(specs), "run"
+
+
 def _med3d_stage(spec: Any, *, workspace: str | Path, device: str | None, progress: bool) -> None:
     """Run one Med3D pretraining unless its folder already holds it with the same config."""
     import json
@@ -137,7 +162,7 @@ def _med3d_stage(spec: Any, *, workspace: str | Path, device: str | None, progre
 def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, executor: str = "local",
               address: str | None = None, smoke: bool = False, device: str | None = None,
               progress: bool = True, specs: list[RunSpec] | None = None,
-              sequential: dict[str, Any] | None = None) -> StudyOutcome:
+              sequential: dict[str, Any] | None = None, tensorboard: bool = False) -> StudyOutcome:
     """Run every missing run of ``study`` and store it.
 
     Args:
@@ -148,18 +173,31 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
         address: Ray cluster address (``ray://host:10001`` or ``auto``); ``None`` starts a local Ray.
         smoke: run the shrunk study (see :mod:`transfuse.study.spec`).
         device: device for every run (``None``: auto).
-        progress: one progress bar for the whole study.
+        progress: one progress bar for the whole study: optimiser steps of the finished runs
+            against the steps of all runs (:func:`progress_total`), with an ETA.
         specs: the grid runs to do instead of ``expand(study)`` (adaptive studies add seeds).
         sequential: an adaptive study's look schedule, recorded with the study (see
             :mod:`transfuse.study.adaptive`); an earlier record is kept when ``None``.
+        tensorboard: every run also writes TensorBoard events (see :mod:`transfuse.live`).
 
     Returns:
         :class:`StudyOutcome`.
+
+    Raises:
+        StudyCheckError: a cell cannot run (:func:`~transfuse.study.check.check_study`, every
+            problem listed); nothing is trained or stored.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
+    from .check import check_study  # every cell built, sourced and sized; all problems at once
+
+    check_study(study, workspace=workspace, smoke=smoke).raise_if_invalid()  # before the store
+    if tensorboard:
+        from ..live import check_tensorboard
+
+        check_tensorboard()  # here, not once per run in every worker
     pre = list(pretrain_specs(study, smoke=smoke).values())
     specs = expand(study, smoke=smoke) if specs is None else specs
     store = Store(workspace)
@@ -181,8 +219,20 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=outcome.total, desc=f"study {outcome.study}", unit="run", disable=not progress,
+    # Runs are separate processes: the bar advances by a run's steps when it ends, so its rate
+    # and ETA are in optimiser steps (a short smoke run and a long one weigh what they cost).
+    # Finished runs count from the start (tqdm's `initial`), so they do not inflate the rate.
+    weights, unit = progress_total([*pre, *specs])
+    weight = dict(zip([run_id(s) for s in [*pre, *specs]], weights))
+    already = [i for i in weight if i in done]
+    bar = tqdm(total=sum(weights), initial=sum(weight[i] for i in already),
+               desc=f"study {outcome.study}", unit=unit, disable=not progress,
+               postfix=f"runs {len(already)}/{outcome.total}, failed 0",
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+    def postfix() -> None:
+        n = len(already) + len(outcome.finished) + len(outcome.busy) + len(outcome.failed)
+        bar.set_postfix_str(f"runs {n}/{outcome.total}, failed {len(outcome.failed)}", refresh=False)
 
     def on_done(res: tuple[str, str, str]) -> None:
         rid, what, msg = res
@@ -190,8 +240,8 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
             outcome.failed[rid] = msg
         else:
             getattr(outcome, what).append(rid)
-        bar.update(1)
-        bar.set_postfix(failed=len(outcome.failed), refresh=False)
+        postfix()
+        bar.update(weight.get(rid, 1))
 
     try:
         # Stage 0: Med3D multi-dataset pretrainings (in this process; skipped when done).
@@ -202,11 +252,18 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
             ids = [run_id(s) for s in stage]
             skipped = [i for i in ids if i in done]
             outcome.skipped += skipped
-            bar.update(len(skipped))
-            tasks = [RunTask(s.to_dict(), str(workspace), device, threads)
+            tasks = [RunTask(s.to_dict(), str(workspace), device, threads, tensorboard)
                      for s, i in zip(stage, ids) if i not in done]
             if stage is specs and pre and outcome.failed:
                 break  # a failed pretraining run leaves stage 2 without its source
+            if stage is specs and outcome.busy:
+                # a pretraining run another process is still training: its cells wait for the
+                # next `study run` instead of failing for want of their source
+                waiting = {f"run:{i}" for i in outcome.busy}
+                blocked = [t for t in tasks if t.spec["init"].get("source") in waiting]
+                tasks = [t for t in tasks if t not in blocked]
+                outcome.busy += [run_id(spec_from_dict(t.spec)) for t in blocked]
+                bar.update(sum(weight.get(r, 1) for r in outcome.busy[-len(blocked):]) if blocked else 0)
             if not tasks:
                 continue
             if executor == "ray":

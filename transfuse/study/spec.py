@@ -114,8 +114,11 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-def load_study(path: str | Path) -> StudySpec:
+def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
     """Read and validate a study YAML file (``yaml.safe_load``).
+
+    ``validate=False`` skips building every cell (the first bad cell would raise);
+    :func:`transfuse.study.check.check_study` then reports every cell's problems at once.
 
     Raises:
         ConfigError: unreadable file or a bad key/value; the message names the file and key.
@@ -206,7 +209,8 @@ def load_study(path: str | Path) -> StudySpec:
                       path=str(path), exclude=tuple(dict(e) for e in exclude),
                       pretrain={str(k): dict(v) for k, v in pretrain.items()}, evaluation=decision,
                       **thr)
-    expand(study)  # validate every cell now, with the file named in errors
+    if validate:
+        expand(study)  # validate every cell now, with the file named in errors
     return study
 
 
@@ -296,7 +300,7 @@ def pretrain_specs(study: StudySpec, *, smoke: bool = False) -> dict[str, RunSpe
 
 
 def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
-    from ..inits import INITS, parse_init
+    from ..catalog import init_needs_source
 
     init = d.get("init") or {}
     src = init.get("source")
@@ -307,7 +311,8 @@ def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
                               f"(have: {', '.join(pre) or 'none'})")
         init["source"] = pre[name]
     try:
-        needs = any(INITS.get(n).meta["needs_source"] for n, _ in parse_init(init.get("name", "random")))
+        parts = [p.strip().partition(":")[0] for p in str(init.get("name", "random")).split("+")]
+        needs = any(init_needs_source(n) for n in parts if n)
     except ConfigError:
         return  # an unknown init: spec validation reports it
     if not needs and src is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .evaluation import MULTIPLICITY
+from .evaluation import MULTIPLICITY, look_levels, obrien_fleming_spent
 
 __all__ = ["VERDICTS", "MULTIPLICITY", "Decision", "decide_family", "adjust", "interval",
            "decision_p", "obrien_fleming_spent", "look_levels", "sequential_decisions", "power_decisive",
@@ -212,34 +212,6 @@ def decide_family(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
 
 
 # ---- group-sequential looks ---------------------------------------------------------------------
-
-def obrien_fleming_spent(t: float, *, alpha: float) -> float:
-    """Alpha spent by information fraction ``t`` (Lan & DeMets 1983, O'Brien–Fleming type):
-    ``2 - 2 Φ(z_{1-α/2} / √t)``; 0 at ``t = 0`` and ``alpha`` at ``t = 1``."""
-    if t <= 0:
-        return 0.0
-    if t >= 1:
-        return alpha
-    z = stats.norm.ppf(1 - alpha / 2)
-    return float(2 - 2 * stats.norm.cdf(z / math.sqrt(t)))
-
-
-def look_levels(looks: Sequence[int], *, max_seeds: int, alpha: float) -> list[float]:
-    """The alpha each look may use: the O'Brien–Fleming-type spending increments.
-
-    ``looks`` are the seed counts at which verdicts are read (increasing, the last at most
-    ``max_seeds``); information fraction ``t = seeds / max_seeds``. The increments sum to at most
-    ``alpha``, so by the union bound over looks the whole sequence errs with probability at most
-    ``alpha`` whatever the correlation between looks (conservative: the exact O'Brien–Fleming
-    boundaries would let the last look use more).
-    """
-    spent, out = 0.0, []
-    for n in looks:
-        s = obrien_fleming_spent(n / max_seeds, alpha=alpha)
-        out.append(max(s - spent, 0.0))
-        spent = max(spent, s)
-    return out
-
 
 def sequential_decisions(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
                          looks: Sequence[int | None], levels: Sequence[float], method: str = "holm",
