@@ -42,6 +42,9 @@ def measure(cmd: list[str], *, repeat: int) -> dict[str, float]:
     return {"wall": statistics.median(o["wall"] for o in out), "rss_mb": max(o["rss_mb"] for o in out)}
 
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+
+
 def tiny_workspace(root: Path) -> Path:
     """A workspace with three finished 2-step runs (cbr_tiny on builtin:brain_tissue)."""
     code = textwrap.dedent(f"""
@@ -72,6 +75,10 @@ def main() -> None:
             "transfuse runs list": measure([*cli, "runs", "list", "-w", ws], repeat=a.repeat),
             "transfuse runs show": measure([*cli, "runs", "show", _first_run(ws), "-w", ws],
                                            repeat=a.repeat),
+            "transfuse models": measure([*cli, "models"], repeat=a.repeat),
+            "transfuse datasets": measure([*cli, "datasets"], repeat=a.repeat),
+            "transfuse study status": measure([*cli, "study", "status", str(EXAMPLE), "-w", ws],
+                                              repeat=a.repeat),
         }
     torch = rows["python -c 'import torch'"]
     print(f"{'command':<28} {'wall s':>7} {'peak MB':>8} {'wall / import torch':>20} {'target':>14}")

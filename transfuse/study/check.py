@@ -123,10 +123,13 @@ class CheckReport:
 
     def summary(self) -> str:
         """One line: clean, or how many problems in how many cells."""
-        what = f"{self.cells} cells" + (f" and {self.pretrain} pretraining runs" if self.pretrain else "")
+        def n(k: int, word: str) -> str:
+            return f"{k} {word}" + ("" if k == 1 else "s")
+
+        what = n(self.cells, "cell") + (f" and {n(self.pretrain, 'pretraining run')}" if self.pretrain else "")
         if self.ok:
-            return (f"study {self.study}: {what} check clean ({self.builds} model builds, "
-                    f"{self.datasets} datasets, {self.sources} sources) in {self.seconds:.1f} s")
+            return (f"study {self.study}: {what} check clean ({n(self.builds, 'model build')}, "
+                    f"{n(self.datasets, 'dataset')}, {n(self.sources, 'source')}) in {self.seconds:.1f} s")
         where = f"{self.path}: " if self.path else ""
         n = len(self.problems)
         return (f"{where}study {self.study} cannot run: {n} problem{'s' if n != 1 else ''} in "
