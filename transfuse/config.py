@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict",
-           "where", "read_yaml_file", "check_top_keys"]
+           "where", "read_yaml_file", "check_top_keys", "finetune_parts"]
 
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -27,6 +27,42 @@ SCHEDULES = ("constant", "cosine", "step", "linear")
 # so the ids of runs stored before the fields existed do not change.
 _SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "fg_ratio": 0.5,
                                           "regions": []}
+# TrainSpec fields added for fine-tuning strategies, left out of the JSON the same way.
+_FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "head_lr_mult": 1.0,
+                                      "freeze_bn": False}
+FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
+
+
+def finetune_parts(value: str) -> tuple[str, str | int | None]:
+    """``train.finetune`` split into its kind and argument, syntax only (no model needed).
+
+    ``"full"`` → ``("full", None)``, ``"freeze:block2"`` → ``("freeze", "block2")``,
+    ``"lpft:100"`` → ``("lpft", 100)``. Stage names are checked against the model later, by
+    :func:`transfuse.train.finetune.plan_finetune`.
+
+    Raises:
+        ConfigError: ``"train.finetune='x' is not valid; choose one of full, linear_probe, ..."``.
+    """
+    kind, sep, arg = str(value).partition(":")
+    bad = ConfigError(f"train.finetune={value!r} is not valid; choose one of "
+                      f"{', '.join(FINETUNE_FORMS)}")
+    if kind in ("full", "linear_probe"):
+        if sep:
+            raise bad
+        return kind, None
+    if kind in ("freeze", "surgical"):
+        if not arg:
+            raise bad
+        return kind, arg
+    if kind == "lpft":
+        try:
+            steps = int(arg)
+        except ValueError:
+            raise bad from None
+        if steps < 1:
+            raise ConfigError(f"train.finetune={value!r}: the linear-probe phase needs >= 1 step")
+        return kind, steps
+    raise bad
 
 
 def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -180,6 +216,15 @@ class TrainSpec:
         eval_every: evaluate on the validation set every this many steps (and at the end).
         amp: mixed precision on CUDA (ignored on CPU).
         num_workers: data-loader worker processes.
+        finetune: which parameters train: ``full``, ``linear_probe`` (the head only),
+            ``freeze:<stage>`` (stem … that stage frozen), ``surgical:<stage>`` (that stage and
+            the head only) or ``lpft:<steps>`` (linear probe for that many steps, then full).
+            Stages are the model's (``stem``, ``block1`` … ``head``; a U-Net's decoder is its head).
+        layer_decay: layer-wise learning-rate decay (timm ``--layer-decay``): the stage ``k``
+            below the head trains at ``lr × layer_decay**k``.
+        head_lr_mult: the head trains at ``lr × head_lr_mult``.
+        freeze_bn: BatchNorm layers of frozen stages stay in eval mode, so their running
+            statistics do not move either.
     """
 
     steps: int | None = 200
@@ -194,9 +239,17 @@ class TrainSpec:
     eval_every: int = 50
     amp: bool = True
     num_workers: int = 0
+    finetune: str = "full"
+    layer_decay: float = 1.0
+    head_lr_mult: float = 1.0
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        finetune_parts(self.finetune)
+        for nm in ("layer_decay", "head_lr_mult"):
+            if not getattr(self, nm) > 0:
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0")
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         if self.steps is None and self.epochs is None:
             raise ConfigError("give train.steps or train.epochs")
@@ -240,6 +293,9 @@ class RunSpec:
         for k, default in _SEGMENTATION_DEFAULTS.items():
             if d["data"].get(k) == default:
                 d["data"].pop(k)
+        for k, default in _FINETUNE_DEFAULTS.items():
+            if d["train"].get(k) == default:
+                d["train"].pop(k)
         return d
 
     def to_json(self) -> str:

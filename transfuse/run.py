@@ -24,6 +24,7 @@ from .errors import ConfigError, DivergedError, ModelError, StoreError, Transfus
 from .models import create_model, get_stages
 from .store import RunRecord, Store
 from .train.device import resolve_device, seed_everything
+from .train.finetune import plan_finetune
 from .train.loop import fit
 from .weights import SourceWeights, resolve_source
 
@@ -215,6 +216,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
                          **init_model_kwargs(spec.init.name))
     report = apply_init(model, spec.init, source=source, seed=spec.seed, workspace=workspace)
     init_report = {**report.to_dict(), "source_info": source.to_dict() if source else None}
+    finetune = plan_finetune(model, spec.train).describe()  # a bad train.finetune fails here
     main = int(os.environ.get("RANK", 0)) == 0
     if main:
         store.start_run(spec, env=environment(dev))
@@ -226,7 +228,9 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
             store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
                 "name": spec.model.name, "spatial_dims": dims,
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "stages": [s.to_dict() for s in get_stages(model)]})
+                "stages": [s.to_dict() for s in get_stages(model)],
+                # trainable parameter count and per-stage learning rates (train.finetune)
+                "finetune": finetune})
         result = fit(model, data, spec.train, seed=spec.seed, device=device,
                      run_dir=run_dir, progress=progress,
                      log=log)

@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-every", type=int, default=50, help="evaluate on the validation split every N steps")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     t.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (default: on with CUDA)")
+    t.add_argument("--finetune", default="full",
+                   help="which stages train: full, linear_probe, freeze:<stage>, surgical:<stage> "
+                   "or lpft:<steps> (layer_decay, head_lr_mult, freeze_bn: --set train.<key>=...)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, sampling and augmentation")
     p.add_argument("--study", help="group the run under a study name (default: none)")
     add_workspace(p)
@@ -105,7 +108,7 @@ def _train(a: argparse.Namespace) -> int:
         train=TrainSpec(steps=steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                         optimizer=a.optimizer, weight_decay=a.weight_decay, schedule=a.schedule,
                         warmup_steps=a.warmup_steps, eval_every=a.eval_every, amp=not a.no_amp,
-                        num_workers=a.num_workers),
+                        num_workers=a.num_workers, finetune=a.finetune),
         seed=a.seed, study=a.study,
     )
     if a.set:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import TrainSpec
 from ..data.base import PreparedData
-from ..errors import DivergedError
+from ..errors import ConfigError, DivergedError
 from .device import autocast, init_distributed, resolve_device
+from .finetune import plan_finetune
 from .metrics import classification_metrics
 from .segment import evaluate_segmentation, segmentation_loss
 
@@ -64,12 +66,20 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str) -
     return per.sum() / m.sum().clamp_min(1.0)
 
 
-def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, Adam or AdamW. No weight decay on norms and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": spec.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: nn.Module, spec: TrainSpec, *,
+                   groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, Adam or AdamW. No weight decay on norms and biases.
+
+    Args:
+        groups: parameter groups to optimise instead of all of ``model``'s parameters in two
+            groups (e.g. :meth:`~transfuse.train.finetune.Finetune.param_groups`: per stage, with
+            their own ``lr``); a group without ``lr`` gets ``spec.lr``.
+    """
+    if groups is None:
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": spec.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
     if spec.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0)
     cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
@@ -235,6 +245,14 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
     model.to(dev)
     raw_model = model  # checkpoints always hold the unwrapped model's keys
+    # Which stages train, at which lr (train.finetune); frozen ones must be set before DDP wraps
+    # the model, since DDP only reduces the gradients of parameters that require them then.
+    finetune = plan_finetune(raw_model, spec)
+    if finetune.switch_step is not None and dist_info.world_size > 1:
+        raise ConfigError(f"train.finetune={spec.finetune!r} unfreezes parameters during training, "
+                          "which DDP cannot follow; run it on one process or use "
+                          "linear_probe/freeze:<stage>")
+    finetune.apply(raw_model)
     if dist_info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
@@ -252,7 +270,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
     total = spec.steps or spec.epochs * len(train_loader)
 
-    opt = make_optimizer(raw_model, spec)
+    opt = make_optimizer(raw_model, spec, groups=finetune.param_groups())
+    # One LambdaLR multiplier for every group: each group keeps its own (per-stage) base lr.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec, total))
     history: list[tuple[int, str, dict[str, float]]] = []
 
@@ -281,6 +300,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     seen, t0, eval_seconds = 0, time.perf_counter(), 0.0
     model.train()
     for step in range(1, total + 1):
+        finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
         x, y, m = next(batches)
         x, y, m = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), m.to(dev, non_blocking=True)
         with autocast(dev, spec.amp):
@@ -301,7 +321,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             t_eval = time.perf_counter()
             if not math.isfinite(train_loss):
                 raise _diverged(f"the training loss became {train_loss}", int(first_bad) or step, spec)
-            record(step, "train", {"loss": train_loss, "lr": sched.get_last_lr()[0]})
+            # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
+            record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
             loss_acc.zero_()
             val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=step)
             record(step, "val", val_metrics)
@@ -315,6 +336,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
             eval_seconds += time.perf_counter() - t_eval
     bar.close()
+    finetune.release()
     seconds = time.perf_counter() - t0 - eval_seconds
     if run_dir is not None and main:
         _save(raw_model, run_dir / "last.pt", total)

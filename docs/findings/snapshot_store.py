@@ -1,0 +1,45 @@
+"""Copy the evidence of a study out of a workspace, small enough to keep beside docs/FINDINGS.md.
+
+    python docs/findings/snapshot_store.py WORKSPACE STUDY DEST
+
+Copies a consistent snapshot of ``transfuse.db`` (SQLite's backup API, safe while a study is
+still writing), each of the study's runs' ``test_predictions.npz`` (DeLong in the report needs
+them) and the ``best.pt`` of its pretraining runs (the sources of its pretrained cells). Other
+checkpoints are left out. ``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY``
+rebuilds the report, and copying it to a workspace and rerunning ``transfuse study run ...
+--until-decided`` resumes the study (finished runs are kept, the rest are trained).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+
+def main(ws: str, study: str, dest: str) -> None:
+    src, out = Path(ws), Path(dest)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    tmp = out / "transfuse.db.tmp"
+    with sqlite3.connect(src / "transfuse.db") as a, sqlite3.connect(tmp) as b:
+        a.backup(b)
+    tmp.replace(out / "transfuse.db")
+    con = sqlite3.connect(out / "transfuse.db")
+    rows = con.execute("SELECT run_id, study FROM runs WHERE status = 'finished' AND study IN (?, ?)",
+                       (study, f"{study}-pretrain")).fetchall()
+    con.close()
+    n = 0
+    for rid, st in rows:
+        keep = ["test_predictions.npz"] + (["best.pt"] if st.endswith("-pretrain") else [])
+        for f in keep:
+            p = src / "runs" / rid / f
+            if p.is_file():
+                (out / "runs" / rid).mkdir(exist_ok=True)
+                shutil.copy2(p, out / "runs" / rid / f)
+                n += 1
+    print(f"{dest}: {len(rows)} finished runs, {n} files")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
