@@ -62,3 +62,14 @@ def test_listing_and_status_import_no_torch(tmp_path):
     for name, meta in cat["inits"].items():
         assert (f"  {name}:{meta['arg']}" if meta["arg"] else f"  {name} ") in out["inits"]
     assert "missing" in out["status"] and "runs" in out["status"]
+
+
+def test_runtime_registrations_stay_out_of_the_snapshot():
+    from transfuse.data.registry import DATASETS, register_dataset
+
+    if "catalogtoy" not in DATASETS:
+        register_dataset("catalogtoy", description="test-only")(lambda *a, **k: None)
+    assert "catalogtoy" in DATASETS
+    assert "catalogtoy" not in catalog.snapshot()["datasets"]
+    assert "catalogtoy" not in {e.name for e in catalog.builtin(DATASETS)}
+    test_snapshot_matches_the_registries()

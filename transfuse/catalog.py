@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load", "snapshot", "write", "init_needs_source", "PATH"]
+__all__ = ["load", "snapshot", "builtin", "write", "init_needs_source", "PATH"]
 
 PATH = Path(__file__).with_name("catalog.json")
 
@@ -37,8 +37,15 @@ def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def builtin(entries: Any) -> list[Any]:
+    """The entries transfuse itself registers (a builder defined in the ``transfuse`` package);
+    what user code or tests register at run time is not part of the snapshot."""
+    return [e for e in entries if getattr(e.fn, "__module__", "").split(".")[0] == "transfuse"]
+
+
 def snapshot() -> dict[str, Any]:
-    """The live registries' metadata (imports every entry's module: torch and friends)."""
+    """The live registries' metadata, built-in entries only (imports every entry's module:
+    torch and friends)."""
     from .data import DATASETS
     from .data.medmnist import MEDMNIST_INFO
     from .inits import INITS
@@ -47,12 +54,12 @@ def snapshot() -> dict[str, Any]:
     from .weights import SOURCES
 
     return {
-        "datasets": {e.name: _jsonable(e.meta) for e in DATASETS},
+        "datasets": {e.name: _jsonable(e.meta) for e in builtin(DATASETS)},
         "medmnist": [[k, *v] for k, v in MEDMNIST_INFO.items()],  # in MedMNIST's order
-        "models": {e.name: _jsonable(e.meta) for e in MODELS},
+        "models": {e.name: _jsonable(e.meta) for e in builtin(MODELS)},
         "timm": _jsonable(TIMM_INFO),
-        "inits": {e.name: _jsonable(e.meta) for e in INITS},
-        "sources": {e.name: _jsonable(e.meta) for e in SOURCES},
+        "inits": {e.name: _jsonable(e.meta) for e in builtin(INITS)},
+        "sources": {e.name: _jsonable(e.meta) for e in builtin(SOURCES)},
     }
 
 
