@@ -162,7 +162,8 @@ def test_shipped_studies_check_clean(file, smoke, cells, pretrain, medmnist_dir,
     assert main(args) == 0
     out = capsys.readouterr().out
     name = study.name + ("-smoke" if smoke else "")
-    assert out.startswith(f"study {name}: {cells} cells and {pretrain} pretraining runs check clean (")
+    runs = "pretraining run" + ("" if pretrain == 1 else "s")
+    assert out.startswith(f"study {name}: {cells} cells and {pretrain} {runs} check clean (")
     assert not (tmp_path / "transfuse.db").exists()
 
 
