@@ -27,7 +27,6 @@ calls it first and refuses to train or store anything while a problem remains
 from __future__ import annotations
 
 import copy
-import itertools
 import re
 import time
 from collections.abc import Callable
@@ -37,8 +36,7 @@ from typing import Any
 
 from ..config import DataSpec, RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
-from .spec import (SMOKE, StudySpec, _excluded, _is_linked, _overlap, _set, _smoke_axis, _smoke_set,
-                   med3d_pretrains)
+from .spec import SMOKE, StudySpec, _is_linked, _overlap, _smoke_set, grid_cells, med3d_pretrains
 
 __all__ = ["check_study", "CheckReport", "Problem", "StudyCheckError"]
 
@@ -212,29 +210,12 @@ def _cells(study: StudySpec, *, smoke: bool) -> list[_Cell]:
         d["study"] = f"{study.name}-smoke-pretrain" if smoke else f"{study.name}-pretrain"
         out.append(_Cell(f"pretrain.{pname}", d, lambda f, p=pname: f"smoke.{f}" if smoke and f in study.smoke
                          else f"pretrain.{p}.{f}"))
-    axes = list(study.grid.items())
-    indexed = []
-    for k, vals in axes:
-        pairs = list(enumerate(vals))
-        if smoke:
-            keep = _smoke_axis(k, vals)
-            pairs = [(i, v) for i, v in pairs if v in keep][:len(keep)]
-        indexed.append(pairs)
-    for combo in itertools.product(*indexed) if axes else [()]:
-        d = copy.deepcopy(study.base)
-        for (k, vals), (_, v) in zip(axes, combo):
-            if _is_linked(k, vals):
-                for kk, vv in v.items():
-                    _set(d, kk, vv)
-            else:
-                _set(d, k, v)
-        if _excluded(d, study.exclude):
-            continue
-        for k, v in over.items():
-            _smoke_set(d, k, v)
-        d["study"] = f"{study.name}-smoke" if smoke else study.name
-        tags = [f"{k}[{i}]" for (k, vals), (i, _) in zip(axes, combo) if _is_linked(k, vals)]
-        out.append(_Cell(_label(d, tags), d, _grid_origin(axes, combo, set(study.smoke) if smoke else set())))
+    smoke_keys = set(study.smoke) if smoke else set()
+    for used, d in grid_cells(study, smoke=smoke):
+        axes = [(k, vals) for k, vals, _ in used]
+        combo = tuple((i, vals[i]) for _, vals, i in used)
+        tags = [f"{k}[{i}]" for k, vals, i in used if _is_linked(k, vals)]
+        out.append(_Cell(_label(d, tags), d, _grid_origin(axes, combo, smoke_keys)))
     return out
 
 

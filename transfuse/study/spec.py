@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,39 @@ def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
         init["source"] = None  # random/gabor runs do not depend on the source axis
 
 
+def grid_cells(study: StudySpec, *, smoke: bool = False
+               ) -> Iterator[tuple[tuple[tuple[str, list[Any], int], ...], dict[str, Any]]]:
+    """Each grid cell before validation, in grid order (later axes vary fastest).
+
+    Yields ``(used, d)``: per axis ``(key, values, index)`` of the value this cell takes, and the
+    cell's spec dict (excluded cells removed, smoke settings applied, the study named; sources
+    not yet resolved). :func:`expand` and ``study check`` build their cells from it.
+    """
+    axes = list(study.grid.items())
+    indexed = []
+    for k, vals in axes:
+        pairs = list(enumerate(vals))
+        if smoke:
+            keep = _smoke_axis(k, vals)
+            pairs = [(i, v) for i, v in pairs if v in keep][:len(keep)]
+        indexed.append(pairs)
+    over = {**SMOKE, **study.smoke} if smoke else {}
+    for combo in itertools.product(*indexed) if axes else [()]:
+        d = copy.deepcopy(study.base)
+        for (k, vals), (_, v) in zip(axes, combo):
+            if _is_linked(k, vals):
+                for kk, vv in v.items():
+                    _set(d, kk, vv)
+            else:
+                _set(d, k, v)
+        if _excluded(d, study.exclude):
+            continue
+        for k, v in over.items():
+            _smoke_set(d, k, v)
+        d["study"] = f"{study.name}-smoke" if smoke else study.name
+        yield tuple((k, vals, i) for (k, vals), (i, _) in zip(axes, combo)), d
+
+
 def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
     """The study's runs, in grid order (later axes vary fastest); duplicates and excluded cells removed.
 
@@ -331,29 +365,12 @@ def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
     """
     from ..config import run_id
 
-    axes = list(study.grid.items())
-    if smoke:
-        axes = [(k, _smoke_axis(k, v)) for k, v in axes]
-    name = f"{study.name}-smoke" if smoke else study.name
     pre = {k: f"run:{run_id(v)}" for k, v in pretrain_specs(study, smoke=smoke).items()}
     pre.update({k: f"med3d:{v.name}" for k, v in med3d_pretrains(study, smoke=smoke).items()})
     out, seen = [], set()
-    for combo in itertools.product(*[v for _, v in axes]) if axes else [()]:
-        d = copy.deepcopy(study.base)
-        for (k, vals), v in zip(axes, combo):
-            if _is_linked(k, vals):
-                for kk, vv in v.items():
-                    _set(d, kk, vv)
-            else:
-                _set(d, k, v)
-        if _excluded(d, study.exclude):
-            continue
-        if smoke:
-            for k, v in {**SMOKE, **study.smoke}.items():
-                _smoke_set(d, k, v)
-        d["study"] = name
+    for used, d in grid_cells(study, smoke=smoke):
         where = f"{study.path or study.name}: grid cell [" + (", ".join(
-            f"{k}={v}" for (k, _), v in zip(axes, combo)) or "base") + "]"
+            f"{k}={vals[i]}" for k, vals, i in used) or "base") + "]"
         _resolve_source(d, pre, where)
         try:
             spec = spec_from_dict(d)
