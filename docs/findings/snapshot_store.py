@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def main(ws: str, study: str, dest: str) -> None:
                 shutil.copy2(p, out / "runs" / rid / f)
                 n += 1
     print(f"{dest}: {len(rows)} finished runs, {n} files")
+    # A snapshot git silently leaves out is no snapshot (the first one lost its transfuse.db to
+    # the `*.db` rule): say so before anyone commits it.
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(out / "transfuse.db")],
+                             capture_output=True).returncode == 0
+    if ignored:
+        sys.exit(f"{out / 'transfuse.db'} is ignored by git: add a '!' rule to .gitignore")
 
 
 if __name__ == "__main__":
