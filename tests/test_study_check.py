@@ -117,6 +117,9 @@ def test_every_kind_of_problem_at_once(tmp_path):
                                       "'builtin:brain_tissue'"): (
             "arch[3] cbr_tiny · pretrained · n_train=100000 · seed=0",
             "arch[3] cbr_tiny · transfusion:block9 · n_train=100000 · seed=0"),
+        # a problem of the whole study: no cell is the reference arm
+        ("evaluation.reference", "'random' is not an arm of this study, so nothing could be "
+                                 "compared with it"): (),
     }
     assert (report.cells, report.pretrain, report.bad_cells()) == (8, 1, 7)
     assert "set data.n_train to 3200 or less" in report.lines()[4]  # the CLI's flag, as a YAML key

@@ -16,11 +16,12 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict",
-           "where", "read_yaml_file", "check_top_keys", "finetune_parts"]
+           "where", "read_yaml_file", "check_top_keys", "finetune_parts", "AUGMENTS"]
 
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
+AUGMENTS = ("none", "basic", "strong")
 
 
 # DataSpec fields added for segmentation are left out of the JSON while they hold their default,
@@ -29,7 +30,7 @@ _SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "
                                           "regions": []}
 # TrainSpec fields added for fine-tuning strategies, left out of the JSON the same way.
 _FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "head_lr_mult": 1.0,
-                                      "freeze_bn": False}
+                                      "freeze_bn": False, "augment": "none"}
 FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
 
 
@@ -225,6 +226,9 @@ class TrainSpec:
         head_lr_mult: the head trains at ``lr × head_lr_mult``.
         freeze_bn: BatchNorm layers of frozen stages stay in eval mode, so their running
             statistics do not move either.
+        augment: training augmentation, ``none``, ``basic`` or ``strong`` (flips, small affine,
+            colour/intensity; torchvision v2 in 2D, MONAI in 3D and segmentation; seeded by the
+            run seed and the step; never at evaluation; see :mod:`transfuse.train.augment`).
     """
 
     steps: int | None = 200
@@ -243,9 +247,11 @@ class TrainSpec:
     layer_decay: float = 1.0
     head_lr_mult: float = 1.0
     freeze_bn: bool = False
+    augment: str = "none"
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("train.augment", self.augment, AUGMENTS)
         finetune_parts(self.finetune)
         for nm in ("layer_decay", "head_lr_mult"):
             if not getattr(self, nm) > 0:

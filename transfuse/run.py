@@ -41,6 +41,15 @@ class RunOutcome:
     skipped: bool
 
 
+def _augment_info(spec: RunSpec, data: Any) -> dict[str, Any] | None:
+    """The training augmentation's recipe (level, library, transforms), or None without one."""
+    from .train.augment import make_augment
+
+    aug = make_augment(spec.train.augment, spatial_dims=data.info.spatial_dims,
+                       channels=data.info.in_channels, task=data.info.task)
+    return aug.describe() if aug is not None else None
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware, stored with every run."""
     import numpy
@@ -230,7 +239,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "stages": [s.to_dict() for s in get_stages(model)],
                 # trainable parameter count and per-stage learning rates (train.finetune)
-                "finetune": finetune})
+                "finetune": finetune, "augment": _augment_info(spec, data)})
         result = fit(model, data, spec.train, seed=spec.seed, device=device,
                      run_dir=run_dir, progress=progress,
                      log=log)

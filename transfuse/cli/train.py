@@ -61,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--finetune", default="full",
                    help="which stages train: full, linear_probe, freeze:<stage>, surgical:<stage> "
                    "or lpft:<steps> (layer_decay, head_lr_mult, freeze_bn: --set train.<key>=...)")
+    t.add_argument("--augment", default="none", choices=("none", "basic", "strong"),
+                   help="training augmentation (seeded; never at evaluation)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, sampling and augmentation")
     p.add_argument("--study", help="group the run under a study name (default: none)")
     add_workspace(p)
@@ -108,7 +110,8 @@ def _train(a: argparse.Namespace) -> int:
         train=TrainSpec(steps=steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                         optimizer=a.optimizer, weight_decay=a.weight_decay, schedule=a.schedule,
                         warmup_steps=a.warmup_steps, eval_every=a.eval_every, amp=not a.no_amp,
-                        num_workers=a.num_workers, finetune=a.finetune),
+                        num_workers=a.num_workers, finetune=a.finetune,
+                        augment=a.augment),
         seed=a.seed, study=a.study,
     )
     if a.set:

@@ -81,6 +81,8 @@ class Problem:
     cells: tuple[str, ...]
 
     def line(self) -> str:
+        if not self.cells:  # a problem of the whole study (evaluation.reference)
+            return f"{self.key}: {self.message}"
         shown = "; ".join(self.cells[:3]) + (f"; +{len(self.cells) - 3} more" if len(self.cells) > 3 else "")
         n = len(self.cells)
         return f"{self.key}: {self.message} [{n} cell{'s' if n != 1 else ''}: {shown}]"
@@ -554,6 +556,7 @@ def check_study(study: StudySpec, *, workspace: str | Path | None, smoke: bool =
         ch.found[("pretrain", str(e))] = ["pretrain"]
     seen: set[str] = set()
     n_cells = 0
+    grid_specs: list[dict[str, Any]] = []
     for cell in cells:
         ok = ch.resolve(cell)
         spec = _try_spec(ch, cell)
@@ -565,14 +568,32 @@ def check_study(study: StudySpec, *, workspace: str | Path | None, smoke: bool =
             n_pre += 1
         else:
             n_cells += 1
+            if spec is not None:
+                grid_specs.append(spec.to_dict())
         if ok and spec is not None:
             ch.check(cell, spec)
+    _check_reference(ch, study, grid_specs)
     problems = tuple(Problem(k, m, tuple(c)) for (k, m), c in ch.found.items())
     name = f"{study.name}-smoke" if smoke else study.name
     return CheckReport(study=name, path=study.path, cells=n_cells, pretrain=n_pre, problems=problems,
                        builds=len(ch.models), datasets=len(ch.data),
                        sources=sum(not isinstance(v, str) for v in ch.sources.values()),
                        seconds=round(time.perf_counter() - t0, 3))
+
+
+def _check_reference(ch: _Checker, study: StudySpec, specs: list[dict[str, Any]]) -> None:
+    """Every verdict compares an arm with ``evaluation.reference``: a study of several arms
+    without that one would train everything and decide nothing (one arm alone is a study of
+    seeds, not of arms, and passes)."""
+    from .results import cell_keys
+
+    ref = study.evaluation.reference
+    arms = list(dict.fromkeys(arm for _, arm, _ in cell_keys(specs)))
+    if len(arms) > 1 and ref not in arms:
+        shown = ", ".join(repr(a) for a in arms[:6]) + (", ..." if len(arms) > 6 else "")
+        ch.found[("evaluation.reference",
+                  f"{ref!r} is not an arm of this study, so nothing could be compared with it; "
+                  f"set evaluation.reference to one of {shown}")] = []
 
 
 def _try_spec(ch: _Checker, cell: _Cell) -> RunSpec | None:

@@ -350,7 +350,7 @@ def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict],
                     f"the final score ({n} seeds) and {what}{_delta_text(top, unit)}){tail}.")
                 continue
             rec(ev.reference, "equivalent" if equiv else "better",
-                f"{ev.reference}: no init is better at this size ({n} seeds){tail}.")
+                f"{ev.reference}: no other arm is better at this size ({n} seeds){tail}.")
     return out
 
 

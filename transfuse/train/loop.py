@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..config import TrainSpec
 from ..data.base import PreparedData
 from ..errors import ConfigError, DivergedError
+from .augment import make_augment
 from .device import autocast, init_distributed, resolve_device
 from .finetune import plan_finetune
 from .metrics import classification_metrics
@@ -270,6 +271,10 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
     total = spec.steps or spec.epochs * len(train_loader)
 
+    # train.augment: training batches only, seeded by (seed, step, rank); evaluation never sees it
+    augment = make_augment(spec.augment, spatial_dims=data.info.spatial_dims,
+                           channels=data.info.in_channels, task=task,
+                           norm_mean=tuple(data.info.norm_mean), norm_std=tuple(data.info.norm_std))
     opt = make_optimizer(raw_model, spec, groups=finetune.param_groups())
     # One LambdaLR multiplier for every group: each group keeps its own (per-stage) base lr.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec, total))
@@ -302,6 +307,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     for step in range(1, total + 1):
         finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
         x, y, m = next(batches)
+        if augment is not None:
+            x, y = augment(x, y, seed=seed, step=step, rank=dist_info.rank)
         x, y, m = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), m.to(dev, non_blocking=True)
         with autocast(dev, spec.amp):
             logits = model(x)
