@@ -14,6 +14,10 @@ CHAINS = [p for p in ALL if p.name.startswith("selftrain")]  # `transfuse selftr
 # `transfuse pretrain med3d` files: smoke-tested in tests/test_pretrain_med3d.py
 PRETRAIN = [p for p in ALL if p.name.startswith("med3d_pretrain")]
 EXAMPLES = [p for p in ALL if p not in CHAINS and p not in PRETRAIN]
+# Smoke runs too long for the default suite (measured on 2 shared CPU cores): finetune.yaml is 24
+# EfficientNet cells, ~7 min. Its cells are checked by tests/test_study_check.py (no training),
+# and its arms (finetune × augment) run on small data in tests/test_finetune_arms.py.
+SLOW = {"finetune"}
 
 
 def test_every_example_is_covered():
@@ -45,7 +49,8 @@ def test_selftrain_example_smoke_runs_and_reports(path, tmp_path, monkeypatch, c
     assert "Self-training chain" in (tmp_path / "r.html").read_text()
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p
+                                  for p in EXAMPLES], ids=lambda p: p.stem)
 def test_example_smoke_runs_and_reports(path, tmp_path, monkeypatch, capsys):
     _data_env(path, monkeypatch)
     study = load_study(path)

@@ -150,6 +150,7 @@ smoke: {train.eval_every: 0}
 @pytest.mark.parametrize("file, smoke, cells, pretrain", [
     ("quickstart.yaml", False, 15, 1), ("quickstart.yaml", True, 5, 1),
     ("transfusion.yaml", True, 15, 2), ("transfusion.yaml", False, 90, 2),
+    ("finetune.yaml", True, 24, 0), ("finetune.yaml", False, 72, 0),
 ])
 def test_shipped_studies_check_clean(file, smoke, cells, pretrain, medmnist_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("TRANSFUSE_DATA", str(medmnist_dir))
@@ -165,8 +166,8 @@ def test_shipped_studies_check_clean(file, smoke, cells, pretrain, medmnist_dir,
     assert main(args) == 0
     out = capsys.readouterr().out
     name = study.name + ("-smoke" if smoke else "")
-    runs = "pretraining run" + ("" if pretrain == 1 else "s")
-    assert out.startswith(f"study {name}: {cells} cells and {pretrain} {runs} check clean (")
+    runs = f" and {pretrain} pretraining run" + ("" if pretrain == 1 else "s") if pretrain else ""
+    assert out.startswith(f"study {name}: {cells} cells{runs} check clean (")
     assert not (tmp_path / "transfuse.db").exists()
 
 

@@ -247,6 +247,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
             store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
                 "best_step": result.best_step, "steps": result.steps,
                 "train_seconds": round(result.train_seconds, 3),
+                "step_seconds": round(result.train_seconds / max(result.steps, 1), 5),
                 "examples_per_second": round(result.examples_per_second, 1)})
     except BaseException as e:
         if not main:
