@@ -61,8 +61,14 @@ def environment(device: torch.device) -> dict[str, Any]:
            "torchvision": torchvision.__version__, "numpy": numpy.__version__,
            "platform": platform.platform(), "host": socket.gethostname(), "device": str(device),
            "cpu_threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", 1))}
+    # which physical GPU: inside a study worker CUDA_VISIBLE_DEVICES holds its one GPU
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    env["cuda_visible_devices"] = visible
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        ids = [x.strip() for x in visible.split(",")] if visible else None
+        index = device.index or 0
+        env["physical_gpu"] = ids[index] if ids and index < len(ids) else str(index)
     return env
 
 

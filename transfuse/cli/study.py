@@ -7,6 +7,7 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, TransfuseError, check_name
 from ._common import (HelpFormatter, add_device, add_overrides, add_progress, add_tensorboard,
@@ -33,8 +34,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "spec, so every cell; also grid.AXIS=[...], evaluation.KEY, "
                       "pretrain.NAME.KEY", example="--set train.lr=0.05 --set grid.seed=[0,1]")
         if name == "run":
-            q.add_argument("--workers", type=int, default=1,
-                           help="parallel local processes / Ray CPUs (default 1)")
+            q.add_argument("--workers", type=int, default=None,
+                           help="parallel local processes / Ray CPUs (default: one per GPU slot, "
+                                "GPUs x --runs-per-device; 1 on the CPU)")
+            q.add_argument("--devices", default="auto",
+                           help="local workers' GPUs: auto (every visible GPU, else CPU), cpu, or "
+                                "numbers such as 0,1,3; each worker sees only its GPU (default auto)")
+            q.add_argument("--runs-per-device", type=int, default=1,
+                           help="concurrent runs per GPU (default 1)")
+            q.add_argument("--gpus-per-run", type=float, default=None,
+                           help="Ray: GPUs each run requests, fractions allowed (default: 1 where "
+                                "the cluster has GPUs, else 0)")
+            q.add_argument("--cpus-per-run", type=float, default=1.0,
+                           help="Ray: CPUs each run requests and the torch threads it uses (default 1)")
             q.add_argument("--executor", default="local", choices=("local", "ray"),
                            help="where runs execute (default local)")
             q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
@@ -55,6 +67,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         elif name == "status":
             q.add_argument("-v", "--verbose", action="store_true",
                            help="one line per run (default: counts only)")
+
+
+def _placement(a: argparse.Namespace) -> Any:
+    from ..study.placement import Placement
+
+    if a.device is not None and a.devices != "auto":
+        raise ConfigError(f"give --device {a.device} (one device for every run) or --devices "
+                          f"{a.devices} (one per worker), not both")
+    return Placement(devices=a.devices, runs_per_device=a.runs_per_device,
+                     gpus_per_run=a.gpus_per_run, cpus_per_run=a.cpus_per_run)
 
 
 def _print_outcome(out, a: argparse.Namespace) -> None:
@@ -156,7 +178,7 @@ def _study(a: argparse.Namespace) -> int:
         ad = run_until_decided(study, workspace=workspace_of(a), max_seeds=a.max_seeds,
                                batch=a.seed_batch, workers=a.workers, executor=a.executor,
                                address=a.address, device=a.device, progress=not a.no_progress,
-                               tensorboard=a.tensorboard)
+                               tensorboard=a.tensorboard, placement=_placement(a))
         for o in ad.outcomes[-1:]:
             _print_outcome(o, a)
         for line in describe(ad):
@@ -167,7 +189,8 @@ def _study(a: argparse.Namespace) -> int:
 
         out = run_study(study, workspace=workspace_of(a), workers=a.workers, executor=a.executor,
                         address=a.address, smoke=a.smoke, device=a.device,
-                        progress=not a.no_progress, tensorboard=a.tensorboard)
+                        progress=not a.no_progress, tensorboard=a.tensorboard,
+                        placement=_placement(a))
         _print_outcome(out, a)
         name, ok = out.study, out.ok
     print(f"  results in {Path(workspace_of(a)) / 'transfuse.db'}")

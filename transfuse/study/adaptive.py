@@ -76,9 +76,9 @@ def _extend(dec: Decisions) -> set[tuple[str, str, str]]:
 
 
 def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int, batch: int = 2,
-                      workers: int = 1, executor: str = "local", address: str | None = None,
+                      workers: int | None = 1, executor: str = "local", address: str | None = None,
                       device: str | None = None, progress: bool = True,
-                      tensorboard: bool = False) -> AdaptiveOutcome:
+                      tensorboard: bool = False, placement: Any = None) -> AdaptiveOutcome:
     """Run ``study`` adding seeds to undecided cells, look by look (see the module docstring).
 
     Args:
@@ -131,7 +131,7 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
                         specs.append(dataclasses.replace(cells[key], seed=s))
         res_run = run_study(study, workspace=workspace, workers=workers, executor=executor,
                             address=address, device=device, progress=progress, specs=specs,
-                            tensorboard=tensorboard,
+                            tensorboard=tensorboard, placement=placement,
                             sequential=seq.to_dict())
         out.outcomes.append(res_run)
         out.looks_run = look

@@ -13,7 +13,7 @@ import os
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
 from ..store import Store
+from .placement import Placement, local_slots, ray_resources
 from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
 
 __all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask", "run_steps",
@@ -84,13 +85,30 @@ def execute(task: RunTask) -> tuple[str, str, str]:
     return rid, "skipped" if out.skipped else "finished", ""
 
 
-def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str, str]], None]) -> None:
-    if workers <= 1:
+def _claim_device(slots: Any) -> None:
+    """Worker initializer: take this worker's ``CUDA_VISIBLE_DEVICES`` before torch is imported."""
+    value = slots.get(timeout=60)
+    if value is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = value
+
+
+def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str, str]], None],
+           slots: list[str | None] | None = None) -> None:
+    placed = bool(slots) and any(v is not None for v in slots)
+    if workers <= 1 and not placed:
         for t in tasks:
             on_done(execute(t))
         return
-    # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles).
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles), so each
+    # can be given its GPU before it imports torch.
+    ctx = get_context("spawn")
+    kwargs: dict[str, Any] = {}
+    if placed:
+        queue = ctx.Queue()
+        for v in slots:
+            queue.put(v)
+        kwargs = {"initializer": _claim_device, "initargs": (queue,)}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **kwargs) as pool:
         pending: set[Future] = {pool.submit(execute, t) for t in tasks}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -99,7 +117,7 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
 
 
 def _ray(tasks: list[RunTask], workers: int, address: str | None,
-         on_done: Callable[[tuple[str, str, str]], None]) -> None:
+         on_done: Callable[[tuple[str, str, str]], None], placement: Placement) -> None:
     try:
         import ray
     except ImportError:
@@ -109,8 +127,12 @@ def _ray(tasks: list[RunTask], workers: int, address: str | None,
         kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": max(workers, 1)}
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
     try:
-        remote = ray.remote(num_cpus=1)(execute)
-        pending = [remote.remote(t) for t in tasks]
+        # Ray reserves each task's CPUs and GPUs and sets its CUDA_VISIBLE_DEVICES; the run uses
+        # as many torch threads as it has CPUs.
+        res = ray_resources(placement, float(ray.cluster_resources().get("GPU", 0)))
+        threads = max(1, int(res["num_cpus"]))
+        remote = ray.remote(**res)(execute)
+        pending = [remote.remote(replace(t, threads=threads)) for t in tasks]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -159,20 +181,25 @@ def _med3d_stage(spec: Any, *, workspace: str | Path, device: str | None, progre
     pretrain_med3d(spec, out_dir=out, device=device, progress=progress)
 
 
-def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, executor: str = "local",
-              address: str | None = None, smoke: bool = False, device: str | None = None,
-              progress: bool = True, specs: list[RunSpec] | None = None,
-              sequential: dict[str, Any] | None = None, tensorboard: bool = False) -> StudyOutcome:
+def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 1,
+              executor: str = "local", address: str | None = None, smoke: bool = False,
+              device: str | None = None, progress: bool = True, specs: list[RunSpec] | None = None,
+              sequential: dict[str, Any] | None = None, tensorboard: bool = False,
+              placement: Placement | None = None) -> StudyOutcome:
     """Run every missing run of ``study`` and store it.
 
     Args:
         study: the parsed study file.
         workspace: run store folder (shared by all workers; on Ray, a path every node can reach).
-        workers: local processes (``executor="local"``) or Ray CPUs when starting a local Ray.
+        workers: local processes (``executor="local"``) or Ray CPUs when starting a local Ray;
+            ``None``: one per GPU slot of ``placement`` (``GPUs × runs_per_device``), else 1.
         executor: ``local`` or ``ray``.
         address: Ray cluster address (``ray://host:10001`` or ``auto``); ``None`` starts a local Ray.
         smoke: run the shrunk study (see :mod:`transfuse.study.spec`).
-        device: device for every run (``None``: auto).
+        device: one device for every run (``None``: by ``placement``).
+        placement: which GPU each local worker gets, what each Ray task requests
+            (:mod:`transfuse.study.placement`; default ``auto``: one GPU per worker where there
+            are GPUs). Ignored for local workers when ``device`` is given.
         progress: one progress bar for the whole study: optimiser steps of the finished runs
             against the steps of all runs (:func:`progress_total`), with an ETA.
         specs: the grid runs to do instead of ``expand(study)`` (adaptive studies add seeds).
@@ -189,8 +216,13 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
+    placement = placement or Placement()
+    slots: list[str | None] | None = None
+    if executor == "local" and device is None:
+        workers, slots = local_slots(placement, workers=workers)
+    workers = workers or 1
     from .check import check_study  # every cell built, sourced and sized; all problems at once
 
     check_study(study, workspace=workspace, smoke=smoke).raise_if_invalid()  # before the store
@@ -267,9 +299,9 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int = 1, exec
             if not tasks:
                 continue
             if executor == "ray":
-                _ray(tasks, workers, address, on_done)
+                _ray(tasks, workers, address, on_done, placement)
             else:
-                _local(tasks, workers, on_done)
+                _local(tasks, workers, on_done, slots)
     finally:
         bar.close()
     return outcome
