@@ -30,7 +30,8 @@ _SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "
                                           "regions": []}
 # TrainSpec fields added for fine-tuning strategies, left out of the JSON the same way.
 _FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "head_lr_mult": 1.0,
-                                      "freeze_bn": False, "augment": "none"}
+                                      "freeze_bn": False, "augment": "none",
+                                      "checkpoint_every": None}
 FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
 
 
@@ -229,6 +230,9 @@ class TrainSpec:
         augment: training augmentation, ``none``, ``basic`` or ``strong`` (flips, small affine,
             colour/intensity; torchvision v2 in 2D, MONAI in 3D and segmentation; seeded by the
             run seed and the step; never at evaluation; see :mod:`transfuse.train.augment`).
+        checkpoint_every: write the mid-run checkpoint ``resume.pt`` every this many steps
+            (``None``: at every evaluation); a rerun of a killed run resumes from it, with the
+            same result (see :mod:`transfuse.train.resume`). Not part of the run id.
     """
 
     steps: int | None = 200
@@ -248,6 +252,7 @@ class TrainSpec:
     head_lr_mult: float = 1.0
     freeze_bn: bool = False
     augment: str = "none"
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -269,6 +274,9 @@ class TrainSpec:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if self.eval_every < 1:
             raise ConfigError(f"train.eval_every={self.eval_every} must be >= 1")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"train.checkpoint_every={self.checkpoint_every} must be >= 1 "
+                              "(or leave it out: at every evaluation)")
 
 
 @dataclass(frozen=True)
@@ -313,10 +321,12 @@ def run_id(spec: RunSpec) -> str:
     """12-hex-digit id of a run: SHA-256 of the canonical spec JSON.
 
     ``data.data_root`` is left out: where the files sit on this machine does not change what the
-    run is, so a study resumes after its data moves (or on another node of a cluster).
+    run is, so a study resumes after its data moves (or on another node of a cluster); so is
+    ``train.checkpoint_every``, which changes how often a run saves, not what it computes.
     """
     d = spec.to_dict()
     d["data"].pop("data_root", None)
+    d["train"].pop("checkpoint_every", None)
     canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 

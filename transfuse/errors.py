@@ -18,6 +18,7 @@ __all__ = ["TransfuseError", "ConfigError", "DataError", "ModelError", "StoreErr
 
 EXIT_ERROR = 2  #: CLI exit status of a TransfuseError (bad input, unusable store, I/O failure)
 EXIT_DIVERGED = 3  #: CLI exit status of a run whose loss or predictions became NaN/inf
+EXIT_PREEMPTED = 75  #: CLI exit status of a run stopped by SIGTERM after checkpointing (EX_TEMPFAIL)
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -70,3 +71,16 @@ def check_name(name: object, *, field: str) -> str:
         raise ConfigError(f"{field}={name!r} is not a valid name: it becomes a file or folder "
                           "name, so use only letters, digits, '.', '_' and '-' (not '.' or '..')")
     return name
+
+
+class PreemptedError(TransfuseError):
+    """SIGTERM stopped a run after it wrote its mid-run checkpoint; running it again resumes
+    (the CLI exits with :data:`EXIT_PREEMPTED`).
+
+    Attributes:
+        step: the last step done (the checkpoint's).
+    """
+
+    def __init__(self, message: str, *, step: int = 0) -> None:
+        super().__init__(message)
+        self.step = step

@@ -20,12 +20,14 @@ from .config import RunSpec, run_id
 from .data import PreparedData, load_dataset
 from .inits import INITS, apply_init, init_model_kwargs, parse_init
 from .live import check_tensorboard, live_log
-from .errors import ConfigError, DivergedError, ModelError, StoreError, TransfuseError
+from .errors import (ConfigError, DivergedError, ModelError, PreemptedError, StoreError,
+                     TransfuseError)
 from .models import create_model, get_stages
 from .store import RunRecord, Store
 from .train.device import resolve_device, seed_everything
 from .train.finetune import plan_finetune
 from .train.loop import fit
+from .train.resume import RESUME_FILE
 from .weights import SourceWeights, resolve_source
 
 __all__ = ["train_run", "RunOutcome", "check_compatible", "check_sizes", "environment"]
@@ -151,7 +153,12 @@ def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseExce
     """Clean up after a failed run, mark it ``failed`` where the store is still writable, and
     return the one-line error to raise (``None`` context: no chained tracebacks)."""
     _clean_tmp(run_dir)  # first: on a full disk this frees the space the store needs
-    if isinstance(e, DivergedError):
+    if isinstance(e, Exception) and not isinstance(e, PreemptedError):
+        # a failure would only recur from a checkpoint taken just before it: start over next time
+        (run_dir / RESUME_FILE).unlink(missing_ok=True)
+    if isinstance(e, PreemptedError):
+        msg = f"run {rid} {e}"
+    elif isinstance(e, DivergedError):
         msg = f"run {rid} diverged: {e}"
     elif isinstance(e, OSError):
         what = f"{e.filename}: " if e.filename else ""
@@ -163,7 +170,9 @@ def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseExce
         msg = f"{type(e).__name__}: {e}"
     try:
         store.fail_run(rid, msg)
-        stored = "the run is stored as failed and restarts when run again"
+        stored = ("the run is stored as failed and resumes when run again"
+                  if isinstance(e, PreemptedError) else
+                  "the run is stored as failed and restarts when run again")
     except StoreError as se:
         stored = f"it could not be marked failed ({se}); `transfuse runs list` shows it as stale"
     if isinstance(e, OSError):
@@ -254,7 +263,9 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
                 "best_step": result.best_step, "steps": result.steps,
                 "train_seconds": round(result.train_seconds, 3),
                 "step_seconds": round(result.train_seconds / max(result.steps, 1), 5),
-                "examples_per_second": round(result.examples_per_second, 1)})
+                "examples_per_second": round(result.examples_per_second, 1),
+                # this attempt continued a killed one from its mid-run checkpoint at that step
+                "resumed_from": result.resumed_from})
     except BaseException as e:
         if not main:
             raise

@@ -16,7 +16,8 @@ import importlib
 import os
 import sys
 
-from ..errors import EXIT_DIVERGED, EXIT_ERROR, DivergedError, TransfuseError
+from ..errors import (EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED, DivergedError, PreemptedError,
+                      TransfuseError)
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as e:  # stored as a failed run; its own status so scripts can retry
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except PreemptedError as e:  # SIGTERM after a checkpoint: rerunning resumes (Slurm requeue)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except TransfuseError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

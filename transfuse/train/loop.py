@@ -28,15 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..config import TrainSpec
 from ..data.base import PreparedData
-from ..errors import ConfigError, DivergedError
+from ..errors import ConfigError, DivergedError, PreemptedError
 from .augment import make_augment
 from .device import autocast, init_distributed, resolve_device
 from .finetune import plan_finetune
 from .metrics import classification_metrics
+from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipDistributedSampler,
+                     SkipRandomSampler, load_resume, rng_state, set_rng_state)
 from .segment import evaluate_segmentation, segmentation_loss
 
 __all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn", "primary_metric"]
@@ -54,6 +56,7 @@ class FitResult:
     history: list[tuple[int, str, dict[str, float]]] = field(default_factory=list)
     train_seconds: float = 0.0  # the training steps only: evaluation and checkpoints excluded
     examples_per_second: float = 0.0
+    resumed_from: int | None = None  # the step a mid-run checkpoint let this attempt start after
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str) -> torch.Tensor:
@@ -166,15 +169,6 @@ def _save_predictions(path: Path, data: PreparedData, preds: np.ndarray) -> None
     _atomic_write(path, write)
 
 
-def _batches(loader: DataLoader, sampler: DistributedSampler | None) -> Iterator:
-    epoch = 0
-    while True:  # an endless stream of batches; the step count decides when to stop
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename onto ``path``: a crash never leaves a half-written file, and a
     failed write removes its ``.tmp`` (torch reports a full disk as a RuntimeError: it becomes
@@ -258,11 +252,13 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     gen = torch.Generator().manual_seed(seed)
-    sampler = (DistributedSampler(data.train, shuffle=True, seed=seed, drop_last=True)
-               if dist_info.world_size > 1 else None)
+    # The samplers draw exactly as RandomSampler/DistributedSampler do and can skip ahead, so a
+    # resumed run continues the same data order without loading the batches it skips.
+    sampler = (SkipDistributedSampler(data.train, shuffle=True, seed=seed, drop_last=True)
+               if dist_info.world_size > 1 else SkipRandomSampler(data.train, generator=gen))
     bs = min(spec.batch_size, len(data.train) // dist_info.world_size)
     pin = dev.type == "cuda"
-    train_loader = DataLoader(data.train, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+    train_loader = DataLoader(data.train, batch_size=bs, sampler=sampler,
                               generator=gen, drop_last=True, num_workers=spec.num_workers,
                               pin_memory=pin, persistent_workers=spec.num_workers > 0)
     eval_bs = 1 if task == "segmentation" else max(bs, 256)  # whole volumes differ in shape
@@ -285,63 +281,107 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         if log is not None and main:
             log(step, split, metrics)
 
-    if run_dir is not None and main:
-        _save(raw_model, run_dir / "init.pt", 0)
     primary = primary_metric(task)
     best_score, best_step, best_state = -math.inf, 0, None
-    val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=0)
-    record(0, "val", val_metrics)
+    batches = BatchStream(train_loader, gen)
+    loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
+    first_bad = torch.zeros((), dtype=torch.long, device=dev)  # first step with a NaN/inf loss
+    seen, start = 0, 1
+    fingerprint = _fingerprint(spec, seed, dist_info.world_size)
+    ckpt = load_resume(run_dir, fingerprint)
+    if ckpt is not None:  # a killed or preempted attempt left a checkpoint: continue from it
+        start = int(ckpt["step"]) + 1
+        if finetune.switch_step is not None and start > finetune.switch_step:
+            finetune.on_step(finetune.switch_step, raw_model, opt, sched)  # the groups, first
+        raw_model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        best_score, best_step = float(ckpt["best_score"]), int(ckpt["best_step"])
+        if best_step and run_dir is not None and (run_dir / "best.pt").is_file():
+            best = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)
+            # a best.pt newer than the checkpoint is reached (and rewritten) again on the way
+            best_state = best["state_dict"] if int(best["step"]) == best_step else None
+        loss_acc.fill_(ckpt["loss_acc"]), first_bad.fill_(int(ckpt["first_bad"]))
+        seen = int(ckpt["seen"])
+        for step_, split_, metrics_ in ckpt["history"]:
+            record(int(step_), split_, dict(metrics_))  # the store restarted the run's rows
+        batches.restore(ckpt["stream"])
+        set_rng_state(ckpt["rng"])
+    else:
+        if run_dir is not None and main:
+            _save(raw_model, run_dir / "init.pt", 0)
+        val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=0)
+        record(0, "val", val_metrics)
+    every = spec.checkpoint_every or spec.eval_every
+
+    def checkpoint(step: int) -> None:
+        if run_dir is None or not main:
+            return
+        state = {"fingerprint": fingerprint, "step": step, "model": raw_model.state_dict(),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "best_score": best_score, "best_step": best_step,
+                 "loss_acc": float(loss_acc), "first_bad": int(first_bad), "seen": seen,
+                 "history": [[st, sp, dict(m)] for st, sp, m in history],
+                 "stream": batches.state(), "rng": rng_state()}
+        _atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
 
     from tqdm.auto import tqdm
 
     import sys
 
     # On a terminal the bar redraws 10×/s; in logs (CI, nohup) one line every 10 s is enough.
-    bar = tqdm(total=total, disable=not (progress and main), desc="train", unit="step", leave=False,
-               mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    batches = _batches(train_loader, sampler)
-    loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
-    first_bad = torch.zeros((), dtype=torch.long, device=dev)  # first step with a NaN/inf loss
-    seen, t0, eval_seconds = 0, time.perf_counter(), 0.0
+    bar = tqdm(total=total, initial=start - 1, disable=not (progress and main), desc="train",
+               unit="step", leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    t0, eval_seconds = time.perf_counter(), 0.0
     model.train()
-    for step in range(1, total + 1):
-        finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
-        x, y, m = next(batches)
-        if augment is not None:
-            x, y = augment(x, y, seed=seed, step=step, rank=dist_info.rank)
-        x, y, m = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), m.to(dev, non_blocking=True)
-        with autocast(dev, spec.amp):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y, m, task)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_acc += loss.detach()
-        first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
-        seen += len(x)
-        bar.update(1)
+    with SigtermGuard() as sigterm:
+        for step in range(start, total + 1):
+            finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
+            x, y, m = next(batches)
+            if augment is not None:
+                x, y = augment(x, y, seed=seed, step=step, rank=dist_info.rank)
+            x, y, m = (x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
+                       m.to(dev, non_blocking=True))
+            with autocast(dev, spec.amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, m, task)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_acc += loss.detach()
+            first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
+            seen += len(x)
+            bar.update(1)
 
-        if step % spec.eval_every == 0 or step == total:
-            n_since = step - (step - 1) // spec.eval_every * spec.eval_every
-            train_loss = loss_acc.item() / n_since  # waits for the queued steps to finish
-            t_eval = time.perf_counter()
-            if not math.isfinite(train_loss):
-                raise _diverged(f"the training loss became {train_loss}", int(first_bad) or step, spec)
-            # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
-            record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
-            loss_acc.zero_()
-            val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=step)
-            record(step, "val", val_metrics)
-            val_score = val_metrics[primary]
-            score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
-            if score > best_score:
-                best_score, best_step = score, step
-                best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
-                if run_dir is not None and main:
-                    _save(raw_model, run_dir / "best.pt", step)
-            bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
-            eval_seconds += time.perf_counter() - t_eval
+            if step % spec.eval_every == 0 or step == total:
+                n_since = step - (step - 1) // spec.eval_every * spec.eval_every
+                train_loss = loss_acc.item() / n_since  # waits for the queued steps to finish
+                t_eval = time.perf_counter()
+                if not math.isfinite(train_loss):
+                    raise _diverged(f"the training loss became {train_loss}", int(first_bad) or step, spec)
+                # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
+                record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
+                loss_acc.zero_()
+                val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=step)
+                record(step, "val", val_metrics)
+                val_score = val_metrics[primary]
+                score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
+                if score > best_score:
+                    best_score, best_step = score, step
+                    best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+                    if run_dir is not None and main:
+                        _save(raw_model, run_dir / "best.pt", step)
+                bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
+                eval_seconds += time.perf_counter() - t_eval
+            if step < total and (step % every == 0 or sigterm.requested):
+                t_ck = time.perf_counter()
+                checkpoint(step)
+                eval_seconds += time.perf_counter() - t_ck
+                if sigterm.requested:
+                    bar.close()
+                    raise PreemptedError(f"stopped by SIGTERM after step {step} of {total}; its "
+                                         "checkpoint is kept: run it again to resume", step=step)
     bar.close()
     finetune.release()
     seconds = time.perf_counter() - t0 - eval_seconds
@@ -354,5 +394,19 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                                          step=best_step)
     if run_dir is not None and main:
         _save_predictions(run_dir / "test_predictions.npz", data, test_probs)
+        (run_dir / RESUME_FILE).unlink(missing_ok=True)  # done: nothing to resume
     return FitResult(test=test_metrics, best_step=best_step, steps=total, history=history,
-                     train_seconds=seconds, examples_per_second=seen * dist_info.world_size / seconds)
+                     train_seconds=seconds,
+                     examples_per_second=(seen * dist_info.world_size / seconds) if seconds else 0.0,
+                     resumed_from=start - 1 if ckpt is not None else None)
+
+
+def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
+    """What a checkpoint must match to be resumed: the training settings (save frequency
+    aside), the seed and the number of processes."""
+    import dataclasses
+    import json
+
+    d = dataclasses.asdict(spec)
+    d.pop("checkpoint_every", None)
+    return json.dumps({"train": d, "seed": seed, "world_size": world_size}, sort_keys=True)

@@ -1,0 +1,176 @@
+"""Mid-run checkpoints: a killed or preempted run resumes where it stopped, bit-identically.
+
+``fit()`` writes ``resume.pt`` into the run folder every ``train.checkpoint_every`` steps (default:
+at every evaluation), atomically (write, then rename). It holds everything the rest of the run
+depends on:
+
+- model, optimiser and scheduler state, and LP-FT's switch (re-applied before the optimiser
+  state is loaded, so the parameter groups match);
+- the step, the evaluation history, the best score and its step (the weights are ``best.pt``),
+  the training loss summed since the last evaluation;
+- the random-number states (Python, NumPy, torch CPU and CUDA) and the data order's position:
+  the sampler generator's state at the start of the current epoch and how many batches of the
+  epoch were drawn. On resume the sampler skips those indices without loading their data.
+
+A rerun of the same spec (``transfuse train`` again, ``study run`` again, the Ray driver
+resubmitting) finds the file and continues from it; the run's summary says ``resumed_from``.
+With ``num_workers: 0`` (the default) the result is bit-identical to an uninterrupted run on the
+CPU; data-loader worker processes restart their own random streams, so datasets that draw
+randomness inside workers (3D training patches) resume exactly only without workers.
+
+SIGTERM (Slurm, spot preemption) makes the loop finish its step, write the checkpoint and raise
+:class:`~transfuse.errors.PreemptedError`; the CLI exits with status 75 (``EX_TEMPFAIL``), and the
+next attempt resumes. A run that fails for any other reason removes its checkpoint: rerunning a
+deterministic failure from just before it would fail again.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+__all__ = ["SkipRandomSampler", "SkipDistributedSampler", "BatchStream", "rng_state",
+           "set_rng_state", "SigtermGuard", "load_resume", "RESUME_FILE"]
+
+RESUME_FILE = "resume.pt"
+
+
+class _Skip:
+    """Mixin: the next ``__iter__`` drops its first ``skip`` indices (drawn, not loaded)."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        it = super().__iter__()  # type: ignore[misc]
+        k, self.skip = self.skip, 0
+        for _ in range(k):
+            next(it)
+        yield from it
+
+
+class SkipRandomSampler(_Skip, RandomSampler):
+    """``RandomSampler`` (same random draws, so the same order) that can skip ahead."""
+
+
+class SkipDistributedSampler(_Skip, DistributedSampler):
+    """``DistributedSampler`` that can skip ahead."""
+
+
+class BatchStream:
+    """An endless stream of training batches that knows its place (epoch, batch in epoch).
+
+    Args:
+        loader: the training loader (its sampler a ``Skip*Sampler``, its generator ``gen``).
+        gen: the generator the loader and sampler draw from.
+    """
+
+    def __init__(self, loader: DataLoader, gen: torch.Generator) -> None:
+        self.loader, self.gen = loader, gen
+        self.epoch, self.in_epoch = 0, 0
+        self._epoch_gen: torch.Tensor | None = None
+        self._it: Iterator | None = None
+
+    def _start_epoch(self) -> None:
+        sampler = self.loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(self.epoch)
+        self._epoch_gen = self.gen.get_state()
+        self._it = iter(self.loader)
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._start_epoch()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.in_epoch = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self._it)
+        self.in_epoch += 1
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        """Where the stream is: enough for :meth:`restore` to continue with the next batch."""
+        return {"epoch": self.epoch, "in_epoch": self.in_epoch,
+                "epoch_gen": self._epoch_gen if self._epoch_gen is not None else self.gen.get_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`: the epoch's generator state again, its drawn batches
+        skipped at the sampler (indices only)."""
+        self.epoch, self.in_epoch = int(state["epoch"]), int(state["in_epoch"])
+        self.gen.set_state(state["epoch_gen"])
+        sampler = self.loader.sampler
+        sampler.skip = self.in_epoch * self.loader.batch_size
+        self._start_epoch()
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) random states, as tensors and plain lists (so the
+    checkpoint loads with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out = {"python": [version, list(internal), gauss],
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+           "torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume(run_dir: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint in ``run_dir`` if it belongs to this run (same ``fingerprint``), else
+    ``None`` (a foreign or unreadable file is removed, and the run starts over)."""
+    if run_dir is None:
+        return None
+    p = run_dir / RESUME_FILE
+    if not p.is_file():
+        return None
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: start over rather than fail
+        p.unlink(missing_ok=True)
+        return None
+    if ckpt.get("fingerprint") != fingerprint:
+        p.unlink(missing_ok=True)
+        return None
+    return ckpt
+
+
+class SigtermGuard:
+    """While active, SIGTERM sets :attr:`requested` instead of killing the process, so the loop
+    can checkpoint after its current step (main thread only; elsewhere a no-op)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> SigtermGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
