@@ -211,10 +211,13 @@ def test_twenty_kills_lose_nothing_duplicate_nothing_and_change_nothing(tmp_path
     torn = 0
     for _ in range(20):
         proc = subprocess.Popen(cmd(ws), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 8.0))
+        deadline = time.time() + 120  # once a run is checkpointing, kill at a random moment
+        while time.time() < deadline and proc.poll() is None and not list(ws.glob("runs/*/resume.*")):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        torn += any((ws / "runs").glob("*/*.tmp")) if (ws / "runs").is_dir() else 0
+        torn += bool(list(ws.glob("runs/*/*.tmp")))  # killed halfway through a write
     done = subprocess.run(cmd(ws), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = Store(tmp_path / "ref"), Store(ws)
@@ -228,3 +231,60 @@ def test_twenty_kills_lose_nothing_duplicate_nothing_and_change_nothing(tmp_path
         assert b.metrics(r.run_id) == a.metrics(r.run_id)
     assert sum(r.summary.get("resumed_from") is not None for r in runs) >= 1
     assert torn >= 1, "no kill landed during a checkpoint write"
+
+
+LONG = """
+name: long
+base:
+  data: {name: "builtin:brain_tissue", n_train: 64}
+  model: {name: cbr_tiny}
+  train: {steps: 400, eval_every: 100, batch_size: 16, lr: 0.05, checkpoint_every: 5}
+grid:
+  init: [random, "random:kaiming"]
+  seed: [0, 1]
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_study_its_workers_checkpoint_and_the_rerun_resumes(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(LONG)
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "transfuse", "study", "run", str(path), "--workspace", str(ws),
+           "--no-progress", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(ws.glob("runs/*/resume.pt")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    assert "stopped by SIGTERM" in err and "run it again to resume" in err
+    time.sleep(1)
+    assert workers and not [p for p in workers if _alive(p)]  # no orphan left training
+    kept = list(ws.glob("runs/*/resume.pt"))
+    assert kept
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = Store(ws).list_runs()
+    assert len(runs) == 4 and all(r.status == "finished" for r in runs)
+    assert sum(r.summary["resumed_from"] is not None for r in runs) >= 1

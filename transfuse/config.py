@@ -31,7 +31,11 @@ _SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "
 # TrainSpec fields added for fine-tuning strategies, left out of the JSON the same way.
 _FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "head_lr_mult": 1.0,
                                       "freeze_bn": False, "augment": "none",
-                                      "checkpoint_every": None}
+                                      "checkpoint_every": None, "compile": False, "preload": "auto"}
+# How a run is computed, not what: left out of the run id (as data.data_root), so switching them
+# on for speed finds the runs already stored.
+_EXECUTION_KEYS = ("checkpoint_every", "compile", "preload")
+PRELOADS = ("auto", "always", "never")
 FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
 
 
@@ -233,6 +237,13 @@ class TrainSpec:
         checkpoint_every: write the mid-run checkpoint ``resume.pt`` every this many steps
             (``None``: at every evaluation); a rerun of a killed run resumes from it, with the
             same result (see :mod:`transfuse.train.resume`). Not part of the run id.
+        compile: ``torch.compile`` the model for training and evaluation (checkpoints keep the
+            plain model's keys). Not part of the run id.
+        preload: ``auto`` puts an in-memory training set on the training device once, when it
+            fits (on CUDA: a quarter of the free memory), and draws batches by index there —
+            the same batches as the data loader, without its per-example collation; ``always``
+            insists (an error when it does not fit or the data is not in memory), ``never``
+            keeps the data loader. Not part of the run id.
     """
 
     steps: int | None = 200
@@ -253,10 +264,13 @@ class TrainSpec:
     freeze_bn: bool = False
     augment: str = "none"
     checkpoint_every: int | None = None
+    compile: bool = False
+    preload: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.augment", self.augment, AUGMENTS)
+        _check_choice("train.preload", self.preload, PRELOADS)
         finetune_parts(self.finetune)
         for nm in ("layer_decay", "head_lr_mult"):
             if not getattr(self, nm) > 0:
@@ -321,12 +335,14 @@ def run_id(spec: RunSpec) -> str:
     """12-hex-digit id of a run: SHA-256 of the canonical spec JSON.
 
     ``data.data_root`` is left out: where the files sit on this machine does not change what the
-    run is, so a study resumes after its data moves (or on another node of a cluster); so is
-    ``train.checkpoint_every``, which changes how often a run saves, not what it computes.
+    run is, so a study resumes after its data moves (or on another node of a cluster); so are
+    ``train.checkpoint_every``, ``train.compile`` and ``train.preload``, which change how a run
+    is computed, not what.
     """
     d = spec.to_dict()
     d["data"].pop("data_root", None)
-    d["train"].pop("checkpoint_every", None)
+    for k in _EXECUTION_KEYS:
+        d["train"].pop(k, None)
     canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,6 +52,7 @@ class StudyOutcome:
     skipped: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    preempted: list[str] = field(default_factory=list)  # stopped by SIGTERM, checkpoint kept
 
     @property
     def ok(self) -> bool:
@@ -62,10 +63,12 @@ def execute(task: RunTask) -> tuple[str, str, str]:
     """Run one task in this process; returns ``(run_id, outcome, message)``.
 
     ``outcome`` is ``finished``, ``skipped`` (already finished), ``busy`` (another process runs
-    it) or ``failed``. Never raises, so one bad run cannot stop the study.
+    it), ``preempted`` (SIGTERM: it checkpointed and stopped) or ``failed``. Never raises, so one
+    bad run cannot stop the study.
     """
     import torch
 
+    from ..errors import PreemptedError
     from ..run import train_run
     from ..store import RunBusyError
 
@@ -77,6 +80,8 @@ def execute(task: RunTask) -> tuple[str, str, str]:
                         tensorboard=task.tensorboard)
     except RunBusyError as e:
         return rid, "busy", str(e)
+    except PreemptedError as e:
+        return rid, "preempted", str(e)
     except TransfuseError as e:
         return rid, "failed", str(e)
     except Exception as e:  # a crash in one run is reported, the study goes on
@@ -92,28 +97,99 @@ def _claim_device(slots: Any) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = value
 
 
+class _StopOnSigterm:
+    """While running a study's local runs: SIGTERM stops the study instead of killing the driver.
+
+    Runs in worker processes get the signal forwarded (each checkpoints and stops, see
+    :mod:`transfuse.train.resume`); no further run starts. In the driver's own process (one
+    worker) a run in progress handles the signal itself; between runs the flag stops the next.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.pool: ProcessPoolExecutor | None = None
+        self._old: Any = None
+
+    def __enter__(self) -> _StopOnSigterm:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        procs = getattr(self.pool, "_processes", None) or {}
+        for proc in list(procs.values()):  # each worker checkpoints its run and returns
+            try:
+                proc.terminate()
+            except (OSError, AttributeError):
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _claim_device(slots: Any) -> None:
+    """Worker initializer: take this worker's ``CUDA_VISIBLE_DEVICES`` before torch is imported."""
+    value = slots.get(timeout=60)
+    if value is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = value
+
+
 def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str, str]], None],
-           slots: list[str | None] | None = None) -> None:
+           slots: list[str | None] | None = None) -> bool:
+    """Run ``tasks`` in this process or in ``workers`` spawned processes.
+
+    Returns:
+        whether SIGTERM stopped the study (its runs in progress checkpointed and stopped).
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
     placed = bool(slots) and any(v is not None for v in slots)
-    if workers <= 1 and not placed:
-        for t in tasks:
-            on_done(execute(t))
-        return
-    # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles), so each
-    # can be given its GPU before it imports torch.
-    ctx = get_context("spawn")
-    kwargs: dict[str, Any] = {}
-    if placed:
-        queue = ctx.Queue()
-        for v in slots:
-            queue.put(v)
-        kwargs = {"initializer": _claim_device, "initargs": (queue,)}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **kwargs) as pool:
-        pending: set[Future] = {pool.submit(execute, t) for t in tasks}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                on_done(f.result())
+    with _StopOnSigterm() as stop:
+        if workers <= 1 and not placed:
+            for t in tasks:
+                if stop.requested:
+                    break
+                res = execute(t)
+                on_done(res)
+                if res[1] == "preempted":  # the run in progress caught the signal itself
+                    stop.requested = True
+            return stop.requested
+        # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles), so
+        # each can be given its GPU before it imports torch.
+        ctx = get_context("spawn")
+        kwargs: dict[str, Any] = {}
+        if placed:
+            queue = ctx.Queue()
+            for v in slots:
+                queue.put(v)
+            kwargs = {"initializer": _claim_device, "initargs": (queue,)}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **kwargs) as pool:
+            stop.pool = pool
+            pending: set[Future] = {pool.submit(execute, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    try:
+                        res = f.result()
+                    except (BrokenProcessPool, CancelledError):
+                        if not stop.requested:
+                            raise
+                        continue
+                    on_done(res)
+                    if res[1] == "preempted" and not stop.requested:
+                        stop._handle(0, None)  # one run was stopped: stop them all
+                if stop.requested:
+                    for f in pending:
+                        f.cancel()
+                    pending = {f for f in pending if not f.cancelled()}
+        return stop.requested
 
 
 def _ray(tasks: list[RunTask], workers: int, address: str | None,
@@ -275,6 +351,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         postfix()
         bar.update(weight.get(rid, 1))
 
+    stopped = False
     try:
         # Stage 0: Med3D multi-dataset pretrainings (in this process; skipped when done).
         for spec in med3d_pretrains(study, smoke=smoke).values():
@@ -300,10 +377,17 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
                 continue
             if executor == "ray":
                 _ray(tasks, workers, address, on_done, placement)
-            else:
-                _local(tasks, workers, on_done, slots)
+            elif _local(tasks, workers, on_done, slots):
+                stopped = True
+                break
     finally:
         bar.close()
+    if stopped:
+        from ..errors import PreemptedError
+
+        n = len(outcome.preempted)
+        raise PreemptedError(f"study {outcome.study} stopped by SIGTERM: {len(outcome.finished)} "
+                             f"runs finished, {n} checkpointed mid-run; run it again to resume")
     return outcome
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import TrainSpec
-from ..data.base import PreparedData
+from ..data.base import ArrayDataset, PreparedData
 from ..errors import ConfigError, DivergedError, PreemptedError
 from .augment import make_augment
 from .device import autocast, init_distributed, resolve_device
@@ -248,8 +248,14 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                           "which DDP cannot follow; run it on one process or use "
                           "linear_probe/freeze:<stage>")
     finetune.apply(raw_model)
+    # GPU fast path: NHWC memory layout for 2D convnets (tensor cores prefer it); same weights
+    channels_last = dev.type == "cuda" and data.info.spatial_dims == 2
+    if channels_last:
+        raw_model.to(memory_format=torch.channels_last)
     if dist_info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if spec.compile:
+        model = torch.compile(model)  # checkpoints keep raw_model's keys (no "_orig_mod.")
 
     gen = torch.Generator().manual_seed(seed)
     # The samplers draw exactly as RandomSampler/DistributedSampler do and can skip ahead, so a
@@ -258,9 +264,14 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                if dist_info.world_size > 1 else SkipRandomSampler(data.train, generator=gen))
     bs = min(spec.batch_size, len(data.train) // dist_info.world_size)
     pin = dev.type == "cuda"
-    train_loader = DataLoader(data.train, batch_size=bs, sampler=sampler,
-                              generator=gen, drop_last=True, num_workers=spec.num_workers,
-                              pin_memory=pin, persistent_workers=spec.num_workers > 0)
+    preloaded = _preload(data.train, dev, spec.preload)
+    if preloaded is not None:  # batches of indices into the training set on the device
+        train_loader = DataLoader(range(len(data.train)), batch_size=bs, sampler=sampler,
+                                  generator=gen, drop_last=True)
+    else:
+        train_loader = DataLoader(data.train, batch_size=bs, sampler=sampler,
+                                  generator=gen, drop_last=True, num_workers=spec.num_workers,
+                                  pin_memory=pin, persistent_workers=spec.num_workers > 0)
     eval_bs = 1 if task == "segmentation" else max(bs, 256)  # whole volumes differ in shape
     eval_loader = lambda ds: DataLoader(ds, batch_size=eval_bs, num_workers=spec.num_workers,  # noqa: E731
                                         pin_memory=pin)
@@ -337,11 +348,18 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     with SigtermGuard() as sigterm:
         for step in range(start, total + 1):
             finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
-            x, y, m = next(batches)
+            batch = next(batches)
+            if preloaded is not None:
+                idx = batch.to(preloaded[0].device)
+                x, y, m = (t[idx] for t in preloaded)
+            else:
+                x, y, m = batch
             if augment is not None:
                 x, y = augment(x, y, seed=seed, step=step, rank=dist_info.rank)
             x, y, m = (x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
                        m.to(dev, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(dev, spec.amp):
                 logits = model(x)
             loss = loss_fn(logits.float(), y, m, task)
@@ -401,6 +419,37 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                      resumed_from=start - 1 if ckpt is not None else None)
 
 
+def _preload(ds: Any, dev: torch.device, mode: str
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(images, targets, mask)`` of an in-memory training set on ``dev`` (``train.preload``),
+    or ``None`` for the data loader.
+
+    On the CPU an in-memory set is used where it is; on CUDA it is copied once when it takes at
+    most a quarter of the free device memory.
+
+    Raises:
+        ConfigError: ``preload: always`` where the data is not in memory or does not fit.
+    """
+    if mode == "never":
+        return None
+    if not isinstance(ds, ArrayDataset):
+        if mode == "always":
+            raise ConfigError("train.preload=always: this training set is not held in memory "
+                              "(it is drawn per example, e.g. random 3D patches); use auto or never")
+        return None
+    tensors = (ds.images, ds.targets, torch.as_tensor(ds.mask))
+    if dev.type == "cuda":
+        need = sum(t.numel() * t.element_size() for t in tensors)
+        free, _ = torch.cuda.mem_get_info(dev)
+        if need > free // 4:
+            if mode == "always":
+                raise ConfigError(f"train.preload=always: the training set needs {need / 2**30:.1f} "
+                                  f"GiB, more than a quarter of the {free / 2**30:.1f} GiB free on "
+                                  f"{dev}; use auto or never")
+            return None
+    return tuple(t.to(dev) for t in tensors)  # type: ignore[return-value]
+
+
 def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
     """What a checkpoint must match to be resumed: the training settings (save frequency
     aside), the seed and the number of processes."""
@@ -408,5 +457,6 @@ def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
     import json
 
     d = dataclasses.asdict(spec)
-    d.pop("checkpoint_every", None)
+    for k in ("checkpoint_every", "compile", "preload"):  # how it runs, not what it computes
+        d.pop(k, None)
     return json.dumps({"train": d, "seed": seed, "world_size": world_size}, sort_keys=True)
