@@ -160,6 +160,8 @@ def test_cli_flag_is_stored_with_its_recipe(tmp_path, capsys):
     assert rec.spec["train"]["augment"] == "strong"
     assert rec.model_info["augment"] == {"level": "strong", "library": "torchvision", "transforms": [
         "RandomHorizontalFlip", "RandomAffine", "RandGrayIntensity"]}
+    assert main(["runs", "show", rec.run_id, "-w", str(tmp_path)]) == 0
+    assert "  tune   augment strong  (" in capsys.readouterr().out
     assert main(args[:-2]) == 0  # without the flag: another run, no recipe
     plain = Store(tmp_path).get_run(json.loads(capsys.readouterr().out)["run_id"])
     assert plain.run_id != rec.run_id and plain.model_info["augment"] is None

@@ -96,6 +96,32 @@ def test_a_foreign_checkpoint_is_ignored(brain, tmp_path):
     assert res.resumed_from is None
 
 
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(brain, tmp_path):
+    """SIGKILL a process halfway through writing a (big) checkpoint: the torn file is the
+    ``.tmp``, the previous ``resume.pt`` is intact, and the run resumes from it exactly."""
+    spec = TrainSpec(steps=12, eval_every=4, batch_size=16, lr=0.05, checkpoint_every=2)
+    ref_model, ref = _fit(brain, spec, tmp_path / "ref")
+    with pytest.raises(Stop):
+        _fit(brain, spec, tmp_path / "cut", stop_at=8)
+    ck = tmp_path / "cut" / RESUME_FILE
+    before = ck.read_bytes()
+    writer = ("import sys, torch; from pathlib import Path; from transfuse.train.loop import "
+              "_atomic_write; _atomic_write(Path(sys.argv[1]), lambda t: torch.save("
+              "{'x': torch.ones(100_000_000)}, t))")  # 400 MB: long enough to be caught
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(ck)])
+    tmp = ck.with_suffix(".tmp")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp.exists() and tmp.stat().st_size > 1 << 20):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert tmp.exists() and tmp.stat().st_size < 400_000_000  # killed mid-write
+    assert ck.read_bytes() == before  # the checkpoint in place is untouched
+    model, res = _fit(brain, spec, tmp_path / "cut")
+    assert res.resumed_from == 6 and res.history == ref.history and res.test == ref.test
+    assert _same(model.state_dict(), ref_model.state_dict())
+
+
 # -- the CLI, as a process that is killed ---------------------------------------------------------
 ARGS = ["train", "--dataset", "builtin:brain_tissue", "--n-train", "64", "--model", "cbr_tiny",
         "--steps", "300", "--eval-every", "50", "--batch-size", "16", "--lr", "0.05",
@@ -156,7 +182,7 @@ def test_sigkilled_three_times_then_rerun_is_bit_identical(tmp_path):
     assert _same(*last)
 
 
-def test_sigterm_checkpoints_exits_75_and_the_rerun_resumes(tmp_path):
+def test_sigterm_checkpoints_exits_75_and_the_rerun_resumes(tmp_path, capsys):
     ws = tmp_path / "ws"
     proc = _start(ws)
     rid = None
@@ -177,6 +203,9 @@ def test_sigterm_checkpoints_exits_75_and_the_rerun_resumes(tmp_path):
     assert main([*ARGS, "-w", str(ws)]) == 0
     (rec,) = Store(ws).list_runs()
     assert rec.status == "finished" and rec.summary["resumed_from"] == kept
+    capsys.readouterr()
+    assert main(["runs", "show", rec.run_id, "-w", str(ws)]) == 0
+    assert f"resumed from step {kept}" in capsys.readouterr().out
 
 
 CRASH = """
@@ -230,7 +259,9 @@ def test_twenty_kills_lose_nothing_duplicate_nothing_and_change_nothing(tmp_path
     for r in runs:  # bit-identical to the study nobody killed
         assert b.metrics(r.run_id) == a.metrics(r.run_id)
     assert sum(r.summary.get("resumed_from") is not None for r in runs) >= 1
-    assert torn >= 1, "no kill landed during a checkpoint write"
+    # how many of the kills left a half-written file (typically 0-3 of 20: writes are short;
+    # test_kill_during_a_checkpoint_write_keeps_the_previous_one kills inside one on purpose)
+    print(f"kills that left a half-written checkpoint: {torn} of 20")
 
 
 LONG = """

@@ -61,13 +61,21 @@ def _show_run(r, test: dict) -> None:
     t = sp["train"]
     print(f"  train  {t['steps'] or str(t['epochs']) + ' epochs'} steps  lr {t['lr']}  {t['optimizer']}/"
           f"{t['schedule']}  batch {t['batch_size']}  seed {sp['seed']}")
+    how = [f"{k} {t[k]}" for k in ("finetune", "layer_decay", "head_lr_mult", "augment") if k in t]
+    how += ["freeze_bn"] if t.get("freeze_bn") else []
+    ft = r.model_info.get("finetune") or {}
+    if how or ft.get("trainable_parameters") not in (None, r.model_info.get("parameters")):
+        print(f"  tune   {'  '.join(how) or 'full'}  ({ft.get('trainable_parameters', '?')} trainable "
+              f"parameters)")
     if test:
         per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in test.items() if k.startswith("auc/") and v is not None)
         auc, acc = test.get("auc"), test.get("acc")
         print(f"  test   AUC {auc if auc is None else f'{auc:.4f}'}  acc {acc if acc is None else f'{acc:.4f}'}  ({per})")
     if r.summary:
         print(f"  best step {r.summary.get('best_step')}  train {r.summary.get('train_seconds')} s  "
-              f"wall {_seconds(r.wall_seconds)} s  {r.summary.get('examples_per_second')} ex/s")
+              f"wall {_seconds(r.wall_seconds)} s  {r.summary.get('examples_per_second')} ex/s"
+              + (f"  resumed from step {r.summary['resumed_from']}"
+                 if r.summary.get("resumed_from") is not None else ""))
     if r.error:
         print(f"  error  {r.error}")
     if r.state == "stale":
