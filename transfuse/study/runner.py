@@ -18,6 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from .._signals import SigtermGuard
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
 from ..store import Store
@@ -90,14 +91,7 @@ def execute(task: RunTask) -> tuple[str, str, str]:
     return rid, "skipped" if out.skipped else "finished", ""
 
 
-def _claim_device(slots: Any) -> None:
-    """Worker initializer: take this worker's ``CUDA_VISIBLE_DEVICES`` before torch is imported."""
-    value = slots.get(timeout=60)
-    if value is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = value
-
-
-class _StopOnSigterm:
+class _StopOnSigterm(SigtermGuard):
     """While running a study's local runs: SIGTERM stops the study instead of killing the driver.
 
     Runs in worker processes get the signal forwarded (each checkpoints and stops, see
@@ -106,32 +100,17 @@ class _StopOnSigterm:
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        super().__init__()
         self.pool: ProcessPoolExecutor | None = None
-        self._old: Any = None
-
-    def __enter__(self) -> _StopOnSigterm:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        super()._handle(signum, frame)
         procs = getattr(self.pool, "_processes", None) or {}
         for proc in list(procs.values()):  # each worker checkpoints its run and returns
             try:
                 proc.terminate()
             except (OSError, AttributeError):
                 pass
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, self._old)
 
 
 def _claim_device(slots: Any) -> None:

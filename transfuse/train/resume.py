@@ -27,8 +27,6 @@ deterministic failure from just before it would fail again.
 from __future__ import annotations
 
 import random
-import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from .._signals import SigtermGuard
 
 __all__ = ["SkipRandomSampler", "SkipDistributedSampler", "BatchStream", "rng_state",
            "set_rng_state", "SigtermGuard", "load_resume", "RESUME_FILE"]
@@ -153,24 +153,3 @@ def load_resume(run_dir: Path | None, fingerprint: str) -> dict[str, Any] | None
         p.unlink(missing_ok=True)
         return None
     return ckpt
-
-
-class SigtermGuard:
-    """While active, SIGTERM sets :attr:`requested` instead of killing the process, so the loop
-    can checkpoint after its current step (main thread only; elsewhere a no-op)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> SigtermGuard:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
