@@ -37,8 +37,8 @@ from typing import Any
 from .config import RunSpec, run_id as compute_run_id
 from .errors import StoreError, TransfuseError
 
-__all__ = ["Store", "RunRecord", "RunFinishedError", "RunBusyError", "StoreCheck", "check_store",
-           "RUN_FILES"]
+__all__ = ["Store", "RunRecord", "RunBundle", "RunFinishedError", "RunBusyError", "StoreCheck",
+           "check_store", "RUN_FILES"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -186,6 +186,53 @@ class RunRecord:
         return self.status
 
 
+@dataclass(frozen=True)
+class RunBundle:
+    """A run as plain data, to move it between workspaces (a Ray worker's scratch store and the
+    driver's): its ``runs`` row (JSON columns decoded), its metric rows and files of its folder.
+
+    Attributes:
+        run_id: the run.
+        row: ``runs`` columns except ``run_id``, ``run_dir``, ``owner`` and ``heartbeat``.
+        metrics: ``(step, split, name, value)`` rows.
+        files: path relative to the run folder → content (checkpoints of a few hundred MB too).
+    """
+
+    run_id: str
+    row: dict[str, Any]
+    metrics: list[tuple[int, str, str, float | None]]
+    files: dict[str, bytes]
+
+
+_BUNDLE_COLUMNS = ("study", "spec", "status", "created", "started", "finished", "wall_seconds",
+                   "env", "data_info", "model_info", "init_report", "summary", "error")
+_JSON_COLUMNS = ("spec", "env", "data_info", "model_info", "init_report", "summary")
+
+
+def _finish(con: sqlite3.Connection, run_id: str, *, step: int, test_metrics: dict[str, Any],
+            summary: dict[str, Any], finished: float, wall_seconds: float | None = None) -> None:
+    """Write the test metrics and mark the run finished (inside the caller's transaction): the
+    one place a run becomes final, whether trained here or shipped back by a Ray worker."""
+    con.executemany(
+        "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) VALUES (?,?,?,?,?)",
+        [(run_id, step, "test", k, _value(v) if v is not None else None) for k, v in test_metrics.items()])
+    wall = "? - started" if wall_seconds is None else "?"
+    con.execute(f"UPDATE runs SET status='finished', finished=?, wall_seconds={wall}, summary=?, "
+                "owner=NULL WHERE run_id=?",
+                (finished, finished if wall_seconds is None else wall_seconds, _dumps(summary), run_id))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path.tmp`` and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -321,13 +368,83 @@ class Store:
     def finish_run(self, run_id: str, *, step: int, test_metrics: dict[str, float],
                    summary: dict[str, Any]) -> None:
         """Write the test metrics and mark the run finished — one transaction."""
-        now = time.time()
         with self._tx() as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) VALUES (?,?,?,?,?)",
-                [(run_id, step, "test", k, _value(v)) for k, v in test_metrics.items()])
-            con.execute("UPDATE runs SET status='finished', finished=?, wall_seconds=? - started, "
-                        "summary=? WHERE run_id=?", (now, now, _dumps(summary), run_id))
+            _finish(con, run_id, step=step, test_metrics=test_metrics, summary=summary,
+                    finished=time.time())
+
+    def export_run(self, run_id: str, *, files: tuple[str, ...] | None = None) -> RunBundle:
+        """The run as a :class:`RunBundle`: its row, metrics and the files of its folder (all
+        of them, or only ``files`` where present), without a mid-run ``resume.pt`` or ``*.tmp``
+        unless named."""
+        rec = self.get_run(run_id)
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            row = dict(con.execute("SELECT * FROM runs WHERE run_id = ?", (rec.run_id,)).fetchone())
+        row = {k: json.loads(row[k]) if k in _JSON_COLUMNS and row[k] else row[k]
+               for k in _BUNDLE_COLUMNS}
+        folder = self.run_dir(rec.run_id)
+        if files is None:
+            paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "resume.pt"
+                     and not p.name.endswith(".tmp")] if folder.is_dir() else []
+        else:
+            paths = [folder / f for f in files if (folder / f).is_file()]
+        return RunBundle(rec.run_id, row, [tuple(m) for m in self.metrics(rec.run_id)],
+                         {p.relative_to(folder).as_posix(): p.read_bytes() for p in paths})
+
+    def import_run(self, bundle: RunBundle) -> bool:
+        """Store a finished run trained elsewhere (see :class:`RunBundle`).
+
+        The files are written first (each atomically), then the row, its metrics and the
+        ``finished`` mark in one transaction, so a crash in between leaves a run that is simply
+        not finished (it is trained again), never a finished run without its files. A run this
+        store already holds finished is kept as it is.
+
+        Returns:
+            whether the run was stored (``False``: already finished here).
+
+        Raises:
+            ValueError: the bundle is not a finished run, or names a file outside its folder.
+        """
+        from .errors import check_name
+
+        rid = check_name(bundle.run_id, field="run_id")
+        if bundle.row.get("status") != "finished":
+            raise ValueError(f"run {rid} is {bundle.row.get('status')}, not finished")
+        if self.status(rid) == "finished":
+            return False
+        folder = self.run_dir(rid)
+        for rel, data in bundle.files.items():
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or not parts or any(p in ("..", "") for p in parts):
+                raise ValueError(f"run {rid}: file {rel!r} is outside its run folder")
+            _write_atomic(folder.joinpath(*parts), data)
+        r = {k: _dumps(v) if k in _JSON_COLUMNS else v for k, v in bundle.row.items()}
+        with self._tx() as con:
+            old = con.execute("SELECT status FROM runs WHERE run_id = ?", (rid,)).fetchone()
+            if old and old[0] == "finished":  # another driver stored it meanwhile
+                return False
+            if old:
+                con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
+                con.execute("UPDATE runs SET study=?, spec=?, status='running', started=?, env=?, "
+                            "data_info=?, model_info=?, init_report=?, error=NULL, run_dir=? "
+                            "WHERE run_id=?", (r["study"], r["spec"], r["started"], r["env"],
+                                               r["data_info"], r["model_info"], r["init_report"],
+                                               str(folder), rid))
+            else:
+                con.execute("INSERT INTO runs (run_id, study, spec, status, created, started, env, "
+                            "data_info, model_info, init_report, run_dir) VALUES "
+                            "(?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                            (rid, r["study"], r["spec"], r["created"], r["started"], r["env"],
+                             r["data_info"], r["model_info"], r["init_report"], str(folder)))
+            rows = [m for m in bundle.metrics if m[1] != "test"]
+            con.executemany("INSERT INTO metrics (run_id, step, split, name, value) VALUES "
+                            "(?,?,?,?,?)", [(rid, *m) for m in rows])
+            test = [m for m in bundle.metrics if m[1] == "test"]
+            _finish(con, rid, step=max((m[0] for m in test), default=0),
+                    test_metrics={m[2]: m[3] for m in test}, summary=bundle.row.get("summary") or {},
+                    finished=bundle.row.get("finished") or time.time(),
+                    wall_seconds=bundle.row.get("wall_seconds"))
+        return True
 
     def fail_run(self, run_id: str, error: str) -> None:
         """Mark a running run failed with an error message (it will be retried next time)."""

@@ -22,7 +22,7 @@ from .._signals import SigtermGuard
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
 from ..store import Store
-from .placement import Placement, local_slots, ray_resources
+from .placement import Placement, local_slots
 from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
 
 __all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask", "run_steps",
@@ -171,32 +171,6 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
         return stop.requested
 
 
-def _ray(tasks: list[RunTask], workers: int, address: str | None,
-         on_done: Callable[[tuple[str, str, str]], None], placement: Placement) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray: pip install 'transfuse[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": max(workers, 1)}
-        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
-    try:
-        # Ray reserves each task's CPUs and GPUs and sets its CUDA_VISIBLE_DEVICES; the run uses
-        # as many torch threads as it has CPUs.
-        res = ray_resources(placement, float(ray.cluster_resources().get("GPU", 0)))
-        threads = max(1, int(res["num_cpus"]))
-        remote = ray.remote(**res)(execute)
-        pending = [remote.remote(replace(t, threads=threads)) for t in tasks]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                on_done(ray.get(ref))
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def run_steps(spec: RunSpec) -> int | None:
     """Optimiser steps ``spec`` will take: ``train.steps``, or for an epoch-based spec
     ``epochs × (n_train // batch_size)`` when ``data.n_train`` is set (an estimate: the loader
@@ -245,7 +219,8 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
 
     Args:
         study: the parsed study file.
-        workspace: run store folder (shared by all workers; on Ray, a path every node can reach).
+        workspace: run store folder (local workers share it; on Ray only the driver opens it,
+            see :mod:`transfuse.study.remote`).
         workers: local processes (``executor="local"``) or Ray CPUs when starting a local Ray;
             ``None``: one per GPU slot of ``placement`` (``GPUs × runs_per_device``), else 1.
         executor: ``local`` or ``ray``.
@@ -354,8 +329,11 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
                 bar.update(sum(weight.get(r, 1) for r in outcome.busy[-len(blocked):]) if blocked else 0)
             if not tasks:
                 continue
-            if executor == "ray":
-                _ray(tasks, workers, address, on_done, placement)
+            if executor == "ray":  # the driver stores every run; workers never see the workspace
+                from .remote import run_on_ray
+
+                run_on_ray(tasks, workspace=workspace, workers=workers, address=address,
+                           on_done=on_done, placement=placement)
             elif _local(tasks, workers, on_done, slots):
                 stopped = True
                 break
