@@ -83,7 +83,7 @@ def test_import_replaces_a_stale_attempt_and_refuses_bad_bundles(tmp_path):
 def test_run_in_scratch_never_opens_the_workspace(tmp_path, monkeypatch):
     """The Ray task body, called directly: it trains in $TRANSFUSE_SCRATCH and returns the run."""
     from transfuse.study.remote import run_in_scratch
-    from transfuse.study.runner import RunTask
+    from transfuse.study.task import RunTask
 
     monkeypatch.setenv("TRANSFUSE_SCRATCH", str(tmp_path / "scratch"))
     ws = tmp_path / "driver-ws"  # never created: the task must not touch it
@@ -240,7 +240,7 @@ def test_a_preempted_ray_run_resumes_on_another_node_bit_identical(tmp_path, mon
     from tests.test_resume import ARGS, _checkpoint_step, _start, _wait_for_step
     from transfuse.cli import main
     from transfuse.study.remote import RESUME, _store_result, run_in_scratch
-    from transfuse.study.runner import RunTask
+    from transfuse.study.task import RunTask
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocess (OMP_NUM_THREADS=1) and the task (threads=1)

@@ -35,6 +35,7 @@ from ..config import spec_from_dict, run_id
 from ..errors import ConfigError, check_name
 from ..store import RunBundle, RunBusyError, RunFinishedError, Store
 from .placement import Placement, ray_resources
+from .task import execute
 
 __all__ = ["run_in_scratch", "run_on_ray", "scratch_root", "SCRATCH_ENV"]
 
@@ -61,7 +62,7 @@ def run_in_scratch(task: Any, resume: bytes | None, files: dict[str, bytes],
     """Ray task: train one run in a scratch workspace and return it.
 
     Args:
-        task: the :class:`~transfuse.study.runner.RunTask` (its ``workspace`` is the driver's,
+        task: the :class:`~transfuse.study.task.RunTask` (its ``workspace`` is the driver's,
             unused here).
         resume: the run's ``resume.pt`` from a preempted attempt, or ``None``.
         files: workspace-relative files the run's source reads (``pretrain/<name>/encoder.pt``).
@@ -71,8 +72,6 @@ def run_in_scratch(task: Any, resume: bytes | None, files: dict[str, bytes],
         ``(run_id, outcome, message, bundle)``: ``bundle`` is the finished run, or for
         ``preempted`` only its ``resume.pt``; ``None`` when it failed.
     """
-    from .runner import execute
-
     rid = run_id(spec_from_dict(task.spec))
     ws = scratch_root() / check_name(rid, field="run_id")
     store = Store(ws)

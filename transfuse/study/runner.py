@@ -10,37 +10,25 @@ skipped, so two runners never duplicate work).
 from __future__ import annotations
 
 import os
-import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from .._signals import SigtermGuard
 from ..config import RunSpec, run_id, spec_from_dict
-from ..errors import ConfigError, TransfuseError
+from ..errors import ConfigError
 from ..store import Store
 from .placement import Placement, local_slots
 from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
+from .task import RunTask, execute
 
 __all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask", "run_steps",
            "progress_total"]
 
 EXECUTORS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class RunTask:
-    """What one worker runs: a spec, where to store it, how many CPU threads to use, and whether
-    to write TensorBoard events."""
-
-    spec: dict[str, Any]
-    workspace: str
-    device: str | None
-    threads: int
-    tensorboard: bool = False
 
 
 @dataclass
@@ -58,37 +46,6 @@ class StudyOutcome:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def execute(task: RunTask) -> tuple[str, str, str]:
-    """Run one task in this process; returns ``(run_id, outcome, message)``.
-
-    ``outcome`` is ``finished``, ``skipped`` (already finished), ``busy`` (another process runs
-    it), ``preempted`` (SIGTERM: it checkpointed and stopped) or ``failed``. Never raises, so one
-    bad run cannot stop the study.
-    """
-    import torch
-
-    from ..errors import PreemptedError
-    from ..run import train_run
-    from ..store import RunBusyError
-
-    torch.set_num_threads(max(1, task.threads))
-    spec = spec_from_dict(task.spec)
-    rid = run_id(spec)
-    try:
-        out = train_run(spec, workspace=task.workspace, device=task.device, progress=False,
-                        tensorboard=task.tensorboard)
-    except RunBusyError as e:
-        return rid, "busy", str(e)
-    except PreemptedError as e:
-        return rid, "preempted", str(e)
-    except TransfuseError as e:
-        return rid, "failed", str(e)
-    except Exception as e:  # a crash in one run is reported, the study goes on
-        tb = traceback.format_exception_only(type(e), e)[-1].strip()
-        return rid, "failed", tb
-    return rid, "skipped" if out.skipped else "finished", ""
 
 
 class _StopOnSigterm(SigtermGuard):
