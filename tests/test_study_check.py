@@ -151,6 +151,7 @@ smoke: {train.eval_every: 0}
     ("quickstart.yaml", False, 15, 1), ("quickstart.yaml", True, 5, 1),
     ("transfusion.yaml", True, 15, 2), ("transfusion.yaml", False, 90, 2),
     ("finetune.yaml", True, 24, 0), ("finetune.yaml", False, 72, 0),
+    ("ssl_pneumonia.yaml", True, 6, 1), ("ssl_pneumonia.yaml", False, 54, 1),
 ])
 def test_shipped_studies_check_clean(file, smoke, cells, pretrain, medmnist_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("TRANSFUSE_DATA", str(medmnist_dir))

@@ -273,6 +273,16 @@ def _example(family: str, tmp_path: Path, trained_run) -> tuple[str, Path | None
         (out / "pretrain.json").write_text(json.dumps(
             {"config": {"encoder": "med3d_resnet10", "patch_size": 24}}))
         return "med3d:m3d", tmp_path / "ws"
+    if family == "ssl":  # the layout `transfuse pretrain ssl` writes (tests/test_ssl.py runs it)
+        out = tmp_path / "ws" / "pretrain" / "s"
+        out.mkdir(parents=True)
+        state = create_model("cbr_tiny", in_channels=1, num_classes=1).state_dict()
+        torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, out / "encoder.pt")
+        (out / "pretrain.json").write_text(json.dumps(
+            {"kind": "ssl", "model": "cbr_tiny", "method": "simclr",
+             "data": {"name": "builtin:modality", "spatial_dims": 2, "in_channels": 1,
+                      "image_shape": [16, 16], "norm_mean": [0.4], "norm_std": [0.2]}}))
+        return "ssl:s", tmp_path / "ws"
     examples = {"imagenet": LITE0, "torchvision": "torchvision:resnet50.IMAGENET1K_V2",
                 "timm": "timm:resnet18.a1_in1k"}
     if family not in examples:

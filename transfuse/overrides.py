@@ -25,8 +25,9 @@ own checks (``train.lr must be > 0``) run too and are reported the same way.
 Where each command applies them: :func:`override_run` (``transfuse train``, on top of the flags),
 :func:`override_study` (``study run|status|plan|check``: the study's base spec, so every cell,
 plus ``grid.<axis>``, ``evaluation.*``, ``pretrain.<name>.*``, ``name``, ``description``),
-:func:`load_chain_overridden` (``selftrain``) and :func:`load_pretrain_overridden`
-(``pretrain med3d``). This module imports no torch.
+:func:`load_chain_overridden` (``selftrain``), :func:`load_pretrain_overridden`
+(``pretrain med3d``) and :func:`load_ssl_overridden` (``pretrain ssl``). This module imports no
+torch.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = ["parse_set", "coerce", "apply_overrides", "override_run", "override_study",
-           "load_chain_overridden", "load_pretrain_overridden", "describe_type"]
+           "load_chain_overridden", "load_pretrain_overridden", "load_ssl_overridden",
+           "describe_type"]
 
 _KEY = re.compile(r"[A-Za-z_][\w-]*(\[\d+\])*(\.[A-Za-z_][\w-]*(\[\d+\])*)*")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -573,3 +575,21 @@ def load_pretrain_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
     if isinstance(raw, dict):
         raw = apply_overrides(raw, sets=sets, schema=schema)
     return pretrain_from_dict(raw, path=str(Path(path)))
+
+
+def load_ssl_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
+    """Read an SSL pretraining file, apply ``sets`` to its keys (``steps``, ``lr``,
+    ``data.image_size``, ``data.n_train``...), validate it.
+
+    Returns:
+        :class:`~transfuse.pretrain.ssl_config.SSLSpec`.
+    """
+    from .config import read_yaml_file
+    from .pretrain.ssl_config import ssl_from_dict, ssl_schema
+
+    raw = read_yaml_file(path, what="SSL pretraining")
+    if isinstance(raw, dict):
+        if isinstance(raw.get("data"), str):
+            raw = {**raw, "data": {"name": raw["data"]}}
+        raw = apply_overrides(raw, sets=sets, schema=ssl_schema(raw))
+    return ssl_from_dict(raw, path=str(Path(path)))

@@ -1,4 +1,4 @@
-"""``transfuse pretrain med3d``: pretrain an encoder ourselves."""
+"""``transfuse pretrain med3d|ssl``: pretrain an encoder ourselves."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pretrain an encoder ourselves (Med3D multi-dataset)")
+    p = sub.add_parser("pretrain", help="pretrain an encoder ourselves (Med3D multi-dataset, "
+                       "self-supervised on unlabelled images)")
     ps = p.add_subparsers(dest="pretrain_cmd", required=True)
     q = ps.add_parser("med3d", help="one shared Med3D encoder, one segmentation head per dataset",
                       formatter_class=HelpFormatter)
@@ -25,6 +26,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_progress(q)
     add_overrides(q, what="the pretraining file", example="--set steps=500 --set lr=0.02 "
                   "--set datasets[0].weight=2")
+    q = ps.add_parser("ssl", help="self-supervised pretraining on unlabelled images (simclr, byol, "
+                      "restoration); the encoder becomes the source ssl:NAME",
+                      formatter_class=HelpFormatter)
+    q.set_defaults(func=_ssl)
+    q.add_argument("file", help="SSL pretraining YAML file (see docs/SSL.md)")
+    add_workspace(q, help="default output root: WORKSPACE/pretrain/NAME")
+    q.add_argument("-o", "--out", help="output folder (default WORKSPACE/pretrain/NAME)")
+    q.add_argument("--smoke", action="store_true",
+                   help="a few steps on 16 images, for CI (default: the full pretraining)")
+    q.add_argument("--force", action="store_true",
+                   help="train again even when the output folder holds a finished pretraining "
+                        "(default: skip the same config, refuse another one)")
+    add_device(q)
+    add_progress(q)
+    add_overrides(q, what="the SSL file", example="--set steps=500 --set lr=0.0005 "
+                  "--set data.image_size=64")
 
 
 def _pretrain(a: argparse.Namespace) -> int:
@@ -46,3 +63,23 @@ def _pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
+def _ssl(a: argparse.Namespace) -> int:
+    if a.set:
+        from ..overrides import load_ssl_overridden
+
+        spec = load_ssl_overridden(a.file, sets=a.set)
+    else:
+        from ..pretrain.ssl_config import load_ssl
+
+        spec = load_ssl(a.file)  # parsed and checked before torch loads
+    spec = spec.shrink() if a.smoke else spec
+    from ..pretrain.ssl import default_out_dir, pretrain_ssl
+
+    out = pretrain_ssl(spec, out_dir=a.out or default_out_dir(spec, workspace_of(a)),
+                       device=a.device, progress=not a.no_progress, force=a.force)
+    s = out.summary
+    print(json.dumps({"name": s["name"], "out": str(out.out_dir), "skipped": out.skipped,
+                      "method": s["method"], "model": s["model"], **s["cost"],
+                      "loss_first10": s["loss_first10"], "loss_last10": s["loss_last10"],
+                      "use": s["use"]}))
+    return 0

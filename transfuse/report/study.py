@@ -290,6 +290,11 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
     if format == "json":
         data = results_dict(res, dec)
         data["runs"]["progress"] = progress
+        from ..pretrain.report import ssl_costs
+
+        costs, _ = ssl_costs(store, study)
+        if costs:  # what each ssl: source of the study cost to pretrain
+            data["pretraining"] = costs
         return _write(Path(out), json.dumps(data, indent=2, allow_nan=False) + "\n")
     sections = [_summary_section(res, dec, info, progress), _verdicts_section(res, dec)]
     forest = _forest_section(res, dec)

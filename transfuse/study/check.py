@@ -9,7 +9,7 @@ instead of stopping at the first:
 - its init strategy exists, gets a source when it reads one (``needs_source``), and its stage
   argument (``transfusion:block1``) names a stage of the model;
 - its source resolves: ``pretrain:<entry>`` names an entry of the study (a source the study
-  produces counts as resolvable), ``imagenet:``/``file:``/``run:``/``med3d:`` sources exist, and
+  produces counts as resolvable), ``imagenet:``/``file:``/``run:``/``med3d:``/``ssl:`` sources exist, and
   an existing source fits the model (the init applied once, on CPU, per model × init × source);
 - its data loads (metadata only where the family allows: MedMNIST reads the ``.npz`` header)
   and fits the model: spatial dims, task, minimum input size (e.g. 32 px for timm models),
@@ -36,7 +36,8 @@ from typing import Any
 
 from ..config import DataSpec, RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError, TransfuseError
-from .spec import SMOKE, StudySpec, _is_linked, _overlap, _smoke_set, grid_cells, med3d_pretrains
+from .spec import (EXTERNAL_PRETRAINS, SMOKE, StudySpec, _is_linked, _overlap, _smoke_set,
+                   external_sources, grid_cells)
 
 __all__ = ["check_study", "CheckReport", "Problem", "StudyCheckError"]
 
@@ -204,7 +205,7 @@ def _cells(study: StudySpec, *, smoke: bool) -> list[_Cell]:
     over = {**SMOKE, **study.smoke} if smoke else {}
     out = []
     for pname, pspec in study.pretrain.items():
-        if "med3d" in pspec:
+        if any(k in pspec for k in EXTERNAL_PRETRAINS):
             continue
         d = copy.deepcopy(pspec)
         for k, v in over.items():
@@ -531,7 +532,7 @@ def check_study(study: StudySpec, *, workspace: str | Path | None, smoke: bool =
     Args:
         study: the parsed study (``load_study(path, validate=False)`` lets this report every
             cell's spec errors too, instead of the first).
-        workspace: the run store folder, where ``run:`` and ``med3d:`` sources are looked up
+        workspace: the run store folder, where ``run:``, ``med3d:`` and ``ssl:`` sources are looked up
             (read only; nothing is written).
         smoke: check the ``--smoke`` version.
 
@@ -551,7 +552,7 @@ def check_study(study: StudySpec, *, workspace: str | Path | None, smoke: bool =
         except ConfigError:
             ch.produced[name] = f"pretrain:{name}"  # reported below, with the entry's key
     try:
-        ch.produced.update({k: f"med3d:{v.name}" for k, v in med3d_pretrains(study, smoke=smoke).items()})
+        ch.produced.update(external_sources(study, smoke=smoke))
     except TransfuseError as e:
         ch.found[("pretrain", str(e))] = ["pretrain"]
     seen: set[str] = set()

@@ -4,7 +4,7 @@ Workers never open the driver's workspace. For each run the driver
 
 1. claims it in its store (``running``, owned by the driver: a second driver sees it busy, a
    dead driver leaves it ``stale``) and packs what the run reads from the workspace — the
-   ``best.pt`` and record of a ``run:`` source, the encoder of a ``med3d:`` pretraining,
+   ``best.pt`` and record of a ``run:`` source, the encoder of a ``med3d:`` or ``ssl:`` pretraining,
    and the run's own ``resume.pt`` if an earlier attempt was preempted — into Ray's object
    store (each source once, however many runs use it);
 2. submits :func:`run_in_scratch`, which trains the run in a scratch workspace on the worker's
@@ -42,7 +42,7 @@ __all__ = ["run_in_scratch", "run_on_ray", "scratch_root", "SCRATCH_ENV"]
 SCRATCH_ENV = "TRANSFUSE_SCRATCH"
 RESUME = "resume.pt"  # as transfuse.train.resume.RESUME_FILE (not imported: it pulls in torch)
 _FORWARDED_ENV = ("TRANSFUSE_DATA",)
-_PRETRAIN_FAMILIES = ("med3d",)  # sources read from WORKSPACE/pretrain/<name>/
+_PRETRAIN_FAMILIES = ("med3d", "ssl")  # sources read from WORKSPACE/pretrain/<name>/
 
 
 def scratch_root() -> Path:

@@ -22,7 +22,7 @@ from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError
 from ..store import Store
 from .placement import Placement, local_slots
-from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs
+from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs, ssl_pretrains
 from .task import RunTask, execute
 
 __all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask", "run_steps",
@@ -264,9 +264,14 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
 
     stopped = False
     try:
-        # Stage 0: Med3D multi-dataset pretrainings (in this process; skipped when done).
+        # Stage 0: Med3D multi-dataset and self-supervised pretrainings (in this process;
+        # skipped when done with the same config).
         for spec in med3d_pretrains(study, smoke=smoke).values():
             _med3d_stage(spec, workspace=workspace, device=device, progress=progress)
+        for spec in ssl_pretrains(study, smoke=smoke).values():
+            from ..pretrain.ssl import default_out_dir as ssl_dir, pretrain_ssl
+
+            pretrain_ssl(spec, out_dir=ssl_dir(spec, workspace), device=device, progress=progress)
         # Stage 1: the study's own pretraining runs (sources of stage 2); stage 2: the grid.
         for stage in (pre, specs):
             ids = [run_id(s) for s in stage]

@@ -20,6 +20,7 @@
     pretrain:                      # our own pretraining: runs done first, used as "pretrain:<name>"
       cbr: {data: {name: "medmnist:pneumoniamnist@28"}, model: {name: cbr_small}}
       m3d: {med3d: med3d_pretrain.yaml}  # a Med3D multi-dataset pretraining (transfuse pretrain med3d)
+      own: {ssl: ssl_pretrain.yaml}      # self-supervised on unlabelled images (transfuse pretrain ssl)
     evaluation:
       auc_thresholds: [0.8, 0.9]   # steps to reach each AUC (absolute); dice_thresholds for
                                    # segmentation studies (the same setting, on Dice)
@@ -50,7 +51,8 @@ from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_t
 from ..errors import ConfigError, check_name
 from .evaluation import Evaluation
 
-__all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "SMOKE"]
+__all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "ssl_pretrains",
+           "external_sources", "EXTERNAL_PRETRAINS", "SMOKE"]
 
 TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke")
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
@@ -164,17 +166,17 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
             check_name(str(pname), field=f"pretrain.{pname}")
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-        if "med3d" in pspec:  # a Med3D multi-dataset pretraining file, not a run spec
-            if set(pspec) != {"med3d"} or not isinstance(pspec["med3d"], str):
-                raise ConfigError(f"{path}: pretrain.{pname}: a Med3D entry is only "
-                                  "{med3d: path/to/pretrain.yaml} (relative to this file)")
-            from ..pretrain import load_pretrain
-
-            file = (Path(path).parent / pspec["med3d"]).resolve()
+        kind = next((k for k in EXTERNAL_PRETRAINS if k in pspec), None)
+        if kind is not None:  # a pretraining file (Med3D, self-supervised), not a run spec
+            what = EXTERNAL_PRETRAINS[kind]
+            if set(pspec) != {kind} or not isinstance(pspec[kind], str):
+                raise ConfigError(f"{path}: pretrain.{pname}: a {what} entry is only "
+                                  f"{{{kind}: path/to/file.yaml}} (relative to this file)")
+            file = (Path(path).parent / pspec[kind]).resolve()
             if not file.is_file():
-                raise ConfigError(f"{path}: pretrain.{pname}.med3d: {file} not found")
-            load_pretrain(file)  # validated now, errors name that file
-            pspec["med3d"] = str(file)
+                raise ConfigError(f"{path}: pretrain.{pname}.{kind}: {file} not found")
+            _load_external(kind, file)  # validated now, errors name that file
+            pspec[kind] = str(file)
             continue
         try:
             spec_from_dict({**copy.deepcopy(pspec), "study": "x"})
@@ -267,6 +269,38 @@ def _excluded(d: dict[str, Any], exclude: tuple[dict[str, Any], ...]) -> bool:
     return False
 
 
+# pretrain entries that name a pretraining file (run by its own command), not a run spec
+EXTERNAL_PRETRAINS = {"med3d": "Med3D", "ssl": "self-supervised"}
+
+
+def _load_external(kind: str, file: str | Path) -> Any:
+    from ..pretrain import load_pretrain, load_ssl
+
+    return (load_pretrain if kind == "med3d" else load_ssl)(file)
+
+
+def _is_external(pspec: dict[str, Any]) -> bool:
+    return any(k in pspec for k in EXTERNAL_PRETRAINS)
+
+
+def ssl_pretrains(study: StudySpec, *, smoke: bool = False) -> dict[str, Any]:
+    """The study's self-supervised pretrainings by entry name: ``{name: SSLSpec}`` (shrunk if
+    smoke). Their encoders are the sources ``ssl:<file's name>`` (``<workspace>/pretrain/<name>/``)."""
+    out = {}
+    for pname, pspec in study.pretrain.items():
+        if "ssl" in pspec:
+            spec = _load_external("ssl", pspec["ssl"])
+            out[pname] = spec.shrink() if smoke else spec
+    return out
+
+
+def external_sources(study: StudySpec, *, smoke: bool = False) -> dict[str, str]:
+    """``{entry name: source}`` of the study's Med3D and self-supervised pretrainings."""
+    out = {k: f"med3d:{v.name}" for k, v in med3d_pretrains(study, smoke=smoke).items()}
+    out.update({k: f"ssl:{v.name}" for k, v in ssl_pretrains(study, smoke=smoke).items()})
+    return out
+
+
 def med3d_pretrains(study: StudySpec, *, smoke: bool = False) -> dict[str, Any]:
     """The study's Med3D pretrainings by entry name: ``{name: PretrainSpec}`` (shrunk if smoke).
 
@@ -286,7 +320,7 @@ def pretrain_specs(study: StudySpec, *, smoke: bool = False) -> dict[str, RunSpe
     pretrainings are not runs (see :func:`med3d_pretrains`)."""
     out = {}
     for pname, pspec in study.pretrain.items():
-        if "med3d" in pspec:
+        if _is_external(pspec):
             continue
         d = copy.deepcopy(pspec)
         if smoke:
@@ -366,7 +400,7 @@ def expand(study: StudySpec, *, smoke: bool = False) -> list[RunSpec]:
     from ..config import run_id
 
     pre = {k: f"run:{run_id(v)}" for k, v in pretrain_specs(study, smoke=smoke).items()}
-    pre.update({k: f"med3d:{v.name}" for k, v in med3d_pretrains(study, smoke=smoke).items()})
+    pre.update(external_sources(study, smoke=smoke))
     out, seen = [], set()
     for used, d in grid_cells(study, smoke=smoke):
         where = f"{study.path or study.name}: grid cell [" + (", ".join(

