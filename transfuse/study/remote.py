@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import spec_from_dict, run_id
 from ..errors import ConfigError, check_name
-from ..store import RunBundle, RunBusyError, RunFinishedError, Store
+from ..store import RunBundle, RunBusyError, RunFinishedError, Store, _write_atomic as _write
 from .placement import Placement, ray_resources
 from .task import execute
 
@@ -48,13 +48,6 @@ _PRETRAIN_FAMILIES = ("med3d", "ssl")  # sources read from WORKSPACE/pretrain/<n
 def scratch_root() -> Path:
     """Where workers train: ``$TRANSFUSE_SCRATCH/transfuse-scratch`` (default: the temp folder)."""
     return Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()) / "transfuse-scratch"
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def run_in_scratch(task: Any, resume: bytes | None, files: dict[str, bytes],
