@@ -17,7 +17,9 @@ EXAMPLES = [p for p in ALL if p not in CHAINS and p not in PRETRAIN]
 # Smoke runs too long for the default suite (measured on 2 shared CPU cores): finetune.yaml is 24
 # EfficientNet cells, ~7 min. Its cells are checked by tests/test_study_check.py (no training),
 # and its arms (finetune × augment) run on small data in tests/test_finetune_arms.py.
-SLOW = {"finetune"}
+# ssl_retina.yaml is ssl_pneumonia.yaml's design on RGB data (~2 min; the default suite runs the
+# pneumonia one).
+SLOW = {"finetune", "ssl_retina"}
 
 
 def test_every_example_is_covered():

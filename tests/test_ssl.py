@@ -437,3 +437,30 @@ def test_rerun_skips_a_finished_pretraining_and_refuses_another_config(pneumonia
     enc.with_name("pretrain.json").unlink()
     code, fourth = _run_cli(capsys, str(f), "-w", str(tmp_path))
     assert code == 0 and not fourth["skipped"]
+
+
+# -- the encoder view of a model ---------------------------------------------------------------
+
+def test_stage_encoders_leave_the_model_and_each_other_alone():
+    """Two encoders over one model both see every stage; the model's own forward is untouched
+    while they exist; remove() takes the hooks off and a removed encoder refuses to run."""
+    from transfuse.errors import ModelError
+    from transfuse.models import create_model
+    from transfuse.pretrain.ssl import StageEncoder
+
+    torch.manual_seed(0)
+    model = create_model("cbr_tiny", in_channels=1, num_classes=2).eval()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        logits = model(x)
+        a, b = StageEncoder(model), StageEncoder(model)
+        fa, fb = a(x), b(x)
+        assert [s.name for s in a.stages] == [s.name for s in b.stages] and len(fa) == len(a.stages)
+        assert all(torch.equal(u, v) for u, v in zip(fa, fb))
+        assert torch.equal(model(x), logits)  # hooks are silent outside an encoder's forward
+        a.remove()
+        assert torch.equal(b.features(x), fb[-1].flatten(2).mean(2))
+        with pytest.raises(ModelError, match="removed"):
+            a(x)
+        b.remove()
+        assert all(not m._forward_hooks for m in model.modules())

@@ -4,11 +4,10 @@ what each ``ssl:`` source was trained on and what it cost (steps, images, second
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from ..report.html import Section, esc, register_section, table
+from ..report.pretrained import pretrain_records
 from ..store import Store
 
 __all__ = ["ssl_section", "ssl_costs"]
@@ -17,16 +16,9 @@ __all__ = ["ssl_section", "ssl_costs"]
 def ssl_costs(store: Store, study: str) -> tuple[list[dict[str, Any]], list[str]]:
     """``(rows, notes)``: one row per ``ssl:`` source used by the study's runs (from its
     ``pretrain.json``), and a note for each source whose record is missing or unreadable."""
-    sources = sorted({r.spec["init"].get("source") for r in store.list_runs(study=study)
-                      if str(r.spec["init"].get("source") or "").startswith("ssl:")})
-    rows, notes = [], []
-    for src in sources:
-        path = Path(store.workspace) / "pretrain" / src.split(":", 1)[1] / "pretrain.json"
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            notes.append(f"{src}: {path} is missing or unreadable")
-            continue
+    records, notes = pretrain_records(store, study, prefix="ssl")
+    rows = []
+    for src, meta in records:
         cost, data = meta.get("cost") or {}, meta.get("data") or {}
         rows.append({"source": src, "method": meta.get("method"), "model": meta.get("model"),
                      "data": data.get("name") or data.get("folder"), **cost,

@@ -78,24 +78,39 @@ class StageEncoder(nn.Module):
             raise ModelError(f"{getattr(model, 'model_name', type(model).__name__)} has no "
                              "stages below its head to pretrain")
         self._maps: dict[str, torch.Tensor] = {}
-        for s in self.stages:
-            model.get_submodule(s.output).register_forward_hook(self._hook(s.name))
+        self._active = False
+        # The hooks act only inside this encoder's forward: the model itself, and any other
+        # StageEncoder over it, run as if they were not there. remove() takes them off.
+        self._handles = [model.get_submodule(s.output).register_forward_hook(self._hook(s.name))
+                         for s in self.stages]
+
+    def remove(self) -> None:
+        """Take this encoder's hooks off the model (it can no longer be called)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
     def _hook(self, name: str):
         last = self.stages[-1].name
 
         def keep(module: nn.Module, args: Any, out: Any) -> None:
+            if not self._active:
+                return
             self._maps[name] = out[0] if isinstance(out, (tuple, list)) else out
             if name == last:
                 raise _Done
         return keep
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self._maps = {}
+        if not self._handles:
+            raise ModelError("this StageEncoder was removed; build a new one over the model")
+        self._maps, self._active = {}, True
         try:
             self.model(x)
         except _Done:
             pass
+        finally:
+            self._active = False
         missing = [s.name for s in self.stages if s.name not in self._maps]
         if missing:
             raise ModelError(f"{self.model.model_name}: stage {missing[0]} produced no output in "

@@ -7,15 +7,14 @@ Both read only the store (and, for Med3D, the ``pretrain.json`` beside each enco
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
-from pathlib import Path
 
 from ..store import Store
 from ..study.results import RunRow, load_results
 from ..study.stats import summarize
 from .html import Section, esc, figure_img, new_figure, register_section, table
+from .pretrained import pretrain_records
 
 __all__ = ["class_dice", "dice_section", "med3d_section"]
 
@@ -87,18 +86,11 @@ def dice_section(store: Store, study: str) -> Section | None:
 @register_section("med3d_pretraining", order=26)
 def med3d_section(store: Store, study: str) -> Section | None:
     """What each ``med3d:`` source of the study was pretrained on, and how well its heads did."""
-    sources = sorted({r.spec["init"].get("source") for r in store.list_runs(study=study)
-                      if str(r.spec["init"].get("source") or "").startswith("med3d:")})
-    if not sources:
+    records, notes = pretrain_records(store, study, prefix="med3d")
+    if not records and not notes:
         return None
-    rows, notes = [], []
-    for src in sources:
-        meta_path = Path(store.workspace) / "pretrain" / src.split(":", 1)[1] / "pretrain.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            notes.append(f"{src}: {meta_path} is missing or unreadable")
-            continue
+    rows = []
+    for src, meta in records:
         for d in meta.get("datasets", []):
             fd = d.get("final_dice")
             rows.append([src, meta.get("encoder", "?"), d.get("name"), d.get("weight"), d.get("steps"),
