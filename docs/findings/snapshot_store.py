@@ -4,14 +4,15 @@
 
 Copies a consistent snapshot of ``transfuse.db`` (SQLite's backup API, safe while a study is
 still writing), each of the study's runs' ``test_predictions.npz`` (DeLong in the report needs
-them) and the ``best.pt`` of its pretraining runs (the sources of its pretrained cells). Other
-checkpoints are left out. ``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY``
+them), the ``best.pt`` of its pretraining runs (the sources of its pretrained cells) and the
+``pretrain/<name>/`` folders of its ``ssl:``/``med3d:`` sources. Other checkpoints are left out. ``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY``
 rebuilds the report, and copying it to a workspace and rerunning ``transfuse study run ...
 --until-decided`` resumes the study (finished runs are kept, the rest are trained).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -39,6 +40,18 @@ def main(ws: str, study: str, dest: str) -> None:
                 (out / "runs" / rid).mkdir(exist_ok=True)
                 shutil.copy2(p, out / "runs" / rid / f)
                 n += 1
+    # The study's ssl:/med3d: sources (their pretrain.json feeds the report, their encoder.pt a
+    # resumed study): every finished pretraining folder the runs name.
+    con = sqlite3.connect(out / "transfuse.db")
+    specs = [r[0] for r in con.execute("SELECT spec FROM runs WHERE study IN (?, ?)",
+                                       (study, f"{study}-pretrain"))]
+    con.close()
+    names = {json.loads(s)["init"].get("source") or "" for s in specs}
+    for name in sorted(n.split(":", 1)[1] for n in names if n.startswith(("ssl:", "med3d:"))):
+        folder = src / "pretrain" / name
+        if (folder / "pretrain.json").is_file() and "/" not in name and name not in (".", ".."):
+            shutil.copytree(folder, out / "pretrain" / name, dirs_exist_ok=True)
+            n += len([f for f in folder.iterdir() if f.is_file()])
     print(f"{dest}: {len(rows)} finished runs, {n} files")
     # A snapshot git silently leaves out is no snapshot (the first one lost its transfuse.db to
     # the `*.db` rule): say so before anyone commits it.
