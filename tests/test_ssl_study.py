@@ -99,3 +99,21 @@ def test_ssl_entry_is_checked_like_a_med3d_entry(pneumonia, tmp_path, capsys):  
     _yaml(tmp_path / "own.yaml", {**_raw(root, name="own"), "method": "moco"})
     with pytest.raises(ConfigError, match="own.yaml"):  # the SSL file itself is validated too
         load_study(f)
+
+
+def test_pretrain_records_read_each_source_once_and_never_outside_the_workspace(tmp_path):
+    from types import SimpleNamespace
+
+    from transfuse.report.pretrained import pretrain_records
+
+    (tmp_path / "pretrain" / "ok").mkdir(parents=True)
+    (tmp_path / "pretrain" / "ok" / "pretrain.json").write_text('{"kind": "ssl", "method": "byol"}')
+    (tmp_path / "pretrain.json").write_text('{"kind": "outside"}')  # what "ssl:.." would reach
+    runs = [SimpleNamespace(spec={"init": {"source": s}})
+            for s in ("ssl:ok", "ssl:ok", "ssl:..", "ssl:gone", "med3d:ok", None)]
+    store = SimpleNamespace(workspace=tmp_path, list_runs=lambda study: runs)
+    records, notes = pretrain_records(store, "s", prefix="ssl")
+    assert records == [("ssl:ok", {"kind": "ssl", "method": "byol"})]
+    assert len(notes) == 2 and notes[0].startswith("ssl:..: ") and "not a valid name" in notes[0]
+    assert notes[1].startswith("ssl:gone: ") and "missing or unreadable" in notes[1]
+    assert [s for s, _ in pretrain_records(store, "s", prefix="med3d")[0]] == ["med3d:ok"]
