@@ -5,8 +5,8 @@
 Copies a consistent snapshot of ``transfuse.db`` (SQLite's backup API, safe while a study is
 still writing), each of the study's runs' ``test_predictions.npz`` (DeLong in the report needs
 them), the ``best.pt`` of its pretraining runs (the sources of its pretrained cells) and the
-``pretrain/<name>/`` folders of its ``ssl:``/``med3d:`` sources. Other checkpoints are left out. ``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY``
-rebuilds the report, and copying it to a workspace and rerunning ``transfuse study run ...
+``pretrain/<name>/`` folders of its ``ssl:``/``med3d:`` sources. Other checkpoints are left out.
+``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY`` rebuilds the report, and copying it to a workspace and rerunning ``transfuse study run ...
 --until-decided`` resumes the study (finished runs are kept, the rest are trained).
 """
 
@@ -18,6 +18,8 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from transfuse.errors import check_name
 
 
 def main(ws: str, study: str, dest: str) -> None:
@@ -46,10 +48,10 @@ def main(ws: str, study: str, dest: str) -> None:
     specs = [r[0] for r in con.execute("SELECT spec FROM runs WHERE study IN (?, ?)",
                                        (study, f"{study}-pretrain"))]
     con.close()
-    names = {json.loads(s)["init"].get("source") or "" for s in specs}
-    for name in sorted(n.split(":", 1)[1] for n in names if n.startswith(("ssl:", "med3d:"))):
-        folder = src / "pretrain" / name
-        if (folder / "pretrain.json").is_file() and "/" not in name and name not in (".", ".."):
+    sources = {json.loads(s)["init"].get("source") or "" for s in specs}
+    for name in sorted(s.split(":", 1)[1] for s in sources if s.startswith(("ssl:", "med3d:"))):
+        folder = src / "pretrain" / check_name(name, field="source")
+        if (folder / "pretrain.json").is_file():
             shutil.copytree(folder, out / "pretrain" / name, dirs_exist_ok=True)
             n += len([f for f in folder.iterdir() if f.is_file()])
     print(f"{dest}: {len(rows)} finished runs, {n} files")
