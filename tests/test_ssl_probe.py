@@ -28,6 +28,7 @@ from transfuse.inits import apply_init
 from transfuse.models import create_model
 from transfuse.pretrain import pretrain_ssl, ssl_from_dict
 from transfuse.pretrain.ssl import StageEncoder, default_out_dir
+from transfuse.train.metrics import auroc
 
 pytestmark = [pytest.mark.slow]
 
@@ -46,7 +47,6 @@ def _split(ds) -> tuple[torch.Tensor, np.ndarray]:
 def _probe_auc(model: torch.nn.Module, train, test) -> float:
     """Test AUC of a logistic regression on the frozen encoder's pooled last-stage features."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     enc = StageEncoder(model.eval())
@@ -56,10 +56,7 @@ def _probe_auc(model: torch.nn.Module, train, test) -> float:
     enc.remove()
     scale = StandardScaler().fit(ftr)
     clf = LogisticRegression(max_iter=3000).fit(scale.transform(ftr), train[1])
-    proba = clf.predict_proba(scale.transform(fte))
-    if proba.shape[1] == 2:
-        return float(roc_auc_score(test[1], proba[:, 1]))
-    return float(roc_auc_score(test[1], proba, multi_class="ovr"))
+    return auroc(clf.predict_proba(scale.transform(fte)), test[1], task="multiclass").macro
 
 
 def _probe_gain(data_spec: dict, *, steps: int, batch_size: int, classes: int, n_random: int,

@@ -6,8 +6,9 @@ Copies a consistent snapshot of ``transfuse.db`` (SQLite's backup API, safe whil
 still writing), each of the study's runs' ``test_predictions.npz`` (DeLong in the report needs
 them), the ``best.pt`` of its pretraining runs (the sources of its pretrained cells) and the
 ``pretrain/<name>/`` folders of its ``ssl:``/``med3d:`` sources. Other checkpoints are left out.
-``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY`` rebuilds the report, and copying it to a workspace and rerunning ``transfuse study run ...
---until-decided`` resumes the study (finished runs are kept, the rest are trained).
+``DEST`` is then a workspace: ``transfuse report -w DEST --study STUDY`` rebuilds the report,
+and copying it to a workspace and rerunning ``transfuse study run ... --until-decided`` resumes
+the study (finished runs are kept, the rest are trained).
 """
 
 from __future__ import annotations
