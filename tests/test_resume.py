@@ -293,27 +293,37 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_study_its_workers_checkpoint_and_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("to", ["driver", "group"])
+def test_sigterm_stops_a_study_starts_no_new_run_and_the_rerun_resumes(tmp_path, to):
+    """SIGTERM to the driver (``kill PID``) or to the whole process group (Slurm's ``scancel``,
+    ``kill -- -PGID``): the two runs in progress checkpoint and stop, and no worker starts one of
+    the runs the executor had already queued to it — none is created, none trains to the end."""
     path = tmp_path / "long.yaml"
     path.write_text(LONG)
     ws = tmp_path / "ws"
     cmd = [sys.executable, "-m", "transfuse", "study", "run", str(path), "--workspace", str(ws),
            "--no-progress", "--workers", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and not list(ws.glob("runs/*/resume.pt")):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     workers = _children(proc.pid)
-    proc.send_signal(signal.SIGTERM)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err
     assert "stopped by SIGTERM" in err and "run it again to resume" in err
     time.sleep(1)
     assert workers and not [p for p in workers if _alive(p)]  # no orphan left training
-    kept = list(ws.glob("runs/*/resume.pt"))
-    assert kept
+    stopped = Store(ws).list_runs()
+    assert 1 <= len(stopped) <= 2, [(r.run_id, r.status) for r in stopped]  # only those in progress
+    assert all(r.status == "failed" and "stopped by SIGTERM" in r.error for r in stopped)
+    assert all((Store(ws).run_dir(r.run_id) / RESUME_FILE).is_file() for r in stopped)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = Store(ws).list_runs()

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .._signals import SigtermGuard
+from .._signals import SigtermGuard, share_stop, stop_shared
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError
 from ..store import Store
@@ -52,16 +52,21 @@ class _StopOnSigterm(SigtermGuard):
     """While running a study's local runs: SIGTERM stops the study instead of killing the driver.
 
     Runs in worker processes get the signal forwarded (each checkpoints and stops, see
-    :mod:`transfuse.train.resume`); no further run starts. In the driver's own process (one
-    worker) a run in progress handles the signal itself; between runs the flag stops the next.
+    :mod:`transfuse.train.resume`) and the shared :attr:`event` is set, so no worker starts
+    another run — not even one the executor had already queued to it. In the driver's own
+    process (one worker) a run in progress handles the signal itself; between runs the flag
+    stops the next.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.pool: ProcessPoolExecutor | None = None
+        self.event: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         super()._handle(signum, frame)
+        if self.event is not None:  # first, so a worker that stops finds it set
+            self.event.set()
         procs = getattr(self.pool, "_processes", None) or {}
         for proc in list(procs.values()):  # each worker checkpoints its run and returns
             try:
@@ -70,11 +75,30 @@ class _StopOnSigterm(SigtermGuard):
                 pass
 
 
-def _claim_device(slots: Any) -> None:
-    """Worker initializer: take this worker's ``CUDA_VISIBLE_DEVICES`` before torch is imported."""
-    value = slots.get(timeout=60)
-    if value is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = value
+UNSTARTED = "unstarted"  #: a worker's outcome for a run it did not start: the study was stopping
+
+
+def _init_worker(stop: Any, slots: Any) -> None:
+    """Worker initializer: share the study's stop flag; take this worker's
+    ``CUDA_VISIBLE_DEVICES`` (from ``slots``, a queue, when given) before torch is imported."""
+    share_stop(stop)
+    if slots is not None:
+        value = slots.get(timeout=60)
+        if value is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = value
+
+
+def _execute_unless_stopped(task: RunTask) -> tuple[str, str, str]:
+    """:func:`execute` in a worker, unless the study is stopping (then ``unstarted``); a run that
+    was preempted stops the other workers' next runs too."""
+    from .._signals import _shared
+
+    if stop_shared():
+        return run_id(spec_from_dict(task.spec)), UNSTARTED, "the study was stopping"
+    res = execute(task)
+    if res[1] == "preempted" and _shared is not None:
+        _shared.set()
+    return res
 
 
 def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str, str]], None],
@@ -100,15 +124,16 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
         # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles), so
         # each can be given its GPU before it imports torch.
         ctx = get_context("spawn")
-        kwargs: dict[str, Any] = {}
+        stop.event = ctx.Event()
+        queue = None
         if placed:
             queue = ctx.Queue()
             for v in slots:
                 queue.put(v)
-            kwargs = {"initializer": _claim_device, "initargs": (queue,)}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **kwargs) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(stop.event, queue)) as pool:
             stop.pool = pool
-            pending: set[Future] = {pool.submit(execute, t) for t in tasks}
+            pending: set[Future] = {pool.submit(_execute_unless_stopped, t) for t in tasks}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -117,6 +142,8 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
                     except (BrokenProcessPool, CancelledError):
                         if not stop.requested:
                             raise
+                        continue
+                    if res[1] == UNSTARTED:
                         continue
                     on_done(res)
                     if res[1] == "preempted" and not stop.requested:
