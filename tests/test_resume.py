@@ -329,3 +329,31 @@ def test_sigterm_stops_a_study_starts_no_new_run_and_the_rerun_resumes(tmp_path,
     runs = Store(ws).list_runs()
     assert len(runs) == 4 and all(r.status == "finished" for r in runs)
     assert sum(r.summary["resumed_from"] is not None for r in runs) >= 1
+
+
+def test_a_shared_stop_flag_outlives_one_guard_and_a_signal_between_runs(monkeypatch):
+    """A study worker's SIGTERM sets the shared flag — inside a run's guard and between runs,
+    where it no longer kills the process — and a guard entered later starts as requested."""
+    import multiprocessing
+
+    from transfuse import _signals
+
+    monkeypatch.setattr(_signals, "_shared", None)
+    old = signal.getsignal(signal.SIGTERM)
+    event = multiprocessing.get_context("spawn").Event()
+    try:
+        assert not _signals.stop_shared()
+        _signals.share_stop(event)
+        with _signals.SigtermGuard() as g:
+            assert not g.requested
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert g.requested and event.is_set()
+        event.clear()
+        os.kill(os.getpid(), signal.SIGTERM)  # between runs: sets the flag, does not kill
+        time.sleep(0.05)
+        assert event.is_set() and _signals.stop_shared()
+        with _signals.SigtermGuard() as g:
+            assert g.requested  # the next run checkpoints at its first step and stops
+    finally:
+        signal.signal(signal.SIGTERM, old)
