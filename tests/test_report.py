@@ -124,3 +124,24 @@ def test_report_cli_and_errors(study_ws, tmp_path, capsys):
     assert "no run store" in capsys.readouterr().err
 
 
+
+
+def test_a_moved_or_copied_store_keeps_its_per_seed_delong_and_its_files(study_ws, tmp_path_factory):
+    """A store's runs table records each run's folder as an absolute path; a workspace copied to
+    another machine or folder (docs/findings snapshots, a Ray driver's store) must still find its
+    predictions there, not at the old path (DeLong silently vanished before)."""
+    import shutil
+
+    from transfuse.store import check_store
+
+    before = load_results(Store(study_ws), "syn").comparisons[0].delong
+    moved = tmp_path_factory.mktemp("elsewhere") / "ws"
+    shutil.copytree(study_ws, moved)
+    shutil.rmtree(study_ws / "runs")  # the old folders are gone, as on another machine
+    store = Store(moved)
+    assert all(r.run_dir == str(moved / "runs" / r.run_id) for r in store.list_runs())
+    after = load_results(store, "syn").comparisons[0].delong
+    assert len(after) == 3 and all(d is not None for d in after.values())
+    assert {s: (d.diff, d.p) for s, d in after.items()} == {s: (d.diff, d.p) for s, d in before.items()}
+    # the fixture writes no last.pt; every other file is found in the new folder
+    assert set(check_store(moved).missing.values()) == {("last.pt",)}

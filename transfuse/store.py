@@ -479,6 +479,8 @@ class Store:
         d = dict(row)
         for k in ("spec", "env", "data_info", "model_info", "init_report", "summary"):
             d[k] = json.loads(d[k]) if d[k] else {}
+        if d.get("run_dir"):  # a run's folder is where this store is now, not where it was written
+            d["run_dir"] = str(self.workspace / "runs" / d["run_id"])
         return RunRecord(**d)
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -609,7 +611,7 @@ def check_store(workspace: str | Path) -> StoreCheck:
             stale.append(r["run_id"])
         if r["status"] != "finished":
             continue
-        folder = Path(r["run_dir"]) if r["run_dir"] else ws / "runs" / r["run_id"]
+        folder = ws / "runs" / r["run_id"]  # not the recorded path: the store may have moved
         lacking = tuple(f for f in RUN_FILES if not (folder / f).is_file())
         if lacking:
             missing[r["run_id"]] = lacking
