@@ -198,22 +198,25 @@ def test_lpft_trains_the_head_only_until_its_step(train):
 
 # -- every registered classification model ---------------------------------------------------------
 def _classifiers() -> list:
-    out = []
+    """Every registered classifier in 2D where it has 2D (3D-only ones, Med3D's, in 3D), and a
+    timm network; heavy builds run in the slow suite."""
+    out = [pytest.param("timm:efficientnet_lite0", 2, id="timm:efficientnet_lite0-2d")]
     for name in MODELS.list():
         info = model_info(name)
-        if info["task"] != "classification" or 2 not in info["spatial_dims"]:
+        if info["task"] != "classification":
             continue
-        slow = 2 in info["heavy_dims"] or name == "inception_v3"  # 299-px probe at build
-        out.append(pytest.param(name, id=name, marks=[pytest.mark.slow] if slow else []))
+        dims = 2 if 2 in info["spatial_dims"] else 3
+        slow = dims in info["heavy_dims"] or name == "inception_v3"  # 299-px probe at build
+        out.append(pytest.param(name, dims, id=f"{name}-{dims}d", marks=[pytest.mark.slow] if slow else []))
     return out
 
 
-@pytest.mark.parametrize("name", _classifiers())
-def test_every_classifier_trains_only_the_intended_stages(name):
+@pytest.mark.parametrize(("name", "dims"), _classifiers())
+def test_every_classifier_trains_only_the_intended_stages(name, dims):
     torch.manual_seed(0)
-    base = create_model(name, in_channels=1, num_classes=2)
-    side = max(model_info(name)["min_size"], 16)
-    x, y = torch.randn(4, 1, side, side), torch.tensor([0, 1, 0, 1])
+    base = create_model(name, spatial_dims=dims, in_channels=1, num_classes=2)
+    side = max(model_info(name)["min_size"], 16) if not name.startswith("timm:") else 32
+    x, y = torch.randn(4, 1, *[side] * dims), torch.tensor([0, 1, 0, 1])
     for finetune, trains in (("linear_probe", {"head"}), ("freeze:block1", None),
                              ("surgical:block1", {"block1", "head"})):
         model = copy.deepcopy(base)
