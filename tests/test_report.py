@@ -124,8 +124,6 @@ def test_report_cli_and_errors(study_ws, tmp_path, capsys):
     assert "no run store" in capsys.readouterr().err
 
 
-
-
 def test_a_moved_or_copied_store_keeps_its_per_seed_delong_and_its_files(study_ws, tmp_path_factory):
     """A store's runs table records each run's folder as an absolute path; a workspace copied to
     another machine or folder (docs/findings snapshots, a Ray driver's store) must still find its

@@ -480,7 +480,7 @@ class Store:
         for k in ("spec", "env", "data_info", "model_info", "init_report", "summary"):
             d[k] = json.loads(d[k]) if d[k] else {}
         if d.get("run_dir"):  # a run's folder is where this store is now, not where it was written
-            d["run_dir"] = str(self.workspace / "runs" / d["run_id"])
+            d["run_dir"] = str(self.run_dir(d["run_id"]))
         return RunRecord(**d)
 
     def get_run(self, run_id: str) -> RunRecord:

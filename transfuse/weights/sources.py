@@ -158,9 +158,7 @@ def _run(arg: str, *, workspace: str | Path | None = None) -> SourceWeights:
     if rec.status != "finished":
         raise WeightsError(f"source run:{arg}: run {rec.run_id} is {rec.status}, not finished; "
                            "finish it first (transfuse train with the same spec)")
-    ckpt = Path(rec.run_dir or "") / "best.pt"
-    if not ckpt.is_file():  # a workspace copied or moved elsewhere: its own runs/<id> folder
-        ckpt = store.run_dir(rec.run_id) / "best.pt"
+    ckpt = store.run_dir(rec.run_id) / "best.pt"
     if not ckpt.is_file():
         raise WeightsError(f"source run:{arg}: run {rec.run_id} is finished but its checkpoint "
                            f"{ckpt} is missing (was the run folder moved or deleted?)")
