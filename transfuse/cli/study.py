@@ -133,6 +133,21 @@ def _train_size(spec) -> str:
     return str(d.n_train) if d.n_train is not None else (f"{d.fraction:.0%}" if d.fraction else "all")
 
 
+def _print_left_out(workspace: str, name: str, ids: set[str]) -> None:
+    """One line when finished runs of an earlier version of the study are stored (not counted)."""
+    if not (Path(workspace) / "transfuse.db").is_file():
+        return
+    from ..store import Store
+    from ..study.selection import select_runs
+
+    records = [r for r in Store(workspace).list_runs(study=name) if not r.spec.get("parent")]
+    _, left = select_runs(records, current=ids)
+    if left:
+        print(f"  {len(left)} finished run(s) stored under {name!r} are not cells of this file "
+              "(an earlier version); reports leave them out (`transfuse report --study-file OLD.yaml` "
+              "judges that version)")
+
+
 def _study(a: argparse.Namespace) -> int:
     from ..study import expand, load_study, study_status
 
@@ -166,6 +181,7 @@ def _study(a: argparse.Namespace) -> int:
                 print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         name = rows[-1][0].study if rows else study.name
         print(f"study {name}: {len(rows)} runs — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        _print_left_out(workspace_of(a), name, {rid for _, rid, _ in rows})
         return 0
     if a.study_cmd == "plan":
         return _plan(a, study)

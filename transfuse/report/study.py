@@ -115,6 +115,33 @@ def verdict_rows(res: StudyResults, dec: Decisions) -> list[list[str]]:
     return rows
 
 
+def _runs_notes(res: StudyResults) -> str:
+    """Warnings about runs not counted (an earlier version of the study) or lacking files."""
+    from ..study.selection import FILE_USES
+
+    html = ""
+    if res.left_out:
+        items = "".join(f"<li><code>{esc(x.run_id)}</code> (seed {x.seed}): {esc(x.reason)}</li>"
+                        for x in res.left_out[:20])
+        more = f"<li>… and {len(res.left_out) - 20} more</li>" if len(res.left_out) > 20 else ""
+        html += (f'<div class="warn"><p><b>{len(res.left_out)} finished run(s) stored under this '
+                 f"study's name are left out</b>: they are not cells of this version of the study, so "
+                 "no number here includes them (report an older version with "
+                 f"<code>transfuse report --study-file FILE</code>).</p><ul>{items}{more}</ul></div>")
+    if res.missing:
+        uses: dict[str, list[str]] = {}
+        for rid, files in sorted(res.missing.items()):
+            for f in files:
+                uses.setdefault(f, []).append(rid)
+        items = "".join(f"<li><code>{esc(f)}</code> missing in {len(r)} run(s) "
+                        f"({esc(', '.join(r[:8]))}{' …' if len(r) > 8 else ''}): left out of "
+                        f"{esc(FILE_USES.get(f, 'no figure'))}</li>" for f, r in sorted(uses.items()))
+        html += (f'<div class="warn"><p><b>{len(res.missing)} finished run(s) lack files in their '
+                 "folder</b> (see <code>transfuse runs check</code>): their scores count in every "
+                 f"verdict, but these figures omit them:</p><ul>{items}</ul></div>")
+    return html
+
+
 def _summary_section(res: StudyResults, dec: Decisions, info: dict, progress: dict[str, int]) -> Section:
     datasets = sorted({r.dataset for r in res.rows})
     unit = "AUC" if res.metric == "auc" else "Dice"
@@ -125,6 +152,7 @@ def _summary_section(res: StudyResults, dec: Decisions, info: dict, progress: di
                  f"{esc(', '.join(f'{n} {k}' for k, n in sorted(waiting.items())))} run(s) besides "
                  f"{progress.get('finished', len(res.rows))} finished — these verdicts will change; "
                  "write the report again when the study has finished.</p>")
+    body += _runs_notes(res)
     if dec.pilot:
         body += f'<p class="pilot"><b>{esc(dec.pilot)}.</b></p>'
     recs = "".join(f'<li><b>[{esc(r.model)}, n_train={esc(r.size)}]</b> '
@@ -261,7 +289,8 @@ def _write(out: Path, text: str) -> Path:
     return out
 
 
-def build_report(*, workspace: str | Path, study: str, out: str | Path, format: str = "html") -> Path:
+def build_report(*, workspace: str | Path, study: str, out: str | Path, format: str = "html",
+                 study_spec: object = None) -> Path:
     """Write the study's report to ``out`` and return its path.
 
     Args:
@@ -270,6 +299,8 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         out: the file to write (replaced atomically).
         format: ``html`` (the self-contained report) or ``json`` (the decisions as data, schema
             ``transfuse.study-results/1``; see :mod:`transfuse.report.export`).
+        study_spec: judge this version of the study (its cells, thresholds and evaluation)
+            instead of the one its last ``study run`` recorded.
 
     Raises:
         TransfuseError: no run store in ``workspace``, no runs of ``study`` in it, or a bad format.
@@ -280,13 +311,19 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
     if not (ws / "transfuse.db").is_file():
         raise TransfuseError(f"no run store in {ws}; pass the workspace a study ran in")
     store = Store(ws)
-    res, dec, info = load_decisions(store, study)
+    res, dec, info = load_decisions(store, study, study_spec=study_spec)
     if not res.rows:
         raise TransfuseError(f"study {study!r} has no finished runs yet in {ws}; "
                              f"run `transfuse study run FILE --workspace {ws}` first")
     from ..study.runner import study_progress
 
-    progress = study_progress(store=store, study=study)
+    ids = None
+    if study_spec is not None:
+        from ..config import run_id
+        from ..study.spec import expand
+
+        ids = [run_id(s) for s in expand(study_spec)]  # type: ignore[arg-type]
+    progress = study_progress(store=store, study=study, run_ids=ids)
     if format == "json":
         data = results_dict(res, dec)
         data["runs"]["progress"] = progress

@@ -354,9 +354,14 @@ def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict],
     return out
 
 
-def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = None
-                   ) -> tuple[StudyResults, Decisions, dict[str, Any]]:
+def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = None,
+                   study_spec: Any = None) -> tuple[StudyResults, Decisions, dict[str, Any]]:
     """A stored study's results and decisions, judged as the study recorded (or ``evaluation``).
+
+    Args:
+        study_spec: a :class:`~transfuse.study.spec.StudySpec` to judge instead of what the last
+            ``study run`` recorded: its cells, thresholds and evaluation (another version of the
+            study file, ``transfuse report --study-file``).
 
     Returns:
         ``(results, decisions, study_info)``; ``study_info`` is what ``study run`` recorded.
@@ -367,10 +372,21 @@ def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = No
     from .results import load_results
 
     info = store.get_results("study", study=study).get(study, {})
+    current = None
+    if study_spec is not None:
+        from ..config import run_id
+        from .spec import expand
+
+        specs = expand(study_spec)
+        current = {run_id(s): s.to_dict() for s in specs}
+        info = {**info, "auc_thresholds": list(study_spec.auc_thresholds),
+                "relative_thresholds": list(study_spec.relative_thresholds),
+                "evaluation": study_spec.evaluation.to_dict(), "path": study_spec.path}
     ev = evaluation or Evaluation.from_dict(info.get("evaluation"))
     res = load_results(store, study, thresholds=tuple(info.get("auc_thresholds", (0.8, 0.9))),
                        relative=tuple(info.get("relative_thresholds", (0.9, 0.95))),
-                       reference=ev.reference)
+                       reference=ev.reference, run_ids=None if current is None else list(current),
+                       current_specs=current)
     dec = decide(res, evaluation=ev, sequential=Sequential.from_dict(info.get("sequential")),
                  smoke=bool(info.get("smoke")))
     return res, dec, info

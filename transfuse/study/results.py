@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from ..errors import TransfuseError
 from ..store import RunRecord, Store
 from .convergence import Convergence, convergence
+from .selection import LeftOut, missing_files, select_runs
 from .stats import DeLong, PairedTest, Summary, delong, paired_test, summarize
 
 __all__ = ["RunRow", "Cell", "Comparison", "StudyResults", "load_results", "cell_keys", "arm_label",
@@ -100,6 +102,10 @@ class StudyResults:
     relative: tuple[float, ...]
     unfinished: dict[str, int]
     reference: str = BASELINE
+    #: finished runs stored under the study's name but not in its current cells (not counted)
+    left_out: tuple[LeftOut, ...] = ()
+    #: finished runs (counted) whose folder lacks files: ``{run_id: file names}``
+    missing: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def cell(self, model: str, init: str, size: str) -> Cell | None:
         return next((c for c in self.cells if (c.model, c.init, c.size) == (model, init, size)), None)
@@ -252,8 +258,18 @@ def _compare(cell: Cell, base: Cell, thresholds: tuple[float, ...]) -> Compariso
 
 
 def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0.8, 0.9),
-                 relative: tuple[float, ...] = (0.9, 0.95), reference: str = BASELINE) -> StudyResults:
-    """Rows, cells and comparisons (each arm vs ``reference``) of the finished runs of ``study``.
+                 relative: tuple[float, ...] = (0.9, 0.95), reference: str = BASELINE,
+                 run_ids: Collection[str] | None = None,
+                 current_specs: Mapping[str, Mapping[str, Any]] | None = None,
+                 adaptive: bool | None = None) -> StudyResults:
+    """Rows, cells and comparisons (each arm vs ``reference``) of the finished runs of ``study``'s
+    current cells (:mod:`transfuse.study.selection`).
+
+    Args:
+        run_ids: the current cells' run ids; default: those the study's last ``study run``
+            recorded (a study file given explicitly passes its own, with ``current_specs``).
+        adaptive: keep extra seeds of current cells; default: whether the study recorded a
+            sequential (``--until-decided``) plan.
 
     Raises:
         TransfuseError: the study has no runs in this store (the message lists the studies).
@@ -265,6 +281,13 @@ def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0
                              f"{', '.join(studies) or 'none'} (run `transfuse study run FILE` first)")
     # Derived runs (self-training students) have their own report section, not study cells.
     records = [r for r in records if not r.spec.get("parent")]
+    info = store.get_results("study", study=study).get(study, {})
+    if run_ids is None:
+        run_ids = info.get("run_ids")
+    if adaptive is None:
+        adaptive = bool(info.get("sequential"))
+    records, left_out = select_runs(records, current=run_ids, current_specs=current_specs,
+                                    adaptive=adaptive)
     finished = [r for r in records if r.status == "finished"]
     unfinished: dict[str, int] = defaultdict(int)
     for r in records:
@@ -281,4 +304,5 @@ def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0
              if c.init != reference and (c.model, reference, c.size) in index]
     task = rows[0].task if rows else "multiclass"
     return StudyResults(study, rows[0].metric if rows else "auc", task, tuple(rows), tuple(cells),
-                        tuple(comps), thresholds, relative, dict(unfinished), reference)
+                        tuple(comps), thresholds, relative, dict(unfinished), reference,
+                        tuple(left_out), missing_files(store, finished))
