@@ -400,9 +400,12 @@ def test_until_decided_resumes_after_sigkill(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
         if (ws / "transfuse.db").exists():
-            with sqlite3.connect(ws / "transfuse.db") as con:
-                if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 5:  # inside look 2
-                    break
+            try:
+                with sqlite3.connect(ws / "transfuse.db") as con:
+                    if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 5:  # in look 2
+                        break
+            except sqlite3.OperationalError:  # the table is not created yet, or locked: poll again
+                continue
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
