@@ -15,13 +15,13 @@ study::
     <!-- END generated -->
 
 The block holds the study's counts, every decided verdict as its own sentence with a code
-(``[<study> D1]``, ``D2``, ... in the JSON's comparison order), one table row per arm with each
+(``[<study> Dxxxx]``, a hash of what it compares: :func:`code`), one table row per arm with each
 endpoint's verdict, difference and interval (an undecided one with the seeds it would need), and
 the report's recommendations. Prose outside the blocks refers to a decided verdict by its code.
 
 The lint (:func:`lint`) holds prose outside the blocks to that: every sentence with a result word
 (:data:`RESULT_WORDS`: better, worse, helped, hurt, matched, as good as, faster, beat, ...) must
-either cite a decided verdict's code, ``[<study> Dk]``, that the study's JSON has, or begin with
+either cite a decided verdict's code, ``[<study> Dxxxx]``, that the study's JSON has, or begin with
 ``Caveat:``, ``Definition:`` or ``Question:`` (an explanation, a term, or the question a study
 asks — never a finding). Code blocks, headings and HTML comments are not prose.
 
@@ -34,6 +34,7 @@ sentence; :func:`verdict_of` reads either, and anything whose code does not begi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -59,7 +60,7 @@ END = "<!-- END generated -->"
 RESULT_WORDS = re.compile(
     r"\b(better|worse|help|helps|helped|hurt|hurts|matched|as good as|faster|slower|beat|beats|"
     r"barely changes?|cost nothing|sped up|initiali[sz]e at random)\b", re.I)
-CITE = re.compile(r"\[(?P<study>[\w.-]+) (?P<code>D\d+)\]")
+CITE = re.compile(r"\[(?P<study>[\w.-]+) (?P<code>D[0-9a-f]+)\]")
 MARKERS = ("Caveat:", "Definition:", "Question:")
 
 
@@ -90,12 +91,27 @@ def is_decided(c: dict) -> bool:
     return not verdict_of(c)[0].startswith("undecided")
 
 
+def code(c: dict) -> str:
+    """A comparison's code, ``D`` and 4 hex digits of a hash of what it compares.
+
+    It depends only on model, training-set size, arm, reference and endpoint, so a re-exported
+    JSON (more seeds, a later schema) keeps each question's code and prose citing it stays
+    pointed at the same question; a question that is no longer decided fails the lint.
+    """
+    key = "|".join(str(c[k]) for k in ("model", "size", "arm", "reference", "endpoint"))
+    return "D" + hashlib.sha1(key.encode()).hexdigest()[:4]
+
+
 def decided_codes(res: dict) -> dict[str, dict]:
-    """``{"D1": comparison, ...}``: the decided comparisons, numbered in the JSON's order."""
-    out = {}
+    """``{code: comparison}`` of the decided comparisons, in the JSON's order."""
+    out: dict[str, dict] = {}
     for c in res["comparisons"]:
         if is_decided(c):
-            out[f"D{len(out) + 1}"] = c
+            k = code(c)
+            if k in out:
+                raise SystemExit(f"{res['study']}: two decided questions share the code {k}; "
+                                 "lengthen the hash in render.code")
+            out[k] = c
     return out
 
 
@@ -123,9 +139,7 @@ def _endpoint(c: dict) -> str:
 def _interval(c: dict) -> str:
     if c.get("ci_low") is None:
         return ""
-    lvl = c.get("level")
-    at = f" ({100 * lvl:.4g} % interval)" if lvl else ""
-    return f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]{at}"
+    return f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
 
 
 def sentence(c: dict) -> str:
@@ -161,8 +175,10 @@ def _verdict_text(c: dict | None, code_of: dict[str, str]) -> str:
     ci = "" if c.get("ci_low") is None else f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
     if not code.startswith("undecided"):
         return f"**{label}** {code_of[c['id']]}: {_show(c, c['mean'])}{ci}"
+    if not ci:  # a mean without an interval: the verdict's reason says why (a gate, too few seeds)
+        return f"{label} {_show(c, c['mean'])}: {c['reason']}"
     need = c.get("seeds_needed")
-    return f"{label} {_show(c, c['mean'])}{ci}; " + (f"≈ {need} seeds" if need else "no seed count")
+    return f"{label} {_show(c, c['mean'])}{ci}; " + (f"≈ {need} seeds" if need else "no seed count in reach")
 
 
 def render_block(study: str, res: dict) -> str:
@@ -188,7 +204,7 @@ def render_block(study: str, res: dict) -> str:
         f"Study `{res['study']}`: {res['runs']['finished']} finished runs; {len(comps)} questions, "
         f"{res['family_size']} in the {ev['multiplicity']} family at α = {ev['alpha']}; margin "
         f"±{ev['margin']:g} {metric} (area ±{ev['area_margin']:g}, speed "
-        f"{math.exp(ev['speed_margin']):.2f}×), reference arm `{ev['reference']}`{looks}. Verdicts: "
+        f"{ev['speed_margin']:g}×), reference arm `{ev['reference']}`{looks}. Verdicts: "
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".",
         "",
     ]
@@ -200,31 +216,32 @@ def render_block(study: str, res: dict) -> str:
     und = [c for c in comps if not is_decided(c)]
     if und:
         need = sorted(c["seeds_needed"] for c in und if c.get("seeds_needed"))
-        span = f"{need[0]}–{need[-1]}" if need else "–"
+        span = "–" if not need else str(need[0]) if need[0] == need[-1] else f"{need[0]}–{need[-1]}"
         lines += ["", f"Undecided: {len(und)} of {len(comps)} questions; the seeds each would need "
                       f"at this margin and {ev['power']:.0%} power: {span} "
                       f"({len(und) - len(need)} without an estimate; per question in the table)."]
     endpoints: list[str] = []
-    rows: dict[tuple, dict[str, dict]] = {}
+    groups: dict[tuple, dict[str, dict[str, dict]]] = {}  # (model, size) -> arm -> endpoint -> c
     for c in comps:
         if c["endpoint"] not in endpoints:
             endpoints.append(c["endpoint"])
-        rows.setdefault((c["model"], c["size"], c["arm"]), {})[c["endpoint"]] = c
+        groups.setdefault((c["model"], c["size"]), {}).setdefault(c["arm"], {})[c["endpoint"]] = c
+    order = {m: i for i, m in enumerate(dict.fromkeys(c["model"] for c in res["cells"]))}
+    sizes = {s: i for i, s in enumerate(dict.fromkeys(c["size"] for c in res["cells"]))}
     cells = {(c["model"], c["size"], c["arm"]): c for c in res["cells"]}
     lines += ["", "Per arm: the final test score, mean ± SD (seeds), and each endpoint's verdict "
                   "with Δ arm − reference [the verdict's interval] (speed-ups as the reference's "
                   "steps ÷ the arm's):", "",
               "| model | n_train | arm | test " + metric + " | " + " | ".join(endpoints) + " |",
               "|---|---|---|---|" + "---|" * len(endpoints)]
-    seen = set()
-    for (model, size, arm), by in rows.items():
+    for model, size in sorted(groups, key=lambda k: (order.get(k[0], 99), sizes.get(k[1], 99))):
         ref = (model, size, ev["reference"])
-        if ref not in seen and ref in cells:
-            seen.add(ref)
+        if ref in cells:
             lines.append(f"| {model} | {size} | {ev['reference']} (reference) | "
                          f"{_cell_text(cells[ref])} |" + " |" * len(endpoints))
-        lines.append(f"| {model} | {size} | {arm} | {_cell_text(cells.get((model, size, arm)))} | "
-                     + " | ".join(_verdict_text(by.get(e), code_of) for e in endpoints) + " |")
+        for arm, by in groups[(model, size)].items():
+            lines.append(f"| {model} | {size} | {arm} | {_cell_text(cells.get((model, size, arm)))} | "
+                         + " | ".join(_verdict_text(by.get(e), code_of) for e in endpoints) + " |")
     if res.get("recommendations"):
         lines += ["", "The report's recommendations:"]
         lines += [f"- {r['model']}, n_train {r['size']}: {r['text']}" for r in res["recommendations"]]
