@@ -58,7 +58,7 @@ STUDIES: dict[str, str] = {
 BEGIN = re.compile(r"^<!-- BEGIN generated: (?P<study>[\w.-]+) -->$", re.M)
 END = "<!-- END generated -->"
 RESULT_WORDS = re.compile(
-    r"\b(better|worse|help|helps|helped|hurt|hurts|matched|as good as|faster|slower|beat|beats|"
+    r"\b(better|worse|help|helps|helped|hurt|hurts|matched|as good|faster|slower|beat|beats|"
     r"barely changes?|cost nothing|sped up|initiali[sz]e at random)\b", re.I)
 CITE = re.compile(r"\[(?P<study>[\w.-]+) (?P<code>D[0-9a-f]+)\]")
 MARKERS = ("Caveat:", "Definition:", "Question:")
@@ -351,16 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-store", metavar="DIR", type=Path, default=None,
                     help="first re-export each study's results.json from its store in DIR (default: none)")
     ap.add_argument("--findings", type=Path, default=FINDINGS, help=f"the file to render (default {FINDINGS})")
+    ap.add_argument("--root", type=Path, default=HERE,
+                    help=f"the folder of the <study>/results.json files (default {HERE})")
     a = ap.parse_args(argv)
     if a.from_store is not None:
         if not a.from_store.is_dir():
             print(f"error: --from-store {a.from_store}: no such folder", file=sys.stderr)
             return 2
-        for p in export(a.from_store):
+        for p in export(a.from_store, a.root):
             print(f"exported {p}")
     text = a.findings.read_text()
-    new = render(text)
-    problems = lint(new)
+    new = render(text, a.root)
+    problems = lint(new, a.root)
     if a.check:
         if new != text:
             print(f"{a.findings}: generated blocks differ from the JSON; run python docs/findings/render.py")
