@@ -92,7 +92,7 @@ def test_verdict_sentences_from_schema_1_and_a_later_schema():
     c = next(c for c in res["comparisons"] if c["endpoint"] == "final")
     assert render.verdict_of(c) == ("worse", "worse", None)
     s1 = render.sentence(c)
-    assert s1.startswith("transfusion:block4 vs random (med3d_seg_resnet10, n_train full), test Dice: **worse**")
+    assert s1.startswith("transfusion:block4 vs random, test Dice: **worse**")
     assert "-0.163 [-0.239, -0.087], 4 seeds" in s1
     # a later schema: a verdict code and its own sentence, used as they are
     v2 = copy.deepcopy(res)
@@ -104,12 +104,19 @@ def test_verdict_sentences_from_schema_1_and_a_later_schema():
     assert "SENTENCE final" in block and "SENTENCE speed@0.3" in block
     assert "**worse by more than the margin**" in block
     assert "2 worse by more than the margin" in block and "2 undecided" in block
-    # the flat form: verdict_code / sentence beside a plain verdict
+    # schema 2 (issue 28's five answers): verdict a code string, label and sentence beside it
     flat = copy.deepcopy(res)
     for x in flat["comparisons"]:
-        x["verdict_code"], x["sentence"] = x["verdict"] + "_x", "FLAT"
+        if x["verdict"] == "worse":
+            x["verdict"], x["label"] = "worse_within_margin", "worse by less than the margin"
+        else:
+            x["label"] = x["verdict"]
+        x["sentence"] = f"FLAT {x['endpoint']}."
     assert render.decided_codes(flat).keys() == render.decided_codes(res).keys()
-    assert "FLAT" in render.render_block("ssl_seg3d_brain", flat)
+    block = render.render_block("ssl_seg3d_brain", flat)
+    assert "- **[ssl_seg3d_brain " in block and ": FLAT final." in block
+    assert "**worse by less than the margin** [ssl_seg3d_brain" in block
+    assert "med3d_seg_resnet10, n_train full: FLAT final." in block  # model and size said once
 
 
 def test_undecided_rows_give_the_seeds_they_would_need():

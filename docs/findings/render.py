@@ -147,7 +147,7 @@ def sentence(c: dict) -> str:
     code, label, given = verdict_of(c)
     if given:
         return given
-    who = f"{c['arm']} vs {c['reference']} ({c['model']}, n_train {c['size']}), {_endpoint(c)}"
+    who = f"{c['arm']} vs {c['reference']}, {_endpoint(c)}"
     if c.get("mean") is None:
         return f"{who}: {label} — {c['reason']}."
     what = f"{_show(c, c['mean'])}{_interval(c)}, {c['n']} seeds"
@@ -210,7 +210,9 @@ def render_block(study: str, res: dict) -> str:
     ]
     if codes:
         lines.append("Decided verdicts:")
-        lines += [f"- **[{study} {k}]** {sentence(c)}" for k, c in codes.items()]
+        # the sentence (the JSON's own from schema 2 on) need not name the model and size: say them
+        lines += [f"- **[{study} {k}]** {c['model']}, n_train {c['size']}: {sentence(c)}"
+                  for k, c in codes.items()]
     else:
         lines.append("Decided verdicts: none.")
     und = [c for c in comps if not is_decided(c)]
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=HERE,
                     help=f"the folder of the <study>/results.json files (default {HERE})")
     a = ap.parse_args(argv)
+    if not a.findings.is_file():
+        print(f"error: --findings {a.findings}: no such file", file=sys.stderr)
+        return 2
     if a.from_store is not None:
         if not a.from_store.is_dir():
             print(f"error: --from-store {a.from_store}: no such folder", file=sys.stderr)
