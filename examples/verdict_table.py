@@ -3,8 +3,7 @@
     transfuse report -w ws-transfusion --study transfusion --format json -o results.json
     python examples/verdict_table.py results.json            # one table per endpoint
 
-docs/FINDINGS.md's tables come from docs/findings/render.py, which reads the same JSON. This
-script reads only the JSON (schema
+The tables in docs/FINDINGS.md are this script's output. It reads only the JSON (schema
 ``transfuse.study-results/1``, see docs/STUDIES.md): one row per model × training-set size × arm,
 one column per endpoint (final test score, area under the validation curve, speed-ups), each
 cell ``verdict (n seeds, Δ [interval])``.
