@@ -221,3 +221,23 @@ def test_from_store_reexports_the_json_and_renders_it(tmp_path):
     assert render.main(["--check", "--root", str(root), "--findings", str(doc)]) == 1
     assert render.main(["--from-store", str(tmp_path / "nowhere"), "--root", str(root),
                         "--findings", str(doc)]) == 2
+
+
+def _snapshot_module():
+    spec = importlib.util.spec_from_file_location("snapshot_store", ROOT / "docs/findings/snapshot_store.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_snapshot_store_copies_a_study_outside_the_repo_and_refuses_a_tracked_destination(tmp_path):
+    snap = _snapshot_module()
+    _tiny_store(tmp_path / "ws", "finetune")
+    snap.main(str(tmp_path / "ws"), "finetune", str(tmp_path / "snap"))
+    root = tmp_path / "json"
+    assert [p.parent.name for p in render.export(tmp_path / "snap", root)] == ["finetune"]
+    assert json.loads((root / "finetune/results.json").read_text())["runs"]["finished"] == 6
+    inside = ROOT / "docs" / "test-snapshot-not-ignored"
+    with pytest.raises(SystemExit, match="inside a git work tree and not ignored"):
+        snap.main(str(tmp_path / "ws"), "finetune", str(inside))
+    assert not inside.exists()  # refused before writing anything

@@ -1,7 +1,7 @@
 """Copy the evidence of a study out of a workspace into a small store of its own.
 
     python docs/findings/snapshot_store.py WORKSPACE STUDY DEST
-    python docs/findings/render.py --from-store DEST_PARENT     # its results.json, re-rendered
+    python docs/findings/render.py --from-store DEST     # its study's results.json, re-rendered
 
 The snapshot is not committed (issue 28: docs/findings/<study>/ keeps the study's results JSON,
 study file and commands; stores, checkpoints and predictions stay out of git). Keep it outside
@@ -30,16 +30,17 @@ from transfuse.errors import check_name
 
 def main(ws: str, study: str, dest: str) -> None:
     src, out = Path(ws), Path(dest)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     # A store in the repository would be committed with the next `git add -A` (98 MB of them
-    # were, until issue 28): refuse a destination git would track.
-    inside = subprocess.run(["git", "-C", str(out), "rev-parse", "--is-inside-work-tree"],
+    # were, until issue 28): refuse a destination git would track, before writing anything.
+    probe = next(p for p in (out, *out.absolute().parents) if p.is_dir())
+    inside = subprocess.run(["git", "-C", str(probe), "rev-parse", "--is-inside-work-tree"],
                             capture_output=True, text=True).stdout.strip() == "true"
-    ignored = subprocess.run(["git", "-C", str(out), "check-ignore", "-q", str(out.resolve()) + "/"],
+    ignored = subprocess.run(["git", "-C", str(probe), "check-ignore", "-q", str(out.absolute()) + "/"],
                              capture_output=True).returncode == 0
     if inside and not ignored:
         sys.exit(f"{out}: inside a git work tree and not ignored; snapshot outside the repository "
                  "or to docs/findings/<name>-store/")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     tmp = out / "transfuse.db.tmp"
     with sqlite3.connect(src / "transfuse.db") as a, sqlite3.connect(tmp) as b:
         a.backup(b)
