@@ -1,6 +1,11 @@
-"""Copy the evidence of a study out of a workspace, small enough to keep beside docs/FINDINGS.md.
+"""Copy the evidence of a study out of a workspace into a small store of its own.
 
     python docs/findings/snapshot_store.py WORKSPACE STUDY DEST
+    python docs/findings/render.py --from-store DEST     # its study's results.json, re-rendered
+
+The snapshot is not committed (issue 28: docs/findings/<study>/ keeps the study's results JSON,
+study file and commands; stores, checkpoints and predictions stay out of git). Keep it outside
+the repository, or as docs/findings/<name>-store/, which .gitignore leaves out.
 
 Copies a consistent snapshot of ``transfuse.db`` (SQLite's backup API, safe while a study is
 still writing), each of the study's runs' ``test_predictions.npz`` (DeLong in the report needs
@@ -25,6 +30,16 @@ from transfuse.errors import check_name
 
 def main(ws: str, study: str, dest: str) -> None:
     src, out = Path(ws), Path(dest)
+    # A store in the repository would be committed with the next `git add -A` (98 MB of them
+    # were, until issue 28): refuse a destination git would track, before writing anything.
+    probe = next(p for p in (out, *out.absolute().parents) if p.is_dir())
+    inside = subprocess.run(["git", "-C", str(probe), "rev-parse", "--is-inside-work-tree"],
+                            capture_output=True, text=True).stdout.strip() == "true"
+    ignored = subprocess.run(["git", "-C", str(probe), "check-ignore", "-q", str(out.absolute()) + "/"],
+                             capture_output=True).returncode == 0
+    if inside and not ignored:
+        sys.exit(f"{out}: inside a git work tree and not ignored; snapshot outside the repository "
+                 "or to docs/findings/<name>-store/")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     tmp = out / "transfuse.db.tmp"
     with sqlite3.connect(src / "transfuse.db") as a, sqlite3.connect(tmp) as b:
@@ -56,12 +71,6 @@ def main(ws: str, study: str, dest: str) -> None:
             shutil.copytree(folder, out / "pretrain" / name, dirs_exist_ok=True)
             n += len([f for f in folder.iterdir() if f.is_file()])
     print(f"{dest}: {len(rows)} finished runs, {n} files")
-    # A snapshot git silently leaves out is no snapshot (the first one lost its transfuse.db to
-    # the `*.db` rule): say so before anyone commits it.
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(out / "transfuse.db")],
-                             capture_output=True).returncode == 0
-    if ignored:
-        sys.exit(f"{out / 'transfuse.db'} is ignored by git: add a '!' rule to .gitignore")
 
 
 if __name__ == "__main__":

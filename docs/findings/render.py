@@ -1,0 +1,386 @@
+"""Render docs/FINDINGS.md's verdict tables and one-line answers from the committed study JSON.
+
+    python docs/findings/render.py                     # rewrite the generated blocks in place
+    python docs/findings/render.py --check             # exit 1 if a block or the lint disagrees
+    python docs/findings/render.py --from-store DIR    # first re-export every results.json from
+                                                       # the stores in DIR, then render
+
+Each study whose evidence FINDINGS reports has a folder ``docs/findings/<study>/`` holding
+``results.json`` (``transfuse report -w STORE --study <study> --format json``), the study file
+and ``README.md`` with the exact commands that made the store. FINDINGS marks one block per
+study::
+
+    <!-- BEGIN generated: <study> -->
+    ...                                   (written by this script; never edited by hand)
+    <!-- END generated -->
+
+The block holds the study's counts, every decided verdict as its own sentence with a code
+(``[<study> Dxxxx]``, a hash of what it compares: :func:`code`), one table row per arm with each
+endpoint's verdict, difference and interval (an undecided one with the seeds it would need), and
+the report's recommendations. Prose outside the blocks refers to a decided verdict by its code.
+
+The lint (:func:`lint`) holds prose outside the blocks to that: every sentence with a result word
+(:data:`RESULT_WORDS`: better, worse, helped, hurt, matched, as good as, faster, beat, ...) must
+either cite a decided verdict's code, ``[<study> Dxxxx]``, that the study's JSON has, or begin with
+``Caveat:``, ``Definition:`` or ``Question:`` (an explanation, a term, or the question a study
+asks — never a finding). Code blocks, headings and HTML comments are not prose.
+
+The JSON may be schema ``transfuse.study-results/1`` (``verdict`` one of better / worse /
+equivalent / undecided, no sentence) or a later one whose comparisons carry a verdict code and a
+sentence; :func:`verdict_of` reads either, and anything whose code does not begin with
+``undecided`` counts as decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FINDINGS = HERE.parent / "FINDINGS.md"
+
+# study name -> folder under docs/findings/ and the store folder names --from-store looks for
+# (the snapshots that used to be committed were docs/findings/<store>/).
+STUDIES: dict[str, str] = {
+    "transfusion": "transfusion-store",
+    "ssl_pneumonia": "ssl-pneumonia-store",
+    "ssl_retina": "ssl-retina-store",
+    "ssl_seg3d_brain": "ssl-seg3d-store",
+    "finetune": "finetune-store",
+    "finetune-pneumonia": "finetune-pneumonia-store",
+}
+
+BEGIN = re.compile(r"^<!-- BEGIN generated: (?P<study>[\w.-]+) -->$", re.M)
+END = "<!-- END generated -->"
+RESULT_WORDS = re.compile(
+    r"\b(better|worse|help|helps|helped|hurt|hurts|matched|as good|faster|slower|beat|beats|"
+    r"barely changes?|cost nothing|sped up|initiali[sz]e at random)\b", re.I)
+CITE = re.compile(r"\[(?P<study>[\w.-]+) (?P<code>D[0-9a-f]+)\]")
+MARKERS = ("Caveat:", "Definition:", "Question:")
+
+
+# ---------------------------------------------------------------- reading the JSON
+
+def load(study: str, root: Path = HERE) -> dict:
+    """The committed results of ``study`` (``docs/findings/<study>/results.json``)."""
+    return json.loads((root / study / "results.json").read_text())
+
+
+def verdict_of(c: dict) -> tuple[str, str, str | None]:
+    """(code, label, sentence) of a comparison, from schema 1 or a later one.
+
+    Schema 1 has only ``verdict`` (the code; no sentence). A later schema may give the verdict as
+    an object (``{"code", "label", "sentence"}``) or beside it ``verdict_code`` / ``label`` /
+    ``sentence``; whichever is present is used, the code also being the label if none is given.
+    """
+    v = c.get("verdict")
+    if isinstance(v, dict):
+        code = v.get("code") or v.get("verdict") or "undecided"
+        return code, v.get("label") or code.replace("_", " "), v.get("sentence") or v.get("text")
+    code = c.get("verdict_code") or c.get("code") or v or "undecided"
+    label = c.get("verdict_label") or c.get("label") or str(v or code).replace("_", " ")
+    return code, label, c.get("sentence") or c.get("verdict_sentence")
+
+
+def is_decided(c: dict) -> bool:
+    return not verdict_of(c)[0].startswith("undecided")
+
+
+def code(c: dict) -> str:
+    """A comparison's code, ``D`` and 4 hex digits of a hash of what it compares.
+
+    It depends only on model, training-set size, arm, reference and endpoint, so a re-exported
+    JSON (more seeds, a later schema) keeps each question's code and prose citing it stays
+    pointed at the same question; a question that is no longer decided fails the lint.
+    """
+    key = "|".join(str(c[k]) for k in ("model", "size", "arm", "reference", "endpoint"))
+    return "D" + hashlib.sha1(key.encode()).hexdigest()[:4]
+
+
+def decided_codes(res: dict) -> dict[str, dict]:
+    """``{code: comparison}`` of the decided comparisons, in the JSON's order."""
+    out: dict[str, dict] = {}
+    for c in res["comparisons"]:
+        if is_decided(c):
+            k = code(c)
+            if k in out:
+                raise SystemExit(f"{res['study']}: two decided questions share the code {k}; "
+                                 "lengthen the hash in render.code")
+            out[k] = c
+    return out
+
+
+def _is_speed(c: dict) -> bool:
+    return str(c.get("unit", "")).startswith("log(")
+
+
+def _show(c: dict, x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{math.exp(x):.2f}×" if _is_speed(c) else f"{x:+.3f}"
+
+
+def _endpoint(c: dict) -> str:
+    e = c["endpoint"]
+    if e == "final":
+        return c.get("unit") or "final score"
+    if e == "area":
+        return "area under the validation curve"
+    if e.startswith("speed@"):
+        return f"speed-up to validation {e.split('@', 1)[1]}"
+    return e
+
+
+def _interval(c: dict) -> str:
+    if c.get("ci_low") is None:
+        return ""
+    return f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
+
+
+def sentence(c: dict) -> str:
+    """The verdict's own sentence: the JSON's where it has one, else built from its fields."""
+    code, label, given = verdict_of(c)
+    if given:
+        return given
+    who = f"{c['arm']} vs {c['reference']}, {_endpoint(c)}"
+    if c.get("mean") is None:
+        return f"{who}: {label} — {c['reason']}."
+    what = f"{_show(c, c['mean'])}{_interval(c)}, {c['n']} seeds"
+    if not code.startswith("undecided"):
+        return f"{who}: **{label}**, {what} ({c['reason']})."
+    need = c.get("seeds_needed")
+    more = f"; about {need} seeds would decide it" if need else "; no seed count decides it at this margin"
+    return f"{who}: {label}, {what} ({c['reason']}){more}."
+
+
+# ---------------------------------------------------------------- rendering a block
+
+def _cell_text(cell: dict | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.3f} ± {cell['sd'] or 0:.3f} ({cell['n']})"
+
+
+def _verdict_text(c: dict | None, code_of: dict[str, str]) -> str:
+    if c is None:
+        return ""
+    code, label, _ = verdict_of(c)
+    if c.get("mean") is None:
+        return f"{label}: {c['reason']}"
+    ci = "" if c.get("ci_low") is None else f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
+    if not code.startswith("undecided"):
+        return f"**{label}** {code_of[c['id']]}: {_show(c, c['mean'])}{ci}"
+    if not ci:  # a mean without an interval: the verdict's reason says why (a gate, too few seeds)
+        return f"{label} {_show(c, c['mean'])}: {c['reason']}"
+    need = c.get("seeds_needed")
+    return f"{label} {_show(c, c['mean'])}{ci}; " + (f"≈ {need} seeds" if need else "no seed count in reach")
+
+
+def render_block(study: str, res: dict) -> str:
+    """The text between a study's BEGIN and END markers (without them)."""
+    ev, comps = res["evaluation"], res["comparisons"]
+    codes = decided_codes(res)
+    code_of = {c["id"]: f"[{study} {k}]" for k, c in codes.items()}
+    counts: dict[str, int] = {}
+    for c in comps:
+        label = verdict_of(c)[1]
+        counts[label] = counts.get(label, 0) + 1
+    metric = str(res["metric"]).upper() if res["metric"] in ("auc",) else res["metric"].capitalize()
+    seq = ev.get("sequential")
+    looks = ""
+    if seq:
+        looks = (f"; looks at {', '.join(str(x) for x in seq['looks'])} seeds, alpha per look "
+                 + ", ".join(f"{x:.3g}" for x in seq["levels"]))
+    lines = [
+        f"*Generated by `python docs/findings/render.py` from "
+        f"[findings/{study}/results.json](findings/{study}/results.json) "
+        f"(schema `{res['schema']}`); do not edit by hand.*",
+        "",
+        f"Study `{res['study']}`: {res['runs']['finished']} finished runs; {len(comps)} questions, "
+        f"{res['family_size']} in the {ev['multiplicity']} family at α = {ev['alpha']}; margin "
+        f"±{ev['margin']:g} {metric} (area ±{ev['area_margin']:g}, speed "
+        f"{ev['speed_margin']:g}×), reference arm `{ev['reference']}`{looks}. Verdicts: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".",
+        "",
+    ]
+    if codes:
+        lines.append("Decided verdicts:")
+        # the sentence (the JSON's own from schema 2 on) need not name the model and size: say them
+        lines += [f"- **[{study} {k}]** {c['model']}, n_train {c['size']}: {sentence(c)}"
+                  for k, c in codes.items()]
+    else:
+        lines.append("Decided verdicts: none.")
+    und = [c for c in comps if not is_decided(c)]
+    if und:
+        need = sorted(c["seeds_needed"] for c in und if c.get("seeds_needed"))
+        span = "–" if not need else str(need[0]) if need[0] == need[-1] else f"{need[0]}–{need[-1]}"
+        lines += ["", f"Undecided: {len(und)} of {len(comps)} questions; the seeds each would need "
+                      f"at this margin and {ev['power']:.0%} power: {span} "
+                      f"({len(und) - len(need)} without an estimate; per question in the table)."]
+    endpoints: list[str] = []
+    groups: dict[tuple, dict[str, dict[str, dict]]] = {}  # (model, size) -> arm -> endpoint -> c
+    for c in comps:
+        if c["endpoint"] not in endpoints:
+            endpoints.append(c["endpoint"])
+        groups.setdefault((c["model"], c["size"]), {}).setdefault(c["arm"], {})[c["endpoint"]] = c
+    order = {m: i for i, m in enumerate(dict.fromkeys(c["model"] for c in res["cells"]))}
+    sizes = {s: i for i, s in enumerate(dict.fromkeys(c["size"] for c in res["cells"]))}
+    cells = {(c["model"], c["size"], c["arm"]): c for c in res["cells"]}
+    lines += ["", "Per arm: the final test score, mean ± SD (seeds), and each endpoint's verdict "
+                  "with Δ arm − reference [the verdict's interval] (speed-ups as the reference's "
+                  "steps ÷ the arm's):", "",
+              "| model | n_train | arm | test " + metric + " | " + " | ".join(endpoints) + " |",
+              "|---|---|---|---|" + "---|" * len(endpoints)]
+    for model, size in sorted(groups, key=lambda k: (order.get(k[0], 99), sizes.get(k[1], 99))):
+        ref = (model, size, ev["reference"])
+        if ref in cells:
+            lines.append(f"| {model} | {size} | {ev['reference']} (reference) | "
+                         f"{_cell_text(cells[ref])} |" + " |" * len(endpoints))
+        for arm, by in groups[(model, size)].items():
+            lines.append(f"| {model} | {size} | {arm} | {_cell_text(cells.get((model, size, arm)))} | "
+                         + " | ".join(_verdict_text(by.get(e), code_of) for e in endpoints) + " |")
+    if res.get("recommendations"):
+        lines += ["", "The report's recommendations:"]
+        lines += [f"- {r['model']}, n_train {r['size']}: {r['text']}" for r in res["recommendations"]]
+    return "\n".join(lines)
+
+
+def render(text: str, root: Path = HERE) -> str:
+    """``text`` with every generated block replaced by its rendering from ``root``'s JSON."""
+    out, pos = [], 0
+    for m in BEGIN.finditer(text):
+        end = text.find(END, m.end())
+        if end < 0:
+            raise SystemExit(f"FINDINGS: no '{END}' after '{m.group(0)}'")
+        study = m.group("study")
+        out += [text[pos:m.end()], "\n", render_block(study, load(study, root)), "\n"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- the lint
+
+def prose(text: str) -> str:
+    """``text`` without generated blocks, fenced code, HTML comments and headings."""
+    text = re.sub(r"<!-- BEGIN generated:.*?<!-- END generated -->", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+
+
+def sentences(text: str) -> list[str]:
+    """Prose sentences: paragraphs, bullets and table rows split at sentence ends."""
+    units, cur = [], []
+    for ln in text.splitlines():
+        s = ln.strip()
+        if not s or s.startswith(("- ", "|")) or re.match(r"\d+\. ", s):
+            if cur:
+                units.append(" ".join(cur))
+            cur = [s] if s else []
+        else:
+            cur.append(s)
+    if cur:
+        units.append(" ".join(cur))
+    out = []
+    for u in units:
+        u = re.sub(r"^(- |\d+\. )", "", u)
+        out += [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z*\[(`])", u) if s]
+    return out
+
+
+def lint(text: str, root: Path = HERE) -> list[str]:
+    """Sentences outside the generated blocks that state a result without a decided verdict."""
+    decided = {s: set(decided_codes(load(s, root))) for s in STUDIES if (root / s).is_dir()}
+    bad = []
+    for s in sentences(prose(text)):
+        if not RESULT_WORDS.search(s):
+            continue
+        bare = s.lstrip("*_ ")
+        if bare.startswith(MARKERS):
+            continue
+        cites = [(m["study"], m["code"]) for m in CITE.finditer(s)]
+        if cites and all(code in decided.get(st, ()) for st, code in cites):
+            continue
+        why = "cites no decided verdict" if not cites else f"cites {cites}, not all decided"
+        bad.append(f"{why}: {s[:160]}")
+    return bad
+
+
+# ---------------------------------------------------------------- re-exporting from stores
+
+def export(store_dir: Path, root: Path = HERE) -> list[Path]:
+    """Rewrite ``root/<study>/results.json`` from each study's store found in ``store_dir``.
+
+    A study's store is ``store_dir/<store folder>`` (:data:`STUDIES`, e.g. transfusion-store) or
+    ``store_dir`` itself when it holds a ``transfuse.db`` with that study. Opening a store writes
+    to it: export from a copy, never from a store under version control.
+    """
+    from transfuse.report.study import build_report
+
+    written = []
+    for study, folder in STUDIES.items():
+        for ws in (store_dir / folder, store_dir / study, store_dir):
+            if (ws / "transfuse.db").is_file() and _has_study(ws, study):
+                out = root / study / "results.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                build_report(workspace=ws, study=study, out=out, format="json")
+                written.append(out)
+                break
+    return written
+
+
+def _has_study(ws: Path, study: str) -> bool:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{ws / 'transfuse.db'}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT 1 FROM runs WHERE study = ? LIMIT 1", (study,)).fetchone() is not None
+    finally:
+        con.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true",
+                    help="change nothing; exit 1 if FINDINGS differs from its rendering or fails the lint "
+                         "(default: rewrite FINDINGS)")
+    ap.add_argument("--from-store", metavar="DIR", type=Path, default=None,
+                    help="first re-export each study's results.json from its store in DIR (default: none)")
+    ap.add_argument("--findings", type=Path, default=FINDINGS, help=f"the file to render (default {FINDINGS})")
+    ap.add_argument("--root", type=Path, default=HERE,
+                    help=f"the folder of the <study>/results.json files (default {HERE})")
+    a = ap.parse_args(argv)
+    if not a.findings.is_file():
+        print(f"error: --findings {a.findings}: no such file", file=sys.stderr)
+        return 2
+    if a.from_store is not None:
+        if not a.from_store.is_dir():
+            print(f"error: --from-store {a.from_store}: no such folder", file=sys.stderr)
+            return 2
+        for p in export(a.from_store, a.root):
+            print(f"exported {p}")
+    text = a.findings.read_text()
+    new = render(text, a.root)
+    problems = lint(new, a.root)
+    if a.check:
+        if new != text:
+            print(f"{a.findings}: generated blocks differ from the JSON; run python docs/findings/render.py")
+        for p in problems:
+            print(f"lint: {p}")
+        return int(new != text or bool(problems))
+    if new != text:
+        a.findings.write_text(new)
+        print(f"rendered {a.findings}")
+    for p in problems:
+        print(f"lint: {p}")
+    return int(bool(problems))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
