@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from transfuse.errors import DataError
-from transfuse.transferability import ESTIMATORS, h_score, leep, logme, nce, probe_auc
+from transfuse.transferability import (ESTIMATORS, h_score, h_score_shrunk, leep, logme, nce,
+                                      probe_auc)
 
 
 def _fixed():
@@ -30,7 +31,8 @@ def _fixed():
 
 # printed by the authors' code on _fixed()'s arrays
 AUTHORS = {"logme": -0.8595997665047183, "logme_wide": 0.9961069893308784,
-           "leep": -0.8815344719284656, "nce": -0.7227488422691969, "hscore": 0.43152278768031677}
+           "leep": -0.8815344719284656, "nce": -0.7227488422691969, "hscore": 0.43152278768031677,
+           "hscore_reg_scaled": 0.17647604905884937}  # regularized_h_score(f * linspace(.2, 3, 16))
 
 
 def test_logme_leep_nce_hscore_equal_the_authors_code():
@@ -40,6 +42,9 @@ def test_logme_leep_nce_hscore_equal_the_authors_code():
     assert leep(p, y) == pytest.approx(AUTHORS["leep"], abs=1e-6)
     assert nce(p, y) == pytest.approx(AUTHORS["nce"], abs=1e-6)
     assert h_score(f, y) == pytest.approx(AUTHORS["hscore"], abs=1e-6)
+    scaled = f * np.linspace(0.2, 3.0, f.shape[1])
+    assert h_score_shrunk(scaled, y) == pytest.approx(AUTHORS["hscore_reg_scaled"], abs=1e-6)
+    assert h_score_shrunk(f, y) == 0.0  # isotropic features: Ledoit-Wolf shrinks fully (authors': 0.0)
 
 
 def test_nce_and_hscore_equal_their_formulas_on_a_hand_computed_case():
@@ -85,3 +90,11 @@ def test_bad_features_are_refused_with_one_line(bad, msg):
 def test_leep_refuses_rows_that_are_not_probabilities():
     with pytest.raises(DataError, match="summing to 1"):
         leep(np.ones((4, 2)), np.array([0, 1, 0, 1]))
+
+
+def test_plain_hscore_saturates_at_c_minus_1_when_features_outnumber_examples():
+    rng = np.random.default_rng(1)
+    y = np.arange(30) % 3
+    f = rng.normal(size=(30, 64))
+    assert h_score(f, y) == pytest.approx(2.0, abs=1e-6)  # why hscore_reg exists
+    assert h_score_shrunk(f, y) < 1.0

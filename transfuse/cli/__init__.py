@@ -22,7 +22,8 @@ from ..errors import (EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED, DivergedError, 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: Command-group modules of this package, in the order ``transfuse --help`` lists them.
-COMMAND_MODULES = ("train", "catalog", "study", "selftrain", "analyze", "pretrain", "report", "runs", "predict", "export")
+COMMAND_MODULES = ("train", "catalog", "study", "selftrain", "analyze", "pretrain", "report", "runs", "predict", "export",
+                   "rank")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,7 +73,8 @@ def results_dict(res: StudyResults, dec: Decisions) -> dict[str, Any]:
     for c in res.cells:
         f = c.final
         cells.append({"model": c.model, "arm": c.init, "size": c.size,
-                      "seeds": [r.seed for r in c.runs], "n": f.n if f else 0,
+                      "seeds": [r.seed for r in c.runs], "scores": [_num(r.test) for r in c.runs],
+                      "n": f.n if f else 0,
                       "mean": _num(f.mean) if f else None, "sd": _num(f.sd) if f else None,
                       "ci_low": _num(f.ci_low) if f else None, "ci_high": _num(f.ci_high) if f else None,
                       "did_not_learn": dec.did_not_learn.get((c.model, c.init, c.size))})

@@ -13,7 +13,8 @@ class probabilities ``(N, C_s)``). Higher is better for every estimator.
   "expected empirical predictor" built from the source head's soft predictions.
 - **NCE** (Tran et al., ICCV 2019): minus the conditional entropy H(Y | Z) of the target labels
   given the source head's hard predictions.
-- **H-score** (Bao et al., ICIP 2019): ``tr(cov(f)⁺ cov(E[f | y]))``.
+- **H-score** (Bao et al., ICIP 2019): ``tr(cov(f)⁺ cov(E[f | y]))``, and its Ledoit–Wolf
+  regularised form (Ibrahim et al., NeurIPS 2021), which stays informative when D ≥ N.
 - **probe**: the macro AUC of a logistic-regression probe on the frozen features, by stratified
   k-fold cross-validation on the training split (scikit-learn).
 
@@ -33,7 +34,7 @@ import numpy as np
 from .._registry import Registry
 from ..errors import DataError
 
-__all__ = ["ESTIMATORS", "logme", "leep", "nce", "h_score", "probe_auc", "Estimator"]
+__all__ = ["ESTIMATORS", "logme", "leep", "nce", "h_score", "h_score_shrunk", "probe_auc", "Estimator"]
 
 Estimator = Callable[..., float]
 ESTIMATORS: Registry[Estimator] = Registry("transferability estimator",
@@ -157,6 +158,27 @@ def h_score(features: np.ndarray, labels: np.ndarray) -> float:
     covf = np.atleast_2d(np.cov(f, rowvar=False))
     covg = np.atleast_2d(np.cov(g, rowvar=False))
     return float(np.trace(np.linalg.pinv(covf, rcond=1e-15) @ covg))
+
+
+@ESTIMATORS.register("hscore_reg", needs="features", cost="a Ledoit-Wolf covariance and its pseudo-inverse")
+def h_score_shrunk(features: np.ndarray, labels: np.ndarray) -> float:
+    """Regularised H-score (Ibrahim et al., NeurIPS 2021): ``tr(Σ_α⁺ (1 − α) cov(g))`` with Σ_α the
+    Ledoit–Wolf shrinkage estimate of cov(f) (scikit-learn) and α its shrinkage.
+
+    The plain H-score saturates at ``C − 1`` once the features outnumber the examples (cov(f) is
+    then singular and its pseudo-inverse whitens every direction); shrinkage keeps it informative.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    f = _finite(features, "features")
+    y = _labels(labels, f.shape[0])
+    f = f - f.mean(0, keepdims=True)
+    g = np.zeros_like(f)
+    for c in np.unique(y):
+        g[y == c] = f[y == c].mean(0)
+    lw = LedoitWolf(assume_centered=False).fit(f)
+    covg = np.atleast_2d(np.cov(g, rowvar=False))
+    return float(np.trace(np.linalg.pinv(lw.covariance_, rcond=1e-15) @ ((1 - lw.shrinkage_) * covg)))
 
 
 @ESTIMATORS.register("probe", needs="features", cost="k logistic-regression fits")
