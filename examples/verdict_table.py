@@ -4,7 +4,7 @@
     python examples/verdict_table.py results.json            # one table per endpoint
 
 The tables in docs/FINDINGS.md are this script's output. It reads only the JSON (schema
-``transfuse.study-results/1``, see docs/STUDIES.md): one row per model × training-set size × arm,
+``transfuse.study-results/2``, see docs/STUDIES.md): one row per model × training-set size × arm,
 one column per endpoint (final test score, area under the validation curve, speed-ups), each
 cell ``verdict (n seeds, Δ [interval])``.
 """

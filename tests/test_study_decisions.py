@@ -93,9 +93,10 @@ def test_equivalent_arms_recommend_the_reference_and_decided_better_wins(tmp_pat
     _, dec, _ = load_decisions(store, "syn")
     rec = {r.size: r for r in dec.recommendations}
     assert rec["full"].arm == "random" and rec["full"].verdict == "equivalent"
-    assert "equivalent within ±0.01 AUC: meanvar" in rec["full"].text
-    assert rec["100"].arm == "pretrained" and rec["100"].verdict == "better"
-    assert rec["100"].text.startswith("pretrained: better than random by +0.05")
+    assert "equivalent (±0.01 AUC): meanvar" in rec["full"].text
+    assert rec["100"].arm == "pretrained" and rec["100"].verdict == "better_beyond_margin"
+    assert rec["100"].text.startswith("pretrained: better than random by more than the margin "
+                                      "(±0.01 AUC): +0.05")
     # a wider reference question: judged against meanvar instead
     res = load_results(store, "syn", thresholds=(0.95,), reference="meanvar")
     dec2 = decide(res, evaluation=Evaluation(reference="meanvar"))
@@ -172,7 +173,8 @@ def test_json_validates_and_agrees_with_the_html_table(mixed_ws):
     for row, c in zip(body, data["comparisons"]):
         assert [row[col["model"]], row[col["n_train"]], row[col["arm"]], row[col["question"]]] == \
             [c["model"], c["size"], c["arm"], c["endpoint"]]
-        assert row[col["verdict"]] == c["verdict"] and row[col["reason"]] == c["reason"]
+        assert row[col["verdict"]] == c["label"] == data["verdicts"][c["verdict"]]
+        assert row[col["reason"]] == c["reason"] and c["sentence"].endswith(".")
         assert int(row[col["seeds"]]) == c["n"]
         if c["p_adjusted"] is not None and c["p_adjusted"] >= 1e-4:
             assert float(row[col["adjusted p"]]) == pytest.approx(c["p_adjusted"], abs=5e-5)
@@ -181,7 +183,7 @@ def test_json_validates_and_agrees_with_the_html_table(mixed_ws):
             assert (lo, hi) == (pytest.approx(c["ci_low"], abs=5e-5), pytest.approx(c["ci_high"], abs=5e-5))
             assert float(row[col["level"]].rstrip(" %")) == pytest.approx(100 * c["level"], abs=0.005)
     by = {(c["arm"], c["endpoint"]): c for c in data["comparisons"]}
-    assert by[("meanvar", "final")]["verdict"] == "better"
+    assert by[("meanvar", "final")]["verdict"] == "better_beyond_margin"
     assert by[("pretrained", "final")]["verdict"] == "undecided"
     assert data["evaluation"]["multiplicity"] == "holm" and data["family_size"] >= 4
     # the summary opens with the decision lines, and a forest plot is there
@@ -268,7 +270,7 @@ def test_until_decided_adds_seeds_only_to_undecided_cells_and_resumes(tmp_path, 
     assert cells["meanvar"] == [0, 1, 2]  # decided at look 1: no more seeds
     assert cells["random"] == cells["pretrained"] == [0, 1, 2, 3, 4, 5]
     final = {v.question.arm: v for v in out.decisions.verdicts if v.question.endpoint == "final"}
-    assert final["meanvar"].verdict == "better" and final["meanvar"].look == 1
+    assert final["meanvar"].verdict == "better_beyond_margin" and final["meanvar"].look == 1
     # the report replays the same looks
     _, dec, info = load_decisions(Store(tmp_path / "a"), "adapt")
     assert info["sequential"]["looks"] == [3, 5, 6]
@@ -401,8 +403,11 @@ def test_until_decided_resumes_after_sigkill(tmp_path):
         time.sleep(0.5)
         if (ws / "transfuse.db").exists():
             with sqlite3.connect(ws / "transfuse.db") as con:
-                if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 5:  # inside look 2
-                    break
+                try:
+                    if con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 5:  # inside look 2
+                        break
+                except sqlite3.OperationalError:  # the store is being created
+                    continue
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

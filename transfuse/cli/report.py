@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--study", required=True, help="study name (see `transfuse runs list`)")
     rep.add_argument("--format", default="html", choices=("html", "json"),
                      help="html: the report; json: every cell, comparison and verdict, schema "
-                          "transfuse.study-results/1 (default html)")
+                          "transfuse.study-results/2 (default html)")
     rep.add_argument("-o", "--output", default=None,
                      help="file to write (default WORKSPACE/report-STUDY.html or .json)")
 

@@ -54,10 +54,15 @@ the validation curve (the trapezoidal area divided by the step span, i.e. the cu
 log scale (margin {math.exp(sm):.2f}×, <code>evaluation.speed_margin</code>).</p>
 <p><b>Verdicts.</b> Two tests per question on the paired differences: the two-sided paired t-test
 of no difference, and two one-sided t-tests of a difference of at least the margin (TOST,
-Schuirmann 1987). <i>equivalent</i>: TOST rejects — the 1 − 2a interval lies inside ±margin;
-<i>better</i>/<i>worse</i>: the difference test rejects — the 1 − a interval excludes 0 (1× for
-speed-ups; an interval that spans 1× is never a speed-up) — and TOST does not; <i>undecided</i>:
-neither, with the reason. The interval shown is the one the verdict was read from, at its level.
+Schuirmann 1987). Five answers and <i>undecided</i>: <i>equivalent</i>: TOST rejects — the
+1 − 2a interval lies inside ±margin; otherwise, when the difference test rejects — the 1 − a
+interval excludes 0 (1× for speed-ups; an interval that spans 1× is never a speed-up) —
+<i>better</i>/<i>worse by more than the margin</i> if that whole interval lies beyond +margin /
+−margin (a difference shown to matter), else <i>better</i>/<i>worse by less than the margin</i>
+(a real difference, not shown to reach the margin); <i>undecided</i>: neither test rejects, with
+the reason. The interval shown is the one the verdict was read from, at its level. The
+recommendations at the top rest only on a difference beyond the margin or on equivalence: an arm
+better by less than the margin is named, never recommended.
 A step count is known only to its evaluation interval e (the curve crossed the threshold somewhere
 after the previous evaluation), so the standard deviation of a log speed-up is taken as at least
 that of the rounding, √(mean over seeds of (e²/12)(1/s<sub>arm</sub>² + 1/s<sub>ref</sub>²)): equal step
@@ -66,7 +71,8 @@ All {dec.family_size} questions with data form one family per report; each of th
 adjusted over the family with {mult}, at α = {ev.alpha:g}. So false <i>better</i>/<i>worse</i>
 claims and false <i>equivalent</i> claims are each controlled at α; for one question at most one
 of the two can be false (a zero difference and a difference beyond the margin exclude each
-other). DeLong's test (DeLong et al. 1988, fast midrank form of Sun &amp; Xu 2014; one-vs-rest macro
+other). A claim <i>by more than the margin</i> is read from the same interval; its family-wise error
+when the true difference is at the margin is checked by simulation (tests/test_decide.py). DeLong's test (DeLong et al. 1988, fast midrank form of Sun &amp; Xu 2014; one-vs-rest macro
 AUC with per-example influence for several classes) is shown beside the final-score questions:
 it compares the two trained models of one seed on the shared test set, so its uncertainty is the
 test set's, not the training randomness'; it does not enter the verdicts.</p>

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .results import Cell, RunRow, StudyResults
 from .evaluation import DEFAULT_MARGIN, Evaluation, Sequential, default_margin
-from .verdicts import Decision, seeds_needed, sequential_decisions
+from .recommend import Recommendation, interval_reason, recommendations, sentence
+from .verdicts import LABELS, Decision, seeds_needed, sequential_decisions
 
 __all__ = ["Evaluation", "Sequential", "Question", "Verdict", "Recommendation", "Decisions",
            "decide", "load_decisions", "questions", "CHANCE_BAND", "default_margin"]
@@ -70,9 +71,11 @@ class Question:
 class Verdict:
     """A question's answer: the verdict, why, the numbers it was read from, and a seed plan.
 
-    ``look`` is the (1-based) look whose interval is shown; ``seeds_needed`` is the seed count a
-    fixed design would need for a decisive verdict with ``evaluation.power`` at the family's
-    first-step level, assuming the observed mean and spread (``None``: over 1000, or unknown).
+    ``verdict`` is a code of :data:`~transfuse.study.verdicts.VERDICTS`; ``sentence`` says it in
+    words with its numbers (:func:`~transfuse.study.recommend.sentence`). ``look`` is the
+    (1-based) look whose interval is shown; ``seeds_needed`` is the seed count a fixed design
+    would need for a decisive verdict with ``evaluation.power`` at the family's first-step level,
+    assuming the observed mean and spread (``None``: over 1000, or unknown).
     """
 
     question: Question
@@ -81,21 +84,16 @@ class Verdict:
     decision: Decision | None = None
     look: int | None = None
     seeds_needed: int | None = None
+    sentence: str = ""
+
+    @property
+    def label(self) -> str:
+        """The verdict in words: ``better by less than the margin``."""
+        return LABELS[self.verdict]
 
     @property
     def n(self) -> int:
         return self.decision.n if self.decision else sum(d is not None for d in self.question.diffs)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The line the report opens with for one (model, size): what to use and on what evidence."""
-
-    model: str
-    size: str
-    arm: str | None
-    verdict: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -200,30 +198,6 @@ def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
 
 # ---- verdicts -----------------------------------------------------------------------------------
 
-def _lvl(level: float) -> str:
-    return f"{100 * level:.2f}".rstrip("0").rstrip(".") + " %"
-
-
-def _interval_reason(d: Decision, q: Question, alpha: float) -> str:
-    zero = "1×" if q.endpoint.startswith("speed") else "0"
-    if d.verdict == "equivalent":
-        extra = " (a real but smaller difference)" if d.ci_low > 0 or d.ci_high < 0 else ""
-        return f"{_lvl(d.level)} interval inside ±{_fmt_margin(q)} (TOST){extra}"
-    if d.verdict in ("better", "worse"):
-        return f"{_lvl(d.level)} interval excludes {zero}"
-    raw = min(d.p_diff, d.p_equiv)
-    if raw <= alpha:
-        return (f"decisive only before the multiplicity adjustment (p = {raw:.3g}, adjusted "
-                f"{d.p_adjusted:.3g})")
-    return f"{_lvl(d.level)} interval spans {zero} and reaches beyond ±{_fmt_margin(q)}"
-
-
-def _fmt_margin(q: Question) -> str:
-    if q.endpoint.startswith("speed"):
-        return f"{math.exp(q.margin):.2f}×"
-    return f"{q.margin:g}"
-
-
 def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
            sequential: Sequential | None = None, smoke: bool = False) -> Decisions:
     """Verdicts and recommendations for a study's results.
@@ -268,90 +242,12 @@ def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
         if dec.verdict == "undecided":
             need = seeds_needed(delta=dec.mean, sd=dec.sd, margin=q.margin, a=plan_a,
                                 power=ev.power, at_least=dec.n)
-        verdicts.append(Verdict(q, dec.verdict, _interval_reason(dec, q, levels[li - 1]), dec,
+        verdicts.append(Verdict(q, dec.verdict, interval_reason(dec, q, levels[li - 1]), dec,
                                 li if sequential else None, need))
-    recs = _recommendations(res, ev, verdicts, pilot, dnl)
-    return Decisions(res.metric, ev, sequential, pilot, k, tuple(verdicts), tuple(recs), dnl)
-
-
-# ---- recommendations ----------------------------------------------------------------------------
-
-def _delta_text(v: Verdict, unit: str) -> str:
-    d = v.decision
-    assert d is not None
-    lvl = _lvl(d.level)
-    if v.question.endpoint.startswith("speed"):
-        return f"{math.exp(d.mean):.2f}× [{math.exp(d.ci_low):.2f}×, {math.exp(d.ci_high):.2f}×] ({lvl} CI)"
-    return f"{d.mean:+.3f} {unit} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] ({lvl} CI)"
-
-
-def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict], pilot: str | None,
-                     dnl: dict[tuple[str, str, str], str]) -> list[Recommendation]:
     unit = "AUC" if res.metric == "auc" else "Dice"
-    margin = ev.margins(res.metric)[0]
-    out = []
-    for model in res.models:
-        for size in res.sizes:
-            arms = [c for c in res.cells if c.model == model and c.size == size]
-            if not arms:
-                continue
-
-            def rec(arm: str | None, verdict: str, text: str) -> None:
-                out.append(Recommendation(model, size, arm, verdict, text))
-
-            if pilot:
-                rec(None, "undecided", f"{pilot}; no recommendation.")
-                continue
-            ref = res.cell(model, ev.reference, size)
-            if ref is None:
-                rec(None, "undecided", f"no recommendation: no {ev.reference} runs to compare with "
-                                       f"(evaluation.reference).")
-                continue
-            if (model, ev.reference, size) in dnl:
-                rec(None, "undecided", f"undecided: {dnl[(model, ev.reference, size)]}.")
-                continue
-            mine = [v for v in verdicts if (v.question.model, v.question.size) == (model, size)]
-            final = {v.question.arm: v for v in mine if v.question.endpoint == "final"}
-            if not final:
-                rec(ev.reference, "undecided", f"only {ev.reference} was run here.")
-                continue
-            better = [v for v in final.values() if v.verdict == "better"]
-            if better:
-                top = max(better, key=lambda v: v.decision.mean)
-                others = [a for a, v in final.items() if v.verdict == "undecided"]
-                also = f"; still undecided against {ev.reference}: {', '.join(others)}" if others else ""
-                rec(top.question.arm, "better",
-                    f"{top.question.arm}: better than {ev.reference} by {_delta_text(top, unit)}, "
-                    f"{top.n} seeds{also}.")
-                continue
-            undecided = [v for v in final.values() if v.verdict == "undecided"]
-            equiv = [a for a, v in final.items() if v.verdict == "equivalent"]
-            worse = [a for a, v in final.items() if v.verdict == "worse"]
-            tail = "".join([f"; equivalent within ±{margin:g} {unit}: {', '.join(equiv)}" if equiv else "",
-                            f"; worse: {', '.join(worse)}" if worse else ""])
-            if undecided:
-                needs = [v.seeds_needed for v in undecided]
-                how = (f"needs ≈ {max(needs)} seeds" if all(n is not None for n in needs)
-                       else "needs more than 1000 seeds or a wider margin")
-                who = ", ".join(v.question.arm for v in undecided)
-                rec(None, "undecided", f"undecided: {how} ({who} vs {ev.reference} on the final "
-                                       f"{unit}; reasons in the verdict table){tail}.")
-                continue
-            fast = [v for v in mine if v.question.arm in equiv and v.verdict == "better"
-                    and v.question.endpoint != "final"]
-            n = max(v.n for v in final.values())
-            if fast:
-                top = max(fast, key=lambda v: v.decision.mean)
-                what = ("converges faster (area under the validation curve "
-                        if top.question.endpoint == "area" else f"is faster to {unit} "
-                        f"{top.question.endpoint.split('@')[1]} (")
-                rec(top.question.arm, "equivalent",
-                    f"{top.question.arm}: equivalent to {ev.reference} within ±{margin:g} {unit} on "
-                    f"the final score ({n} seeds) and {what}{_delta_text(top, unit)}){tail}.")
-                continue
-            rec(ev.reference, "equivalent" if equiv else "better",
-                f"{ev.reference}: no other arm is better at this size ({n} seeds){tail}.")
-    return out
+    verdicts = [replace(v, sentence=sentence(v, unit)) for v in verdicts]
+    recs = recommendations(res, ev, verdicts, pilot, dnl)
+    return Decisions(res.metric, ev, sequential, pilot, k, tuple(verdicts), tuple(recs), dnl)
 
 
 def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = None

@@ -1,4 +1,4 @@
-"""Decision rules for paired comparisons: four verdicts, multiplicity control, alpha spending, power.
+"""Decision rules for paired comparisons: five answers, multiplicity control, alpha spending, power.
 
 A *question* is one paired comparison over seeds: the per-seed differences ``d_1 … d_n`` of an arm
 against the reference arm (test score, area under the validation curve, or log speed-up) and the
@@ -14,9 +14,13 @@ of every question, each family-wise over all questions of a report:
 Each family of p-values is adjusted on its own (:func:`adjust`: Holm by default), so false
 ``better``/``worse`` claims and false ``equivalent`` claims are each controlled at ``alpha``; for one
 question at most one of the two nulls can be true (``δ = 0`` and ``|δ| >= m`` exclude each other).
-The verdict: ``equivalent`` when the equivalence test is rejected after adjustment, else
-``better``/``worse`` when the difference test is, else ``undecided``. The interval reported is the
-one the verdict was read from, at the level of its adjustment step.
+The verdict: ``equivalent`` when the equivalence test is rejected after adjustment, else a
+difference when the difference test is, else ``undecided``. A difference is split by its interval
+(the ``1 - a`` one the difference test was read from): ``better_beyond_margin`` /
+``worse_beyond_margin`` when the whole interval lies beyond ``+m`` / ``-m`` (a difference shown to
+matter), ``better_within_margin`` / ``worse_within_margin`` otherwise (different from zero, but not
+shown to exceed the margin). The interval reported is the one the verdict was read from, at the
+level of its adjustment step.
 
 Everything here is numeric and vectorised over questions; nothing reads the store.
 """
@@ -32,11 +36,22 @@ from scipy import stats
 
 from .evaluation import MULTIPLICITY, look_levels, obrien_fleming_spent
 
-__all__ = ["VERDICTS", "MULTIPLICITY", "Decision", "decide_family", "adjust", "interval",
+__all__ = ["VERDICTS", "LABELS", "BETTER", "WORSE", "DIFFERENT", "MULTIPLICITY", "Decision", "decide_family", "adjust", "interval",
            "decision_p", "obrien_fleming_spent", "look_levels", "sequential_decisions", "power_decisive",
            "seeds_needed"]
 
-VERDICTS = ("better", "worse", "equivalent", "undecided")
+#: Every verdict code, best first (the JSON's ``verdict``; :data:`LABELS` in words).
+VERDICTS = ("better_beyond_margin", "better_within_margin", "equivalent", "worse_within_margin",
+            "worse_beyond_margin", "undecided")
+LABELS = {"better_beyond_margin": "better by more than the margin",
+          "better_within_margin": "better by less than the margin",
+          "equivalent": "equivalent",
+          "worse_within_margin": "worse by less than the margin",
+          "worse_beyond_margin": "worse by more than the margin",
+          "undecided": "undecided"}
+BETTER = ("better_beyond_margin", "better_within_margin")
+WORSE = ("worse_within_margin", "worse_beyond_margin")
+DIFFERENT = BETTER + WORSE  # the difference test decided
 MAX_SEEDS_PLANNED = 1000  # seeds_needed reports "more than this" beyond it
 
 
@@ -143,7 +158,7 @@ class Decision:
         """The adjusted p-value of the test that decided (undecided: the smaller one)."""
         if self.verdict == "equivalent":
             return self.p_equiv_adjusted
-        if self.verdict in ("better", "worse"):
+        if self.verdict in DIFFERENT:
             return self.p_diff_adjusted
         return min(self.p_diff_adjusted, self.p_equiv_adjusted)
 
@@ -203,8 +218,12 @@ def decide_family(diffs: Sequence[Sequence[float]], margins: Sequence[float], *,
         if pe_adj[i] <= alpha:
             verdict, level, h = "equivalent", 1 - 2 * a_eq[i], h_eq[i]
         else:
-            verdict = ("better" if mean[i] > 0 else "worse") if pd_adj[i] <= alpha else "undecided"
             level, h = 1 - a_diff[i], h_diff[i]
+            verdict = "undecided"
+            if pd_adj[i] <= alpha:  # the interval excludes 0; beyond the margin if it clears ±m
+                beyond = mean[i] - h > m[i] if mean[i] > 0 else mean[i] + h < -m[i]
+                verdict = ("better" if mean[i] > 0 else "worse") + (
+                    "_beyond_margin" if beyond else "_within_margin")
         out.append(Decision(verdict, int(n[i]), float(mean[i]), float(sd[i]), float(p_diff[i]),
                             float(p_eq[i]), float(min(pd_adj[i], 1.0)), float(min(pe_adj[i], 1.0)),
                             float(level), float(mean[i] - h), float(mean[i] + h)))
