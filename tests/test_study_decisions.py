@@ -271,6 +271,13 @@ def test_until_decided_adds_seeds_only_to_undecided_cells_and_resumes(tmp_path, 
     assert cells["random"] == cells["pretrained"] == [0, 1, 2, 3, 4, 5]
     final = {v.question.arm: v for v in out.decisions.verdicts if v.question.endpoint == "final"}
     assert final["meanvar"].verdict == "better_beyond_margin" and final["meanvar"].look == 1
+    # each decided question is recorded in the store at the look that decided it
+    from transfuse.study.decide import FROZEN
+
+    rec = {r["id"]: r for r in Store(tmp_path / "a").get_results(FROZEN, study="adapt").values()}
+    assert rec[final["meanvar"].question.id]["look"] == 1
+    assert rec[final["meanvar"].question.id]["question"]["seeds"] == [0, 1, 2]
+    assert {r["look"] for r in rec.values()} <= {1, 2, 3}
     # the report replays the same looks
     _, dec, info = load_decisions(Store(tmp_path / "a"), "adapt")
     assert info["sequential"]["looks"] == [3, 5, 6]

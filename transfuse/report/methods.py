@@ -34,13 +34,17 @@ def methods_section(res: StudyResults, dec: Decisions) -> Section:
         seq = f"""<p><b>Adaptive seeds.</b> The study ran with <code>--until-decided --max-seeds
 {s.max_seeds}</code>: verdicts were read at {esc(', '.join(map(str, s.looks)))} seeds per cell (looks
 fixed before the first run); after each look only the cells of undecided comparisons (the arm and
-{ref}) got {s.batch} more seeds. A comparison decided at a look keeps that verdict. Look <i>l</i>
+{ref}) got {s.batch} more seeds. A comparison decided at a look keeps that verdict, its interval,
+its seeds and the family it was decided in: every look is replayed on the seeds each cell had at
+that look, sanity gates included, so seeds added later for another question of the same arm are
+not read for it, and each decision is recorded in the store when it is made. Look <i>l</i>
 may spend α(t<sub>l</sub>) − α(t<sub>l−1</sub>) with the O'Brien–Fleming-type spending function
 α(t) = 2 − 2Φ(z<sub>1−α/2</sub>/√t) (Lan &amp; DeMets 1983) at information fraction t = seeds /
 {s.max_seeds}: here {esc(lv)}. Within a look the multiplicity adjustment runs over the questions
-still open at the look's alpha; across looks the union bound keeps the total at α whatever the
-correlation between looks (conservative). The error rate of this procedure under the null, by
-simulation of ≥ 2,000 studies, is checked by the test suite (tests/test_decide.py).</p>"""
+still open there (the family shrinks as questions are decided) at the look's alpha, which bounds
+the false claims made at that look; across looks the union bound keeps the total at most α
+whatever the correlation between looks. The error rate of this procedure, by simulation of ≥ 2,000
+studies, is checked by the test suite (tests/test_decide.py, tests/test_decide_levels.py).</p>"""
     body = f"""<div class="method">
 <p><b>Scores.</b> Final score: test {name} of the checkpoint with the best validation {name}.
 Cells (model × arm × training-set size) are summarised by the mean and sample standard deviation
@@ -82,12 +86,13 @@ cell, is a pilot — no verdicts, no recommendation. A cell whose every run's te
 and its comparisons are undecided. A speed-up is undecided when some run never reached the
 threshold (or started above it), a question with fewer than two paired seeds too.</p>
 <p><b>Seed planning</b> (<code>transfuse study plan FILE</code> and the &quot;seeds needed&quot; column):
-the smallest n for which, if the true mean difference and paired standard deviation are the ones
-observed, a decisive verdict has probability ≥ {ev.power:g}: the larger of the difference test's
-power (statsmodels' <code>TTestPower</code>, two-sided at a) and a lower bound of the equivalence
-power, P(T<sub>u</sub> &gt; t<sub>1−a,n−1</sub>) + P(T<sub>l</sub> &gt; t<sub>1−a,n−1</sub>) − 1 with
-T<sub>u</sub>, T<sub>l</sub> noncentral t with noncentralities (m ∓ δ)√n/σ; a = α/K, the first step
-of the adjustment (α with no adjustment).</p>
+the smallest n for which, if the true mean difference δ and paired standard deviation σ are the
+ones observed, a decisive verdict (any but undecided) has probability ≥ {ev.power:g} at level
+a = α/K, the first step of the adjustment (α with no adjustment): the probability that the
+difference test (two-sided at a) or TOST (each side at a) rejects, both counted at once — given
+the sample SD s the mean is N(δ, σ²/n), and the verdict is undecided exactly when
+max(0, m − t<sub>1−a</sub>s/√n) ≤ |mean| ≤ t<sub>1−a/2</sub>s/√n; that probability is averaged
+over the χ²<sub>n−1</sub> distribution of s. A decision by more than the margin needs more.</p>
 {seq}
 <p><b>Convergence.</b> Steps to threshold: the first evaluated step whose validation {name} reaches
 each absolute threshold and each fraction of the run's last validation {name}
