@@ -448,3 +448,61 @@ def test_equal_step_counts_are_not_read_as_certainty(tmp_path):
     assert v.question.sd_floor == pytest.approx(floor)
     assert v.decision.sd == pytest.approx(floor) and v.decision.ci_low < math.log(2) < v.decision.ci_high
     assert v.decision.mean == pytest.approx(math.log(2))
+
+
+FLIP = """
+name: flip
+base:
+  data: {name: "builtin:brain_tissue", n_train: 48}
+  model: {name: cbr_tiny}
+  train: {steps: 3, eval_every: 3, batch_size: 16}
+grid:
+  init: [random, "random:kaiming"]
+  seed: [0, 1, 2]
+evaluation:
+  auc_thresholds: [0.7]
+"""
+
+FLIP_STEPS = list(range(0, 410, 10))
+
+
+def _flip_trainer(task):
+    """Issue 28's reproduction: random:kaiming reaches AUC 0.7 five times sooner than random on
+    seeds 0–2 (speed@0.7 decided at look 1); its final score is noisy (undecided), so look 2 adds
+    seeds 3 and 4 to both cells — and random:kaiming's seed 4 never reaches 0.7."""
+    from transfuse.config import spec_from_dict
+
+    spec = spec_from_dict(task.spec)
+    ref, s = spec.init.name == "random", spec.seed
+    test = ([0.80, 0.81, 0.79, 0.80, 0.805] if ref else [0.83, 0.79, 0.81, 0.82, 0.78])[s]
+    reach, top = (200 + 10 * s, 0.8) if ref else (40 + 10 * (s % 2), 0.8 if s < 4 else 0.65)
+    store = Store(task.workspace)
+    rid = store.start_run(spec)
+    store.set_info(rid, data_info={"task": "multiclass", "name": "d"}, model_info={})
+    for step in FLIP_STEPS:
+        store.log_metrics(rid, step, "val", {"auc": min(top, 0.5 + 0.2 * step / reach)})
+    store.finish_run(rid, step=FLIP_STEPS[-1], test_metrics={"auc": test}, summary={})
+    return rid, "finished", ""
+
+
+def test_until_decided_keeps_a_decided_speedup_when_later_seeds_miss_it(tmp_path, monkeypatch):
+    from transfuse.study import runner
+    from transfuse.study.adaptive import run_until_decided
+    from transfuse.study.decide import FROZEN, questions
+
+    f = tmp_path / "flip.yaml"
+    f.write_text(FLIP)
+    monkeypatch.setattr(runner, "execute", _flip_trainer)
+    out = run_until_decided(load_study(f), workspace=tmp_path / "ws", max_seeds=5, batch=2,
+                            progress=False)
+    assert out.looks_run == 2 and out.seeds[("cbr_tiny", "random:kaiming", "48")] == [0, 1, 2, 3, 4]
+    res, dec, _ = load_decisions(Store(tmp_path / "ws"), "flip")
+    (gated,) = [q for q in questions(res, dec.evaluation)[0] if q.endpoint == "speed@0.7"]
+    assert "random:kaiming in 1 of 5 seeds" in gated.gate  # what all five seeds would say
+    for d in (out.decisions, dec):
+        (speed,) = [v for v in d.verdicts if v.question.endpoint == "speed@0.7"]
+        assert (speed.verdict, speed.look, speed.question.seeds) == ("better_beyond_margin", 1, (0, 1, 2))
+        assert d.families[0] == 3  # look 1's family: final, area and speed@0.7
+    (rec,) = [r for r in Store(tmp_path / "ws").get_results(FROZEN, study="flip").values()
+              if r["id"].endswith("speed@0.7")]
+    assert rec["look"] == 1 and rec["verdict"] == "better_beyond_margin"
