@@ -182,6 +182,7 @@ def test_json_validates_and_agrees_with_the_html_table(mixed_ws):
             lo, hi = (float(x) for x in row[col["interval"]].strip("[]").split(","))
             assert (lo, hi) == (pytest.approx(c["ci_low"], abs=5e-5), pytest.approx(c["ci_high"], abs=5e-5))
             assert float(row[col["level"]].rstrip(" %")) == pytest.approx(100 * c["level"], abs=0.005)
+    assert data["families"] == [data["family_size"]]  # a fixed design: one look, one family
     by = {(c["arm"], c["endpoint"]): c for c in data["comparisons"]}
     assert by[("meanvar", "final")]["verdict"] == "better_beyond_margin"
     assert by[("pretrained", "final")]["verdict"] == "undecided"
@@ -506,3 +507,13 @@ def test_until_decided_keeps_a_decided_speedup_when_later_seeds_miss_it(tmp_path
     (rec,) = [r for r in Store(tmp_path / "ws").get_results(FROZEN, study="flip").values()
               if r["id"].endswith("speed@0.7")]
     assert rec["look"] == 1 and rec["verdict"] == "better_beyond_margin"
+    import jsonschema
+
+    data = json.loads(build_report(workspace=tmp_path / "ws", study="flip", out=tmp_path / "r.json",
+                                   format="json").read_text())
+    jsonschema.validate(data, schema())
+    assert data["families"] == [3, 1]  # look 2 read only the final score, still open
+    (c,) = [c for c in data["comparisons"] if c["endpoint"] == "speed@0.7"]
+    assert (c["verdict"], c["look"], c["seeds"]) == ("better_beyond_margin", 1, [0, 1, 2])
+    assert c["sentence"].startswith("random:kaiming is faster than random (steps to validation AUC "
+                                    "0.7) by more than the margin (1.20×): ")

@@ -86,7 +86,7 @@ def results_dict(res: StudyResults, dec: Decisions) -> dict[str, Any]:
         "evaluation": {"margin": m_final, "area_margin": m_area, "speed_margin": ev.speed_margin,
                        "reference": ev.reference, "multiplicity": ev.multiplicity,
                        "alpha": ev.alpha, "power": ev.power, "sequential": seq},
-        "pilot": dec.pilot, "family_size": dec.family_size,
+        "pilot": dec.pilot, "family_size": dec.family_size, "families": list(dec.families),
         "runs": {"finished": len(res.rows), "unfinished": dict(res.unfinished)},
         "cells": cells,
         "comparisons": [_comparison(v, res) for v in dec.verdicts],

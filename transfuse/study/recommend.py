@@ -99,8 +99,10 @@ def sentence(v: Verdict, unit: str) -> str:
     """One sentence that says exactly what ``v`` says, with its numbers (``unit``: AUC or Dice).
 
     ``"meanvar is better than random on the test AUC by more than the margin (0.01 AUC): +0.040
-    AUC [+0.034, +0.047] (99.29 % CI), 5 seeds."``; speed-ups read "faster"/"slower"; undecided
-    questions give their reason and the seeds a decision would need.
+    AUC [+0.034, +0.047] (99.29 % CI), 5 seeds."``; a difference within the margin adds "; the
+    interval excludes 0 but not +0.01" (its mean may lie past the margin, its interval does not
+    clear it); speed-ups read "faster"/"slower"; undecided questions give their reason and the
+    seeds a decision would need.
     """
     q, d = v.question, v.decision
     what, m = _what(q, unit), _margin(q, unit)
@@ -117,8 +119,11 @@ def sentence(v: Verdict, unit: str) -> str:
             return (f"{q.arm} and {q.reference} take equally many {what} within "
                     f"{_bound(q, -1)}–{_bound(q, 1)}: {numbers}.")
         return f"{q.arm} is equivalent to {q.reference} on {what} within ±{m}: {numbers}."
-    how = "by more than the margin" if v.verdict.endswith("beyond_margin") else "by less than the margin"
+    beyond = v.verdict.endswith("beyond_margin")
+    how = "by more than the margin" if beyond else "by less than the margin"
     better = v.verdict in BETTER
+    if not beyond:  # the estimate itself may lie past the margin: say what the interval shows
+        numbers += f"; the interval excludes {'1×' if _speed(q) else '0'} but not {_bound(q, 1 if better else -1)}"
     if _speed(q):
         word = "faster" if better else "slower"
         return (f"{q.arm} is {word} than {q.reference} ({what}) {how} ({m}): {numbers}.")
