@@ -4,7 +4,7 @@
     python examples/verdict_table.py results.json            # one table per endpoint
 
 The tables in docs/FINDINGS.md are this script's output. It reads only the JSON (schema
-``transfuse.study-results/1``, see docs/STUDIES.md): one row per model × training-set size × arm,
+``transfuse.study-results/2``, see docs/STUDIES.md): one row per model × training-set size × arm,
 one column per endpoint (final test score, area under the validation curve, speed-ups), each
 cell ``verdict (n seeds, Δ [interval])``.
 """
@@ -19,12 +19,12 @@ from collections import Counter, defaultdict
 
 def _cell(c: dict) -> str:
     if c["mean"] is None:
-        return f"{c['verdict']} ({c['reason']})"
+        return f"{c.get('label', c['verdict'])} ({c['reason']})"
     speed = c["unit"].startswith("log(")  # speed-ups are judged on the log ratio: shown as ×
     show = (lambda v: f"{math.exp(v):.3g}×") if speed else (lambda v: f"{v:+.3f}")
     lo, hi = c["ci_low"], c["ci_high"]
     ci = "" if lo is None else f" [{show(lo)}, {show(hi)}]"
-    return f"**{c['verdict']}** ({c['n']} seeds, {show(c['mean'])}{ci})"
+    return f"**{c.get('label', c['verdict'])}** ({c['n']} seeds, {show(c['mean'])}{ci})"
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     res = json.load(open(a.results))
     comps = res["comparisons"]
     ev = res["evaluation"]
-    counts = Counter(c["verdict"] for c in comps)
+    counts = Counter(c.get("label", c["verdict"]) for c in comps)
     print(f"study {res['study']}: {len(comps)} questions, {res['family_size']} in the family "
           f"({ev['multiplicity']}, α = {ev['alpha']}), margin ±{ev['margin']} {res['metric'].upper()}; "
           + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))

@@ -10,6 +10,7 @@ import pytest
 
 from transfuse.cli import main
 from transfuse.report.study import build_report
+from transfuse.study.verdicts import VERDICTS
 from transfuse.study import load_study
 from transfuse.study.check import check_study
 from transfuse.study.results import arm_label, cell_keys
@@ -68,8 +69,7 @@ def test_strategy_arms_get_verdicts_in_json_and_html(tmp_path, capsys):
     final = {c["arm"]: c for c in data["comparisons"] if c["endpoint"] == "final"}
     assert set(final) == arms - {"random"}
     for c in final.values():
-        assert c["reference"] == "random" and c["verdict"] in ("better", "worse", "equivalent",
-                                                              "undecided")
+        assert c["reference"] == "random" and c["verdict"] in VERDICTS
         assert c["seeds"] == [0, 1] and c["reason"]
     html = (ws / "report-arms.html").read_text()
     assert "random · linear_probe · augment=basic" in html

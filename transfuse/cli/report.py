@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "recorded ones)")
     rep.add_argument("--format", default="html", choices=("html", "json"),
                      help="html: the report; json: every cell, comparison and verdict, schema "
-                          "transfuse.study-results/1 (default html)")
+                          "transfuse.study-results/2 (default html)")
     rep.add_argument("-o", "--output", default=None,
                      help="file to write (default WORKSPACE/report-STUDY.html or .json)")
 

@@ -1,7 +1,7 @@
 """Machine-readable study results: ``transfuse report WS --study S --format json``.
 
 Every cell, comparison (question), verdict, reason, margin, adjusted p-value and interval, in the
-documented schema ``transfuse.study-results/1`` (:data:`SCHEMA`, the file
+documented schema ``transfuse.study-results/2`` (:data:`SCHEMA`, the file
 ``transfuse/report/results.schema.json``; fields in docs/STUDIES.md). The HTML report's verdict
 table is built from the same :class:`~transfuse.study.decide.Decisions`, so the two agree.
 """
@@ -17,10 +17,11 @@ from typing import Any
 
 from ..study.decide import Decisions, Verdict
 from ..study.results import StudyResults
+from ..study.verdicts import LABELS, VERDICTS
 
 __all__ = ["results_dict", "schema", "SCHEMA_ID"]
 
-SCHEMA_ID = "transfuse.study-results/1"
+SCHEMA_ID = "transfuse.study-results/2"
 
 
 @cache
@@ -56,7 +57,8 @@ def _comparison(v: Verdict, res: StudyResults) -> dict[str, Any]:
             "p_diff": _num(d.p_diff) if d else None, "p_equiv": _num(d.p_equiv) if d else None,
             "p_adjusted": _num(d.p_adjusted) if d else None, "level": _num(d.level) if d else None,
             "ci_low": _num(d.ci_low) if d else None, "ci_high": _num(d.ci_high) if d else None,
-            "verdict": v.verdict, "reason": v.reason, "look": v.look,
+            "verdict": v.verdict, "label": v.label, "sentence": v.sentence, "reason": v.reason,
+            "look": v.look,
             "seeds_needed": v.seeds_needed, "delong": delong}
 
 
@@ -85,12 +87,13 @@ def results_dict(res: StudyResults, dec: Decisions) -> dict[str, Any]:
         "evaluation": {"margin": m_final, "area_margin": m_area, "speed_margin": ev.speed_margin,
                        "reference": ev.reference, "multiplicity": ev.multiplicity,
                        "alpha": ev.alpha, "power": ev.power, "sequential": seq},
-        "pilot": dec.pilot, "family_size": dec.family_size,
+        "pilot": dec.pilot, "family_size": dec.family_size, "families": list(dec.families),
         "runs": {"finished": len(res.rows), "unfinished": dict(res.unfinished),
                  "left_out": [x.to_dict() for x in res.left_out],
                  "missing_files": {k: list(v) for k, v in sorted(res.missing.items())}},
         "cells": cells,
         "comparisons": [_comparison(v, res) for v in dec.verdicts],
+        "verdicts": {code: LABELS[code] for code in VERDICTS},
         "recommendations": [{"model": r.model, "size": r.size, "arm": r.arm, "verdict": r.verdict,
                              "text": r.text} for r in dec.recommendations],
     }

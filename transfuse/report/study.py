@@ -49,7 +49,8 @@ figcaption{font-size:.85em;color:#555}ul.verdicts li{margin:.35em 0}.method{font
 nav a{margin-right:1em}
 .warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .8em}
 .pilot{background:#eef2ff;border-left:4px solid #4575b4;padding:.4em .8em}
-.v-better{color:#1a7a3e;font-weight:600}.v-worse{color:#b2182b;font-weight:600}
+.v-better_beyond_margin{color:#1a7a3e;font-weight:600}.v-worse_beyond_margin{color:#b2182b;font-weight:600}
+.v-better_within_margin{color:#4d9a5f}.v-worse_within_margin{color:#c0555f}
 .v-equivalent{color:#2c5aa0;font-weight:600}.v-undecided{color:#666}
 """
 
@@ -109,7 +110,7 @@ def verdict_rows(res: StudyResults, dec: Decisions) -> list[list[str]]:
             ci = "–"
         rows.append([q.model, q.size, q.arm, q.endpoint, str(v.n), mean, ci,
                      "–" if d is None else f"{100 * d.level:.2f} %",
-                     _p(d.p_adjusted) if d else "–", v.verdict, v.reason,
+                     _p(d.p_adjusted) if d else "–", v.label, v.reason,
                      "" if v.seeds_needed is None else str(v.seeds_needed),
                      _delong_cell(v, res, dec.evaluation.alpha)])
     return rows
@@ -163,7 +164,7 @@ def _summary_section(res: StudyResults, dec: Decisions, info: dict, progress: di
     body += f'<h3>How to initialise</h3><ul class="verdicts">{recs or none}</ul>'
     counts: dict[str, int] = {}
     for v in dec.verdicts:
-        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        counts[v.label] = counts.get(v.label, 0) + 1
     ev = dec.evaluation
     m = ev.margins(res.metric)[0]
     body += (f"<p>{len(dec.verdicts)} questions ({esc(', '.join(f'{n} {k}' for k, n in sorted(counts.items())) or 'none')}); "
@@ -298,7 +299,7 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         study: the study's name.
         out: the file to write (replaced atomically).
         format: ``html`` (the self-contained report) or ``json`` (the decisions as data, schema
-            ``transfuse.study-results/1``; see :mod:`transfuse.report.export`).
+            ``transfuse.study-results/2``; see :mod:`transfuse.report.export`).
         study_spec: judge this version of the study (its cells, thresholds and evaluation)
             instead of the one its last ``study run`` recorded.
 

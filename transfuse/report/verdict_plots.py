@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["forest_figure", "scores_figure", "VERDICT_COLORS"]
 
-VERDICT_COLORS = {"better": "#1a9850", "worse": "#d73027", "equivalent": "#4575b4",
-                  "undecided": "#888888"}
+VERDICT_COLORS = {"better_beyond_margin": "#1a9850", "better_within_margin": "#91cf60",
+                  "equivalent": "#4575b4", "worse_within_margin": "#fc8d59",
+                  "worse_beyond_margin": "#d73027", "undecided": "#888888"}
 ENDPOINTS = (("final", "Δ test {unit} vs {ref}"), ("area", "Δ area under the validation curve vs {ref}"))
 
 
@@ -45,7 +46,7 @@ def forest_figure(res: StudyResults, dec: Decisions, *, model: str) -> Figure:
         seen: set[str] = set()
         for y, v in enumerate(rows):
             col = VERDICT_COLORS[v.verdict]
-            label = v.verdict if v.verdict not in seen else None
+            label = v.label if v.verdict not in seen else None
             seen.add(v.verdict)
             d = v.decision
             if d is not None:

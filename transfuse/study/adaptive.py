@@ -8,6 +8,11 @@ with the study, so the report replays exactly the same looks (:func:`transfuse.s
 and each look only spends its share of alpha (O'Brien–Fleming-type spending, union bound over
 looks; :func:`transfuse.study.verdicts.look_levels`).
 
+A question decided at a look keeps that look's verdict, interval, seeds and family: the report
+replays each look on the seeds it had (gates included), and each decided question is recorded in
+the store (results of kind ``frozen_verdict``) when it is decided, so later seeds, added for
+other questions of the same arm, never reopen it.
+
 Resumable like any study: every look is recomputed from the store, finished runs are skipped, so
 a killed ``--until-decided`` run picks up at the look it was in.
 """
@@ -22,7 +27,7 @@ from typing import Any
 from ..config import RunSpec
 from ..errors import ConfigError
 from ..store import Store
-from .decide import Decisions, Sequential, decide
+from .decide import FROZEN, Decisions, Sequential, decide, frozen_records
 from .results import cell_keys, load_results
 from .runner import StudyOutcome, run_study
 from .spec import StudySpec, expand
@@ -135,9 +140,14 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
                             sequential=seq.to_dict())
         out.outcomes.append(res_run)
         out.looks_run = look
-        res = load_results(Store(workspace), name, thresholds=study.auc_thresholds,
+        store = Store(workspace)
+        res = load_results(store, name, thresholds=study.auc_thresholds,
                            relative=study.relative_thresholds, reference=study.evaluation.reference)
-        out.decisions = decide(res, evaluation=study.evaluation, sequential=seq)
+        frozen = {r["id"]: r for r in store.get_results(FROZEN, study=name).values() if "id" in r}
+        out.decisions = decide(res, evaluation=study.evaluation, sequential=seq, frozen=frozen)
+        for qid, rec in frozen_records(out.decisions).items():
+            if qid not in frozen:  # a decided question keeps the record of the look that decided it
+                store.put_result(FROZEN, f"{name}: {qid}", rec, study=name)
         if not res_run.ok:
             break  # a failed run leaves its cell short of seeds; fix it and rerun
     out.seeds = {k: sorted(v) for k, v in have.items()}

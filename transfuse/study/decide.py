@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .results import Cell, RunRow, StudyResults
 from .evaluation import DEFAULT_MARGIN, Evaluation, Sequential, default_margin
-from .verdicts import Decision, seeds_needed, sequential_decisions
+from .recommend import Recommendation, interval_reason, recommendations, sentence
+from .verdicts import LABELS, Decision, decide_family, seeds_needed
 
 __all__ = ["Evaluation", "Sequential", "Question", "Verdict", "Recommendation", "Decisions",
-           "decide", "load_decisions", "questions", "CHANCE_BAND", "default_margin"]
+           "decide", "load_decisions", "questions", "frozen_records", "FROZEN", "CHANCE_BAND",
+           "default_margin"]
 
 CHANCE = {"auc": 0.5, "dice": 0.0}
 CHANCE_BAND = 0.02  # a cell whose every run stays this close to chance did not learn
@@ -70,9 +72,11 @@ class Question:
 class Verdict:
     """A question's answer: the verdict, why, the numbers it was read from, and a seed plan.
 
-    ``look`` is the (1-based) look whose interval is shown; ``seeds_needed`` is the seed count a
-    fixed design would need for a decisive verdict with ``evaluation.power`` at the family's
-    first-step level, assuming the observed mean and spread (``None``: over 1000, or unknown).
+    ``verdict`` is a code of :data:`~transfuse.study.verdicts.VERDICTS`; ``sentence`` says it in
+    words with its numbers (:func:`~transfuse.study.recommend.sentence`). ``look`` is the
+    (1-based) look whose interval is shown; ``seeds_needed`` is the seed count a fixed design
+    would need for a decisive verdict with ``evaluation.power`` at the family's first-step level,
+    assuming the observed mean and spread (``None``: over 1000, or unknown).
     """
 
     question: Question
@@ -81,21 +85,16 @@ class Verdict:
     decision: Decision | None = None
     look: int | None = None
     seeds_needed: int | None = None
+    sentence: str = ""
+
+    @property
+    def label(self) -> str:
+        """The verdict in words: ``better by less than the margin``."""
+        return LABELS[self.verdict]
 
     @property
     def n(self) -> int:
         return self.decision.n if self.decision else sum(d is not None for d in self.question.diffs)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The line the report opens with for one (model, size): what to use and on what evidence."""
-
-    model: str
-    size: str
-    arm: str | None
-    verdict: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -110,6 +109,7 @@ class Decisions:
     verdicts: tuple[Verdict, ...]
     recommendations: tuple[Recommendation, ...]
     did_not_learn: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    families: tuple[int, ...] = ()  # questions in the multiplicity family at each look read
 
     def of(self, model: str, size: str, endpoint: str = "final") -> list[Verdict]:
         return [v for v in self.verdicts if (v.question.model, v.question.size,
@@ -118,10 +118,16 @@ class Decisions:
 
 # ---- questions ----------------------------------------------------------------------------------
 
-def _did_not_learn(cell: Cell, metric: str) -> str | None:
+def _first(runs: tuple[RunRow, ...], n_seeds: int | None) -> tuple[RunRow, ...]:
+    """The runs of a cell's first ``n_seeds`` seeds (all with ``None``): what a look saw."""
+    return runs if n_seeds is None else tuple(sorted(runs, key=lambda r: r.seed)[:n_seeds])
+
+
+def _did_not_learn(cell: Cell, metric: str, n_seeds: int | None = None) -> str | None:
     chance = CHANCE.get(metric, 0.5)
     name = "AUC" if metric == "auc" else "Dice"
-    tests = [r.test for r in cell.runs if r.test is not None and math.isfinite(r.test)]
+    runs = _first(cell.runs, n_seeds)
+    tests = [r.test for r in runs if r.test is not None and math.isfinite(r.test)]
     if tests and all(abs(t - chance) <= CHANCE_BAND for t in tests):
         return (f"{cell.init} did not learn: every run's test {name} is within {CHANCE_BAND:g} "
                 f"of chance ({chance:g})")
@@ -130,7 +136,7 @@ def _did_not_learn(cell: Cell, metric: str) -> str | None:
         v = [x for x in r.curve if x is not None and math.isfinite(x)]
         return len(v) >= 2 and max(v) - min(v) < FLAT
 
-    if cell.runs and all(flat(r) for r in cell.runs):
+    if runs and all(flat(r) for r in runs):
         return f"{cell.init} did not learn: its validation {name} never moved"
     return None
 
@@ -152,12 +158,18 @@ def _speed(a: RunRow, b: RunRow, t: float) -> float | None:
     return math.log(y / x)
 
 
-def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
-              ) -> tuple[list[Question], dict[tuple[str, str, str], str]]:
-    """Every question of the study and the cells that did not learn (cell → reason)."""
+def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None,
+              n_seeds: int | None = None) -> tuple[list[Question], dict[tuple[str, str, str], str]]:
+    """Every question of the study and the cells that did not learn (cell → reason).
+
+    ``n_seeds``: ask them of each cell's first ``n_seeds`` seeds only, as an adaptive study's look
+    at that seed count saw them — seeds added later (for other questions) change nothing, gates
+    included.
+    """
     m_final, m_area, m_speed = ev.margins(res.metric)
     name = "AUC" if res.metric == "auc" else "Dice"
-    dnl = {(c.model, c.init, c.size): r for c in res.cells if (r := _did_not_learn(c, res.metric))}
+    dnl = {(c.model, c.init, c.size): r for c in res.cells
+           if (r := _did_not_learn(c, res.metric, n_seeds))}
     out: list[Question] = []
     for cell in res.cells:
         if cell.init == ev.reference:
@@ -165,8 +177,8 @@ def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
         ref = res.cell(cell.model, ev.reference, cell.size)
         if ref is None:
             continue
-        a = {r.seed: r for r in cell.runs}
-        b = {r.seed: r for r in ref.runs}
+        a = {r.seed: r for r in _first(cell.runs, n_seeds)}
+        b = {r.seed: r for r in _first(ref.runs, n_seeds)}
         seeds = tuple(sorted(set(a) & set(b)))
         gate = pilot or dnl.get((cell.model, ev.reference, cell.size)) or dnl.get(
             (cell.model, cell.init, cell.size))
@@ -200,39 +212,62 @@ def questions(res: StudyResults, ev: Evaluation, *, pilot: str | None = None
 
 # ---- verdicts -----------------------------------------------------------------------------------
 
-def _lvl(level: float) -> str:
-    return f"{100 * level:.2f}".rstrip("0").rstrip(".") + " %"
+FROZEN = "frozen_verdict"  # store results of this kind hold an adaptive study's decided questions
 
 
-def _interval_reason(d: Decision, q: Question, alpha: float) -> str:
-    zero = "1×" if q.endpoint.startswith("speed") else "0"
-    if d.verdict == "equivalent":
-        extra = " (a real but smaller difference)" if d.ci_low > 0 or d.ci_high < 0 else ""
-        return f"{_lvl(d.level)} interval inside ±{_fmt_margin(q)} (TOST){extra}"
-    if d.verdict in ("better", "worse"):
-        return f"{_lvl(d.level)} interval excludes {zero}"
-    raw = min(d.p_diff, d.p_equiv)
-    if raw <= alpha:
-        return (f"decisive only before the multiplicity adjustment (p = {raw:.3g}, adjusted "
-                f"{d.p_adjusted:.3g})")
-    return f"{_lvl(d.level)} interval spans {zero} and reaches beyond ±{_fmt_margin(q)}"
+def _values(q: Question) -> list[float]:
+    return [x for x in q.diffs if x is not None]
 
 
-def _fmt_margin(q: Question) -> str:
-    if q.endpoint.startswith("speed"):
-        return f"{math.exp(q.margin):.2f}×"
-    return f"{q.margin:g}"
+def _fingerprint(ev: Evaluation, sequential: Sequential | None, metric: str) -> dict[str, Any]:
+    return {"evaluation": ev.to_dict(), "sequential": sequential.to_dict() if sequential else None,
+            "metric": metric}
+
+
+def frozen_records(dec: Decisions) -> dict[str, dict[str, Any]]:
+    """The decided questions of an adaptive study, as the store keeps them (question id → record):
+    verdict, reason, interval, the look and the seeds that decided it, and what it was judged by
+    (a record only counts for the same evaluation, schedule and metric)."""
+    if dec.sequential is None:
+        return {}
+    out = {}
+    for v in dec.verdicts:
+        if v.verdict == "undecided" or v.decision is None or v.look is None:
+            continue
+        q = v.question
+        out[q.id] = {"id": q.id, "look": v.look, "verdict": v.verdict, "reason": v.reason,
+                     "decision": asdict(v.decision),
+                     "question": {"seeds": list(q.seeds), "diffs": list(q.diffs),
+                                  "sd_floor": q.sd_floor, "margin": q.margin},
+                     **_fingerprint(dec.evaluation, dec.sequential, dec.metric)}
+    return out
+
+
+def _from_record(q: Question, rec: Mapping[str, Any]) -> tuple[Question, Decision, str]:
+    r = rec["question"]
+    fq = replace(q, seeds=tuple(r["seeds"]), diffs=tuple(r["diffs"]), sd_floor=r["sd_floor"],
+                 margin=r["margin"], gate=None)
+    return fq, Decision(**rec["decision"]), rec["reason"]
 
 
 def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
-           sequential: Sequential | None = None, smoke: bool = False) -> Decisions:
+           sequential: Sequential | None = None, smoke: bool = False,
+           frozen: Mapping[str, Mapping[str, Any]] | None = None) -> Decisions:
     """Verdicts and recommendations for a study's results.
+
+    An adaptive study is replayed look by look: at each look the questions are asked of each
+    cell's first ``looks[l]`` seeds (gates included), the questions still open there form the
+    look's family, and a question decided at a look keeps that look's verdict, interval, seeds
+    and family — seeds added later for other questions of the same arm are not read for it.
 
     Args:
         res: the study's results (:func:`~transfuse.study.results.load_results`).
         evaluation: margins, reference, multiplicity (default :class:`Evaluation`).
         sequential: the look schedule of an adaptive study; ``None`` for a fixed design.
         smoke: the study ran with ``--smoke`` (pilot only).
+        frozen: decided questions recorded by the adaptive run (:func:`frozen_records`, question
+            id → record); a record judged by the same evaluation and schedule is taken as it
+            was, at its look, whatever the runs say now.
     """
     ev = evaluation or Evaluation()
     seeds_per_cell = [len(c.runs) for c in res.cells]
@@ -243,115 +278,74 @@ def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
         pilot = ("pilot only: one seed per cell gives no seed-to-seed spread; run at least 3 "
                  "seeds, then `transfuse study plan` gives the count")
     qs, dnl = questions(res, ev, pilot=pilot)
-    testable = [i for i, q in enumerate(qs) if q.gate is None]
-    k = len(testable)
-    plan_a = ev.alpha / max(k, 1) if ev.multiplicity != "none" else ev.alpha
+    fp = _fingerprint(ev, sequential, res.metric)
+    records = {k: r for k, r in (frozen or {}).items()
+               if sequential is not None and all(r.get(f) == v for f, v in fp.items())}
     if sequential is None:
         looks, levels = [None], [ev.alpha]
     else:
         looks, levels = list(sequential.looks), sequential.levels(ev.alpha)
-    read = sequential_decisions([[x for x in qs[i].diffs if x is not None] for i in testable],
-                                [qs[i].margin for i in testable], looks=looks, levels=levels,
-                                method=ev.multiplicity, sd_floors=[qs[i].sd_floor for i in testable])
-    latest = {i: r for i, r in zip(testable, read) if r is not None}
+    # per question id: (question as the look saw it, decision or None if gated, reason, look)
+    state: dict[str, tuple[Question, Decision | None, str, int]] = {}
+    decided: set[str] = set()
+    families: list[int] = []
+    for li, (n_look, a_look) in enumerate(zip(looks, levels), start=1):
+        ql = qs if n_look is None else questions(res, ev, pilot=pilot, n_seeds=n_look)[0]
+        open_ = [q for q in ql if q.id not in decided]
+        testable = [q for q in open_ if q.gate is None]
+        if n_look is not None and any(len(_values(q)) < n_look for q in testable
+                                      if records.get(q.id, {}).get("look", li + 1) > li):
+            break  # a look still in progress is not read: its family would be too small
+        for q in open_:
+            rec = records.get(q.id)
+            if q.gate is not None and rec is not None and rec["look"] == li:
+                fq, fdec, why = _from_record(q, rec)  # decided as recorded, whatever gates it now
+                state[q.id] = (fq, fdec, why, li)
+                decided.add(q.id)
+            elif q.gate is not None:
+                state[q.id] = (q, None, q.gate, li)
+        if not testable or a_look <= 0:
+            continue
+        decs = decide_family([_values(q) for q in testable], [q.margin for q in testable],
+                             alpha=a_look, method=ev.multiplicity,
+                             sd_floors=[q.sd_floor for q in testable])
+        families.append(len(testable))
+        for q, dec in zip(testable, decs):
+            rec = records.get(q.id)
+            if rec is not None and rec["look"] == li:
+                fq, fdec, why = _from_record(q, rec)
+                state[q.id] = (fq, fdec, why, li)
+                decided.add(q.id)
+                continue
+            state[q.id] = (q, dec, interval_reason(dec, q, a_look), li)
+            if dec.verdict != "undecided" and (rec is None or rec["look"] < li):
+                decided.add(q.id)
+    read = [k for k, st in state.items() if st[1] is not None]
+    k = len(read)
+    plan_a = ev.alpha / max(k, 1) if ev.multiplicity != "none" else ev.alpha
     verdicts = []
-    for i, q in enumerate(qs):
-        if q.gate is not None:
-            verdicts.append(Verdict(q, "undecided", q.gate))
+    for q in qs:
+        if q.id not in state:
+            if q.gate is not None:
+                verdicts.append(Verdict(q, "undecided", q.gate))
+            else:  # an adaptive study whose first look is not complete yet
+                n = len(_values(q))
+                verdicts.append(Verdict(q, "undecided", f"waiting for seeds ({n} of {looks[0]} at look 1)"))
             continue
-        if i not in latest:  # an adaptive study whose first look is not complete yet
-            n = sum(x is not None for x in q.diffs)
-            verdicts.append(Verdict(q, "undecided", f"waiting for seeds ({n} of {looks[0]} at look 1)"))
+        lq, dec, why, li = state[q.id]
+        if dec is None:
+            verdicts.append(Verdict(lq, "undecided", why))
             continue
-        dec, li = latest[i]
         need = None
         if dec.verdict == "undecided":
             need = seeds_needed(delta=dec.mean, sd=dec.sd, margin=q.margin, a=plan_a,
                                 power=ev.power, at_least=dec.n)
-        verdicts.append(Verdict(q, dec.verdict, _interval_reason(dec, q, levels[li - 1]), dec,
-                                li if sequential else None, need))
-    recs = _recommendations(res, ev, verdicts, pilot, dnl)
-    return Decisions(res.metric, ev, sequential, pilot, k, tuple(verdicts), tuple(recs), dnl)
-
-
-# ---- recommendations ----------------------------------------------------------------------------
-
-def _delta_text(v: Verdict, unit: str) -> str:
-    d = v.decision
-    assert d is not None
-    lvl = _lvl(d.level)
-    if v.question.endpoint.startswith("speed"):
-        return f"{math.exp(d.mean):.2f}× [{math.exp(d.ci_low):.2f}×, {math.exp(d.ci_high):.2f}×] ({lvl} CI)"
-    return f"{d.mean:+.3f} {unit} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] ({lvl} CI)"
-
-
-def _recommendations(res: StudyResults, ev: Evaluation, verdicts: list[Verdict], pilot: str | None,
-                     dnl: dict[tuple[str, str, str], str]) -> list[Recommendation]:
+        verdicts.append(Verdict(lq, dec.verdict, why, dec, li if sequential else None, need))
     unit = "AUC" if res.metric == "auc" else "Dice"
-    margin = ev.margins(res.metric)[0]
-    out = []
-    for model in res.models:
-        for size in res.sizes:
-            arms = [c for c in res.cells if c.model == model and c.size == size]
-            if not arms:
-                continue
-
-            def rec(arm: str | None, verdict: str, text: str) -> None:
-                out.append(Recommendation(model, size, arm, verdict, text))
-
-            if pilot:
-                rec(None, "undecided", f"{pilot}; no recommendation.")
-                continue
-            ref = res.cell(model, ev.reference, size)
-            if ref is None:
-                rec(None, "undecided", f"no recommendation: no {ev.reference} runs to compare with "
-                                       f"(evaluation.reference).")
-                continue
-            if (model, ev.reference, size) in dnl:
-                rec(None, "undecided", f"undecided: {dnl[(model, ev.reference, size)]}.")
-                continue
-            mine = [v for v in verdicts if (v.question.model, v.question.size) == (model, size)]
-            final = {v.question.arm: v for v in mine if v.question.endpoint == "final"}
-            if not final:
-                rec(ev.reference, "undecided", f"only {ev.reference} was run here.")
-                continue
-            better = [v for v in final.values() if v.verdict == "better"]
-            if better:
-                top = max(better, key=lambda v: v.decision.mean)
-                others = [a for a, v in final.items() if v.verdict == "undecided"]
-                also = f"; still undecided against {ev.reference}: {', '.join(others)}" if others else ""
-                rec(top.question.arm, "better",
-                    f"{top.question.arm}: better than {ev.reference} by {_delta_text(top, unit)}, "
-                    f"{top.n} seeds{also}.")
-                continue
-            undecided = [v for v in final.values() if v.verdict == "undecided"]
-            equiv = [a for a, v in final.items() if v.verdict == "equivalent"]
-            worse = [a for a, v in final.items() if v.verdict == "worse"]
-            tail = "".join([f"; equivalent within ±{margin:g} {unit}: {', '.join(equiv)}" if equiv else "",
-                            f"; worse: {', '.join(worse)}" if worse else ""])
-            if undecided:
-                needs = [v.seeds_needed for v in undecided]
-                how = (f"needs ≈ {max(needs)} seeds" if all(n is not None for n in needs)
-                       else "needs more than 1000 seeds or a wider margin")
-                who = ", ".join(v.question.arm for v in undecided)
-                rec(None, "undecided", f"undecided: {how} ({who} vs {ev.reference} on the final "
-                                       f"{unit}; reasons in the verdict table){tail}.")
-                continue
-            fast = [v for v in mine if v.question.arm in equiv and v.verdict == "better"
-                    and v.question.endpoint != "final"]
-            n = max(v.n for v in final.values())
-            if fast:
-                top = max(fast, key=lambda v: v.decision.mean)
-                what = ("converges faster (area under the validation curve "
-                        if top.question.endpoint == "area" else f"is faster to {unit} "
-                        f"{top.question.endpoint.split('@')[1]} (")
-                rec(top.question.arm, "equivalent",
-                    f"{top.question.arm}: equivalent to {ev.reference} within ±{margin:g} {unit} on "
-                    f"the final score ({n} seeds) and {what}{_delta_text(top, unit)}){tail}.")
-                continue
-            rec(ev.reference, "equivalent" if equiv else "better",
-                f"{ev.reference}: no other arm is better at this size ({n} seeds){tail}.")
-    return out
+    verdicts = [replace(v, sentence=sentence(v, unit)) for v in verdicts]
+    recs = recommendations(res, ev, verdicts, pilot, dnl)
+    return Decisions(res.metric, ev, sequential, pilot, k, tuple(verdicts), tuple(recs), dnl,
+                     tuple(families))
 
 
 def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = None,
@@ -387,6 +381,7 @@ def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = No
                        relative=tuple(info.get("relative_thresholds", (0.9, 0.95))),
                        reference=ev.reference, run_ids=None if current is None else list(current),
                        current_specs=current)
+    frozen = {r["id"]: r for r in store.get_results(FROZEN, study=study).values() if "id" in r}
     dec = decide(res, evaluation=ev, sequential=Sequential.from_dict(info.get("sequential")),
-                 smoke=bool(info.get("smoke")))
+                 smoke=bool(info.get("smoke")), frozen=frozen)
     return res, dec, info
