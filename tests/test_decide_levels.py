@@ -191,6 +191,24 @@ def test_a_recorded_decision_outlives_a_change_in_the_runs():
         "m", "full", "speed@0.7")[0].verdict == "undecided"
 
 
+def test_a_recorded_decision_is_not_reused_for_other_runs():
+    """An edited study file changes run ids (issue 29): a record of the old runs must not decide
+    a question of the new ones."""
+    res, seq = _flip_study()
+    ev = Evaluation()
+    dec = decide(res, evaluation=ev, sequential=seq)
+    records = json.loads(json.dumps(frozen_records(dec, res)))
+    speed_id = next(k for k in records if k.endswith("speed@0.7"))
+    assert set(records[speed_id]["runs"]) <= {r.run_id for r in res.rows}
+    rows = [r if (r.init, r.seed) != ("meanvar", 0) else dataclasses.replace(
+        r, run_id="edited0", conv=dataclasses.replace(r.conv, absolute={0.7: None}))
+        for r in res.rows]
+    cells = [_cell([r for r in rows if r.init == c.init], res.thresholds) for c in res.cells]
+    edited = dataclasses.replace(res, rows=tuple(rows), cells=tuple(cells))
+    again = decide(edited, evaluation=ev, sequential=seq, frozen=records).of("m", "full", "speed@0.7")
+    assert again[0].verdict == "undecided"  # judged from the runs there are, not the record
+
+
 def _adaptive_null_study(rng: np.random.Generator, seq: Sequential) -> StudyResults:
     """Two arms truly better by 0.05 AUC and three with no difference, seed SD 0.01, every cell
     run to the last look's seeds — seeds past a question's decision exist, as when they are added

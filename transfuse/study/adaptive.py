@@ -145,8 +145,10 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
                            relative=study.relative_thresholds, reference=study.evaluation.reference)
         frozen = {r["id"]: r for r in store.get_results(FROZEN, study=name).values() if "id" in r}
         out.decisions = decide(res, evaluation=study.evaluation, sequential=seq, frozen=frozen)
-        for qid, rec in frozen_records(out.decisions).items():
-            if qid not in frozen:  # a decided question keeps the record of the look that decided it
+        current = {r.run_id for r in res.rows}
+        for qid, rec in frozen_records(out.decisions, res).items():
+            old = frozen.get(qid)  # a decided question keeps the record of the look that decided it,
+            if old is None or not set(old.get("runs", ())) <= current:  # unless its runs are gone
                 store.put_result(FROZEN, f"{name}: {qid}", rec, study=name)
         if not res_run.ok:
             break  # a failed run leaves its cell short of seeds; fix it and rerun

@@ -224,10 +224,19 @@ def _fingerprint(ev: Evaluation, sequential: Sequential | None, metric: str) -> 
             "metric": metric}
 
 
-def frozen_records(dec: Decisions) -> dict[str, dict[str, Any]]:
+def _run_ids(res: StudyResults, q: Question) -> list[str]:
+    """The runs a question read: its arm's and its reference's, at its seeds."""
+    seeds = set(q.seeds)
+    return sorted(r.run_id for r in res.rows if r.seed in seeds and r.model == q.model
+                  and r.size == q.size and r.init in (q.arm, q.reference))
+
+
+def frozen_records(dec: Decisions, res: StudyResults | None = None) -> dict[str, dict[str, Any]]:
     """The decided questions of an adaptive study, as the store keeps them (question id → record):
     verdict, reason, interval, the look and the seeds that decided it, and what it was judged by
-    (a record only counts for the same evaluation, schedule and metric)."""
+    (a record only counts for the same evaluation, schedule and metric) and — given ``res`` —
+    the run ids it read: a record counts only while those runs are among the study's current
+    cells (an edited study file changes run ids, so its old decisions are not reused)."""
     if dec.sequential is None:
         return {}
     out = {}
@@ -240,6 +249,8 @@ def frozen_records(dec: Decisions) -> dict[str, dict[str, Any]]:
                      "question": {"seeds": list(q.seeds), "diffs": list(q.diffs),
                                   "sd_floor": q.sd_floor, "margin": q.margin},
                      **_fingerprint(dec.evaluation, dec.sequential, dec.metric)}
+        if res is not None:
+            out[q.id]["runs"] = _run_ids(res, q)
     return out
 
 
@@ -279,8 +290,10 @@ def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
                  "seeds, then `transfuse study plan` gives the count")
     qs, dnl = questions(res, ev, pilot=pilot)
     fp = _fingerprint(ev, sequential, res.metric)
+    current = {r.run_id for r in res.rows}
     records = {k: r for k, r in (frozen or {}).items()
-               if sequential is not None and all(r.get(f) == v for f, v in fp.items())}
+               if sequential is not None and all(r.get(f) == v for f, v in fp.items())
+               and set(r.get("runs", ())) <= current}
     if sequential is None:
         looks, levels = [None], [ev.alpha]
     else:
