@@ -29,12 +29,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--max-dims", type=int, help="cap on SVD directions (default datapoints/5)")
     an.add_argument("--checkpoint", default="best", help="trained checkpoint: best or last")
     an.add_argument("--seed", type=int, default=0, help="image subset, positions and chance shuffle")
+    an.add_argument("--forgetting", action="store_true",
+                    help="instead: how much of the source task each run forgot — the source's head "
+                         "re-attached to the fine-tuned stem..stage k, scored on the source's test "
+                         "split, per arm over seeds, each strategy vs full fine-tuning (runs with a "
+                         "run: source; default: off)")
+    an.add_argument("--margin", type=float, default=0.01,
+                    help="--forgetting: source-task AUC margin of the verdicts (default 0.01)")
+    an.add_argument("--json", default=None, metavar="FILE",
+                    help="--forgetting: also write the curves as JSON (default: print only)")
     add_device(an, default="cpu")
     add_progress(an)
 
 
+def _forgetting(a: argparse.Namespace) -> int:
+    import json
+
+    from ..analysis.forgetting import study_forgetting
+    from ..errors import TransfuseError
+    from ..store import Store
+
+    runs, curves = study_forgetting(Store(workspace_of(a)), a.study, device=a.device,
+                                    margin=a.margin)
+    if not runs:
+        raise TransfuseError(f"study {a.study!r} has no finished run initialised from a run: source "
+                             "(a source with its own task head); nothing to measure")
+    print(f"study {a.study}: source-task macro AUC after keeping the fine-tuned stem..stage k under "
+          f"the source's head ({len(runs)} runs; mean [95 % CI] over seeds)")
+    for c in curves:
+        pts = "  ".join(f"{s} {m:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+                        for s, m, lo, hi in zip(c.stages, c.mean, c.ci_low, c.ci_high))
+        print(f"  {c.model} · n_train={c.size} · {c.arm} ({len(c.seeds)} seeds): {pts}")
+        if not c.monotone:
+            print("    not monotone within its intervals: a later stage's interval lies wholly "
+                  "above an earlier one's")
+        if c.verdict:
+            v = c.verdict
+            print(f"    vs {v['versus']} on the whole encoder: {v['verdict']} {v['mean']:+.3f} "
+                  f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] ({v['n']} seeds, margin ±{v['margin']:g})")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"study": a.study, "curves": [c.to_dict() for c in curves],
+                                            "runs": [r.__dict__ for r in runs]}, indent=2) + "\n")
+    return 0
+
+
 def _analyze(a: argparse.Namespace) -> int:
     from ..analysis.runs import AnalysisOptions, analyze_study
+
+    if a.forgetting:
+        return _forgetting(a)
 
     measures = tuple(m.strip() for m in a.measures.split(",") if m.strip())
     opts = AnalysisOptions(images=a.images, split=a.split, policy=a.policy, per_image=a.per_image,
