@@ -155,12 +155,15 @@ def _study(a: argparse.Namespace) -> int:
         rows = study_status(study, workspace=workspace_of(a), smoke=a.smoke)
         counts: dict[str, int] = {}
         lines = []
-        for spec, rid, status in rows:
+        from ..arms import arm_labels
+
+        arms = arm_labels([spec.to_dict() for spec, _, _ in rows])  # as the report labels them
+        for (spec, rid, status), arm in zip(rows, arms):
             counts[status] = counts.get(status, 0) + 1
-            lines.append([rid, status, spec.data.name, spec.model.name, spec.init.name,
+            lines.append([rid, status, spec.data.name, spec.model.name, arm,
                           _train_size(spec), str(spec.seed)])
         if a.verbose and lines:
-            lines.insert(0, ["run_id", "status", "dataset", "model", "init", "n_train", "seed"])
+            lines.insert(0, ["run_id", "status", "dataset", "model", "arm", "n_train", "seed"])
             widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
             for r in lines:
                 print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
