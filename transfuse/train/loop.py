@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainSpec
 from ..data.base import ArrayDataset, PreparedData
+from .._progress import step as report_step
 from ..errors import ConfigError, DivergedError, PreemptedError
 from .augment import make_augment
 from .device import autocast, init_distributed, resolve_device
@@ -394,6 +395,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
             seen += len(x)
             bar.update(1)
+            report_step(step)  # a study's progress bar, if one listens (transfuse._progress)
 
             if step % spec.eval_every == 0 or step == total:
                 n_since = step - (step - 1) // spec.eval_every * spec.eval_every
