@@ -135,3 +135,47 @@ def test_new_settings_keep_old_run_ids_and_are_validated():
         with pytest.raises(ConfigError, match=msg):
             TrainSpec(**bad)
     assert math.isnan(clinical.choose_threshold(P1, np.zeros(10), rule="youden"))
+
+
+# -- a two-class run end to end: runs show, predict --threshold, the export's model.json ----------
+
+def test_binary_run_shows_predicts_and_exports_its_operating_point(medmnist_dir, tmp_path, capsys):
+    import csv
+    import json
+
+    from transfuse.cli import main
+    from transfuse.deploy.export import export_run
+    from transfuse.store import Store
+
+    if not (medmnist_dir / "pneumoniamnist.npz").is_file():
+        pytest.skip("pneumoniamnist.npz not in the shared data")
+    ws = tmp_path / "ws"
+    assert main(["train", "--dataset", "medmnist:pneumoniamnist", "--data-root", str(medmnist_dir),
+                 "--n-train", "64", "--model", "cbr_tiny", "--steps", "4", "--eval-every", "2",
+                 "--batch-size", "16", "-w", str(ws), "--no-progress", "--json",
+                 "--set", "train.sampler=balanced", "--set", "train.class_weights=balanced"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    test = res["test"]
+    assert 0 < test["threshold"] < 1 and 0 <= test["ece"] <= 1 and 0 <= test["brier"] <= 1
+    assert test["balanced_acc"] == pytest.approx((test["sensitivity"] + test["specificity"]) / 2)
+    assert main(["runs", "show", res["run_id"], "-w", str(ws)]) == 0
+    out = capsys.readouterr().out
+    assert f"clinical  threshold {test['threshold']:.3f} (chosen on val)  sensitivity " in out
+    assert "arm    random · class_weights=balanced · sampler=balanced" in out
+    pred = tmp_path / "p.csv"
+    assert main(["predict", res["run_id"], "-i", "test", "-o", str(pred), "-w", str(ws),
+                 "--threshold", "val", "--no-progress"]) == 0
+    rows = list(csv.DictReader(pred.open()))
+    assert list(rows[0]) == ["input", "normal", "pneumonia", "predicted"]
+    called = [r["predicted"] == "pneumonia" for r in rows]
+    assert called == [float(r["pneumonia"]) >= test["threshold"] for r in rows]
+    # the sensitivity on test at that threshold, recomputed from predict's own output
+    with np.load(Store(ws).get_run(res["run_id"]).run_dir + "/test_predictions.npz") as z:
+        y = z["targets"]
+    assert np.mean(np.array(called)[y == 1]) == pytest.approx(test["sensitivity"], abs=1e-6)
+    meta = export_run(res["run_id"], workspace=ws, format="safetensors", out_dir=tmp_path / "m").metadata
+    op = meta["operating_point"]
+    assert op["positive_class"] == "pneumonia" and op["threshold"] == test["threshold"]
+    assert op["rule"] == "youden" and op["test"]["sensitivity"] == test["sensitivity"]
+    assert main(["predict", res["run_id"], "-i", "test", "-w", str(ws), "--threshold", "1.5"]) == 2
+    assert "--threshold '1.5' must be val or a number in (0, 1)" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from sklearn.metrics import (balanced_accuracy_score, brier_score_loss, confusio
 from ..config import parse_operating_point
 
 __all__ = ["choose_threshold", "at_threshold", "expected_calibration_error", "brier",
-           "clinical_metrics", "CLINICAL_KEYS"]
+           "clinical_metrics", "CLINICAL_KEYS", "decision_threshold", "operating_point_info"]
 
 CLINICAL_KEYS = ("threshold", "sensitivity", "specificity", "balanced_acc", "ppv", "npv", "ece",
                  "brier")
@@ -105,3 +105,41 @@ def clinical_metrics(val_probs: np.ndarray, val_targets: np.ndarray, test_probs:
     out["ece"] = expected_calibration_error(test_probs, test_targets)
     out["brier"] = brier(test_probs, test_targets)
     return out
+
+
+def decision_threshold(text: str | float, *, stored: float | None, num_classes: int) -> float:
+    """The threshold of ``predict --threshold``: ``val`` (the run's own, chosen on validation
+    and stored with its test metrics) or a number in (0, 1).
+
+    Raises:
+        ConfigError: not a two-class run, no stored threshold, or a bad value.
+    """
+    from ..errors import ConfigError
+
+    if num_classes != 2:
+        raise ConfigError(f"--threshold applies to two-class runs (positive class 1); this run "
+                          f"has {num_classes} classes: leave it out")
+    if str(text) == "val":
+        if stored is None or not math.isfinite(stored):
+            raise ConfigError("--threshold val: this run stores no validation threshold (trained "
+                              "before transfuse chose one, or its validation split has one class); "
+                              "give a number, e.g. --threshold 0.5")
+        return float(stored)
+    try:
+        t = float(text)
+    except ValueError:
+        t = math.nan
+    if not 0 < t < 1:
+        raise ConfigError(f"--threshold {text!r} must be val or a number in (0, 1), e.g. 0.4")
+    return t
+
+
+def operating_point_info(test: dict[str, float | None], *, class_names: list[str] | tuple[str, ...],
+                         rule: str) -> dict[str, object] | None:
+    """The operating point a two-class run's export carries (``model.json``), or ``None``."""
+    if len(class_names) != 2 or test.get("threshold") is None:
+        return None
+    return {"positive_class": class_names[1], "threshold": test["threshold"], "rule": rule,
+            "chosen_on": "val", "predict": "positive when probability[1] >= threshold",
+            "test": {k: test.get(k) for k in ("sensitivity", "specificity", "balanced_acc", "ppv",
+                                               "npv")}}
