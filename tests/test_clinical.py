@@ -179,3 +179,35 @@ def test_binary_run_shows_predicts_and_exports_its_operating_point(medmnist_dir,
     assert op["rule"] == "youden" and op["test"]["sensitivity"] == test["sensitivity"]
     assert main(["predict", res["run_id"], "-i", "test", "-w", str(ws), "--threshold", "1.5"]) == 2
     assert "--threshold '1.5' must be val or a number in (0, 1)" in capsys.readouterr().err
+
+
+# -- the report: operating points and calibration as extra questions with verdicts ---------------
+
+def test_report_section_judges_clinical_questions(tmp_path):
+    from scipy.stats import ttest_rel
+
+    from transfuse.config import DataSpec, ModelSpec, RunSpec
+    from transfuse.report.clinical import clinical_questions, clinical_section
+    from transfuse.store import Store
+
+    store = Store(tmp_path)
+    sens = {"random": [0.60, 0.62, 0.65], "balanced": [0.80, 0.85, 0.90]}
+    ece = {"random": [0.05, 0.07, 0.03], "balanced": [0.05, 0.06, 0.04]}
+    for arm in ("random", "balanced"):
+        for seed in range(3):
+            spec = RunSpec(data=DataSpec(name="d"), model=ModelSpec(name="cbr_tiny"), seed=seed,
+                           study="clin", train=TrainSpec(sampler=arm))
+            rid = store.start_run(spec)
+            store.finish_run(rid, step=1, summary={}, test_metrics={
+                "auc": 0.8, "sensitivity": sens[arm][seed], "specificity": 0.7,
+                "balanced_acc": 0.7, "ece": ece[arm][seed], "brier": 0.2})
+    q = {r["metric"]: r for r in clinical_questions(store, "clin")}
+    s = q["sensitivity"]
+    assert s["arm"] == "random · sampler=balanced" and s["reference"] == "random" and s["n"] == 3
+    assert s["diff"] == pytest.approx(np.mean(np.subtract(sens["balanced"], sens["random"])))
+    assert s["p"] == pytest.approx(ttest_rel(sens["balanced"], sens["random"]).pvalue)
+    assert s["verdict"] == "higher" and q["ece"]["verdict"] == "undecided"
+    assert "specificity" not in q or q["specificity"]["verdict"] == "undecided"
+    sec = clinical_section(store, "clin")
+    assert sec.title == "Operating points and calibration"
+    assert "sensitivity: random · sampler=balanced vs random" in sec.body and "higher" in sec.body
