@@ -56,3 +56,16 @@ def test_data_root_typo_creates_no_workspace(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "retinamnist.npz not found" in err
     assert not (ws / "transfuse.db").exists() and not ws.exists()
+
+
+@pytest.mark.parametrize("replace, expect", [
+    (("grid:", "gird:"), "unknown key 'gird'; did you mean grid?"),
+    (("grid:", "evaluation: {marign: 0.01}\ngrid:"),
+     "unknown key evaluation.marign; did you mean evaluation.margin?"),
+])
+def test_other_study_keys_get_a_suggestion_too(tmp_path, capsys, replace, expect):
+    f = tmp_path / "s.yaml"
+    f.write_text(STUDY.format(train="  train: {steps: 2}").replace(*replace))
+    assert main(["study", "check", str(f), "-w", str(tmp_path / "ws")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expect in err, err

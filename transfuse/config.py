@@ -577,7 +577,10 @@ def check_top_keys(raw: Any, *, path: str, what: str, allowed: tuple[str, ...],
         raise ConfigError(where(path, f"a {what} file is a mapping with keys {', '.join(allowed)}"))
     bad = sorted(set(raw) - set(allowed))
     if bad:
-        raise ConfigError(where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(allowed)}"))
+        from .errors import did_you_mean
+
+        raise ConfigError(where(path, f"unknown key {bad[0]!r}{did_you_mean(bad[0], allowed)} "
+                                      f"(valid keys: {', '.join(allowed)})"))
     for key in required:
         if key not in raw:
             raise ConfigError(where(path, f"missing key {key!r}"))

@@ -198,7 +198,9 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
         ev["auc_thresholds"] = ev.pop("dice_thresholds")
     bad = sorted(set(ev) - set(EVAL_KEYS) - set(DECISION_KEYS))
     if bad:
-        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}; valid: "
+        valid = [*EVAL_KEYS, "dice_thresholds", *DECISION_KEYS]
+        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}"
+                          f"{did_you_mean(bad[0], valid, prefix='evaluation.')}; valid: "
                           f"{', '.join(EVAL_KEYS)}, dice_thresholds, {', '.join(DECISION_KEYS)}")
     decision = Evaluation.from_dict({k: ev[k] for k in DECISION_KEYS if k in ev})
     decision.check(where=str(path))
