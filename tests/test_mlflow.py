@@ -51,3 +51,21 @@ def test_missing_mlflow_is_one_line(tmp_path, capsys, monkeypatch):
     assert err == ("error: --mlflow needs MLflow: pip install 'transfuse[mlflow]' (or "
                    "mlflow-skinny), or leave --mlflow out")
     assert not (tmp_path / "ws").exists()
+
+
+def test_study_report_is_an_artifact_of_the_study_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from transfuse.tracking import log_study_report, tracking_uri
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    report = tmp_path / "report-s.html"
+    report.write_text("<html>report</html>")
+    uri = tracking_uri(None, tmp_path / "ws")
+    assert uri == (tmp_path / "ws" / "mlruns").resolve().as_uri()  # offline default
+    first = log_study_report(uri, study="s", report=report)
+    assert log_study_report(uri, study="s", report=report) == first  # one run per study
+    client = MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(first)] == ["report-s.html"]
+    assert client.get_run(first).data.tags["transfuse.kind"] == "study"
+    assert client.get_experiment(client.get_run(first).info.experiment_id).name == "s"
