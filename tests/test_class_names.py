@@ -42,6 +42,14 @@ def _train_then_show(ws, root, flag, capsys):
 def test_3d_runs_print_class_names(tmp_path, adrenalmnist3d_npz, make_npz, capsys):
     make_npz(tmp_path / "vesselmnist3d.npz", n=(8, 6, 6), shape=(28, 28, 28), num_classes=2)
     out = _train_then_show(tmp_path / "ws", tmp_path, "vesselmnist3d", capsys)
-    assert re.search(r"vessel \d\.\d{3}", out) and re.search(r"aneurysm \d\.\d{3}", out), out
+    assert re.search(r"\(vessel \d\.\d{3}, aneurysm \d\.\d{3}\)", out), out  # in class order
     out = _train_then_show(tmp_path / "ws", adrenalmnist3d_npz.parent, "adrenalmnist3d", capsys)
-    assert re.search(r"normal \d\.\d{3}", out) and re.search(r"hyperplasia \d\.\d{3}", out), out
+    assert re.search(r"\(normal \d\.\d{3}, hyperplasia \d\.\d{3}\)", out), out
+    # the train command's own lines too (the run is stored: its results are printed again)
+    assert main(["train", "--dataset", "medmnist:adrenalmnist3d", "--data-root",
+                 str(adrenalmnist3d_npz.parent), "--n-train", "8", "--model", "cbr_tiny", "--steps",
+                 "1", "--eval-every", "1", "--batch-size", "4", "--workspace", str(tmp_path / "ws"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"test AUC \d\.\d{4} \(normal \d\.\d{3}, hyperplasia \d\.\d{3}\)", out), out
+    assert "clinical  threshold " in out and "sensitivity" in out and "ECE" in out

@@ -71,7 +71,9 @@ def _show_run(r, test: dict) -> None:
         print(f"  tune   {'  '.join(how) or 'full'}  ({ft.get('trainable_parameters', '?')} trainable "
               f"parameters)")
     if test:
-        per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in test.items() if k.startswith("auc/") and v is not None)
+        order = {n: i for i, n in enumerate(r.data_info.get("class_names") or [])}  # class order
+        per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in sorted(test.items(), key=lambda kv: (
+            order.get(kv[0][4:], len(order)), kv[0])) if k.startswith("auc/") and v is not None)
         auc, acc = test.get("auc"), test.get("acc")
         print(f"  test   AUC {auc if auc is None else f'{auc:.4f}'}  acc {acc if acc is None else f'{acc:.4f}'}  ({per})")
     if test and test.get("ece") is not None:

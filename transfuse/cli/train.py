@@ -147,9 +147,16 @@ def _train(a: argparse.Namespace) -> int:
         print(f"  test Dice {fmt(out.test['dice'])} ({per})  best step {r.summary.get('best_step')}/"
               f"{r.summary.get('steps')}  {_times(r)}")
     else:
-        print(f"  test AUC {auc:.4f}  acc {out.test.get('acc', float('nan')):.4f}  "
+        from .runs import _clinical_line
+
+        names = r.data_info.get("class_names") or []
+        per = ", ".join(f"{n} {out.test[f'auc/{n}']:.3f}" for n in names
+                        if out.test.get(f"auc/{n}") is not None)
+        print(f"  test AUC {auc:.4f} ({per})  acc {out.test.get('acc', float('nan')):.4f}  "
               f"best step {r.summary.get('best_step')}/{r.summary.get('steps')}  "
               f"{_times(r)}" if auc is not None else "  test AUC undefined")
+        if out.test.get("ece") is not None:
+            print(f"  {_clinical_line(out.test)}")
     print(f"  stored in {Path(workspace_of(a)) / 'transfuse.db'}; checkpoints in {r.run_dir}")
     return 0
 
