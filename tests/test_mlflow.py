@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,8 @@ def test_study_report_is_an_artifact_of_the_study_run(tmp_path, monkeypatch):
     report.write_text("<html>report</html>")
     uri = tracking_uri(None, tmp_path / "ws")
     assert uri == (tmp_path / "ws" / "mlruns").resolve().as_uri()  # offline default
+    assert tracking_uri("http://mlflow.lab:5000", tmp_path) == "http://mlflow.lab:5000"
+    assert tracking_uri("runs/ml", tmp_path) == (Path.cwd() / "runs/ml").resolve().as_uri()
     first = log_study_report(uri, study="s", report=report)
     assert log_study_report(uri, study="s", report=report) == first  # one run per study
     client = MlflowClient(uri)

@@ -40,8 +40,8 @@ def check_mlflow() -> None:
 def tracking_uri(arg: str | None, workspace: str | Path) -> str:
     """The tracking URI of ``--mlflow [URI]``: ``arg``, or the local file store
     ``WORKSPACE/mlruns`` when it is empty; a plain folder becomes a ``file://`` URI."""
-    if arg and "://" in arg or (arg or "").startswith(("databricks", "sqlite:")):
-        return str(arg)
+    if arg and ("://" in arg or arg.startswith(("databricks", "sqlite:", "file:"))):
+        return arg
     path = Path(arg) if arg else Path(workspace) / "mlruns"
     return path.expanduser().resolve().as_uri()
 
