@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._progress import step as report_step
 from ..config import TrainSpec
 from ..data.base import ArrayDataset, PreparedData
-from .._progress import step as report_step
 from ..errors import ConfigError, DivergedError, PreemptedError
 from .augment import make_augment
-from .device import autocast, init_distributed, resolve_device
 from .clinical import clinical_metrics
+from .device import autocast, init_distributed, resolve_device
 from .finetune import plan_finetune
 from .imbalance import (SkipBalancedSampler, balanced_class_weights, balanced_sample_weights,
                         training_targets)
