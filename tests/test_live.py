@@ -306,14 +306,14 @@ def test_runs_list_shows_long_names_whole_and_aligned(tmp_path, capsys):
     store.finish_run(short, step=2, test_metrics={"auc": 0.81234}, summary={})
     assert main(["runs", "list", "-w", str(tmp_path)]) == 0
     head, *rows = capsys.readouterr().out.splitlines()
-    assert head.split() == ["run_id", "status", "dataset", "model", "init", "seed", "test", "score"]
+    assert head.split() == ["run_id", "status", "dataset", "model", "arm", "seed", "test", "score"]
     line = {r.split()[0]: r for r in rows}
     assert line[rid].split() == [rid, "running", long_data, "cbr_tiny", long_init, "12"]
     assert line[short].split() == [short, "finished", "builtin:brain_tissue", "cbr_tiny", "random",
                                    "0", "AUC", "0.8123"]
     # left-aligned columns start where their header does
     for col, cell in (("status", "running"), ("dataset", long_data), ("model", "cbr_tiny"),
-                      ("init", long_init)):
+                      ("arm", long_init)):
         assert line[rid].index(cell) == head.index(col)
     assert line[short].index("cbr_tiny") == head.index("model")
     assert line[rid].index(" 12") + 3 == head.index("seed") + 4  # seed aligns right
@@ -325,12 +325,12 @@ def test_study_status_verbose_is_a_table(tmp_path, capsys):
     assert main(["study", "status", str(tmp_path / "s.yaml"), "-v", "-w", str(tmp_path / "ws")]) == 0
     lines = capsys.readouterr().out.splitlines()
     head, rows = lines[0], lines[1:5]
-    assert head.split() == ["run_id", "status", "dataset", "model", "init", "n_train", "seed"]
+    assert head.split() == ["run_id", "status", "dataset", "model", "arm", "n_train", "seed"]
     for r in rows:
         cells = r.split()
         assert cells[1:] == ["missing", "builtin:brain_tissue", "cbr_tiny", cells[4], "32", cells[6]]
         pos = len(cells[0])
-        for col, cell in zip(("status", "dataset", "model", "init", "n_train", "seed"), cells[1:]):
+        for col, cell in zip(("status", "dataset", "model", "arm", "n_train", "seed"), cells[1:]):
             pos = r.index(cell, pos)
             assert pos == head.index(col), (col, r)
     assert [r.split()[4] for r in rows] == ["random", "random", "transfusion:block1", "transfusion:block1"]

@@ -65,6 +65,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     ({"finetune": "lpft:10", "augment": "basic"}, [16]),  # after LP-FT's switch, augmented
     ({"finetune": "lpft:10"}, [8]),                       # before the switch
     ({"epochs": 3, "steps": None}, [12]),                 # across an epoch boundary (3 steps/epoch)
+    # issue 33: the balanced sampler's draws and early stopping's count survive a resume
+    ({"sampler": "balanced", "class_weights": "balanced", "early_stop": 2, "min_delta": 0.5}, [8, 12]),
 ])
 def test_interrupted_fit_resumes_bit_identical(brain, tmp_path, train, stops):
     spec = TrainSpec(**{"steps": 24, "eval_every": 4, "batch_size": 16, "lr": 0.05,
@@ -77,6 +79,7 @@ def test_interrupted_fit_resumes_bit_identical(brain, tmp_path, train, stops):
     model, res = _fit(brain, spec, tmp_path / "cut")
     assert res.resumed_from == stops[-1] - 2 and ref.resumed_from is None
     assert res.history == ref.history and res.test == ref.test and res.best_step == ref.best_step
+    assert res.stopped_step == ref.stopped_step == (12 if "early_stop" in train else None)
     assert _same(model.state_dict(), ref_model.state_dict())
     last = [torch.load(d / "last.pt", weights_only=True)["state_dict"] for d in (tmp_path / "ref",
                                                                                tmp_path / "cut")]

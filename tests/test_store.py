@@ -270,7 +270,7 @@ def test_export_csv_round_trip(store):
     rids = _populate(store)
     text = store.export(fmt="csv")
     reader = csv.DictReader(io.StringIO(text))
-    assert reader.fieldnames == ["run_id", "study", "status", "dataset", "model", "init", "seed",
+    assert reader.fieldnames == ["run_id", "study", "status", "dataset", "model", "init", "arm", "seed",
                                  "step", "split", "metric", "value"]
     back: dict[str, list] = {}
     statuses = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -22,6 +23,8 @@ UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
 AUGMENTS = ("none", "basic", "strong")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("random", "balanced")
 
 
 # DataSpec fields added for segmentation are left out of the JSON while they hold their default,
@@ -31,7 +34,10 @@ _SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "
 # TrainSpec fields added for fine-tuning strategies, left out of the JSON the same way.
 _FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "head_lr_mult": 1.0,
                                       "freeze_bn": False, "augment": "none",
-                                      "checkpoint_every": None, "compile": False, "preload": "auto"}
+                                      "checkpoint_every": None, "compile": False, "preload": "auto",
+                                      # issue 33: early stopping, imbalance, operating point
+                                      "early_stop": None, "min_delta": 0.0, "class_weights": "none",
+                                      "sampler": "random", "operating_point": "youden"}
 # How a run is computed, not what: left out of the run id (as data.data_root), so switching them
 # on for speed finds the runs already stored.
 _EXECUTION_KEYS = ("checkpoint_every", "compile", "preload")
@@ -69,6 +75,26 @@ def finetune_parts(value: str) -> tuple[str, str | int | None]:
             raise ConfigError(f"train.finetune={value!r}: the linear-probe phase needs >= 1 step")
         return kind, steps
     raise bad
+
+
+def parse_operating_point(text: str) -> tuple[str, float | None]:
+    """``"youden"`` → ``("youden", None)``; ``"sensitivity=0.9"`` → ``("sensitivity", 0.9)``.
+
+    Raises:
+        ConfigError: anything else, naming ``train.operating_point`` and the two forms.
+    """
+    name, eq, value = str(text).partition("=")
+    if name == "youden" and not eq:
+        return "youden", None
+    if name == "sensitivity" and eq:
+        try:
+            v = float(value)
+        except ValueError:
+            v = math.nan
+        if 0 < v <= 1:
+            return "sensitivity", v
+    raise ConfigError(f"train.operating_point={text!r} is not valid; give youden or "
+                      "sensitivity=<target in (0, 1]>, e.g. sensitivity=0.9")
 
 
 def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -244,6 +270,19 @@ class TrainSpec:
             the same batches as the data loader, without its per-example collation; ``always``
             insists (an error when it does not fit or the data is not in memory), ``never``
             keeps the data loader. Not part of the run id.
+        early_stop: stop after this many evaluations without the validation score (AUC, Dice)
+            improving by more than ``min_delta`` over its best (``None``: train every step);
+            the step it stopped at is the run's ``stopped_step``.
+        min_delta: the improvement ``early_stop`` asks for.
+        class_weights: ``balanced`` weighs each class's loss by ``n / (K × n_class)``
+            (multi-label: positives by ``n_negative / n_positive``), as scikit-learn's
+            ``class_weight="balanced"``; ``none`` weighs every example alike.
+        sampler: ``balanced`` draws training examples with replacement, each class equally
+            often (single-label data); ``random`` shuffles each epoch.
+        operating_point: how the decision threshold of a two-class run is chosen on the
+            validation split: ``youden`` (max sensitivity + specificity − 1) or
+            ``sensitivity=0.9`` (the highest threshold reaching that sensitivity); test metrics
+            at that threshold are stored with the run (see :mod:`transfuse.train.clinical`).
     """
 
     steps: int | None = 200
@@ -266,8 +305,21 @@ class TrainSpec:
     checkpoint_every: int | None = None
     compile: bool = False
     preload: str = "auto"
+    early_stop: int | None = None
+    min_delta: float = 0.0
+    class_weights: str = "none"
+    sampler: str = "random"
+    operating_point: str = "youden"
 
     def __post_init__(self) -> None:
+        _check_choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
+        _check_choice("train.sampler", self.sampler, SAMPLERS)
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ConfigError(f"train.early_stop={self.early_stop} must be >= 1 evaluations "
+                              "(or leave it out: no early stopping)")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"train.min_delta={self.min_delta} must be >= 0")
+        parse_operating_point(self.operating_point)
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.augment", self.augment, AUGMENTS)
         _check_choice("train.preload", self.preload, PRELOADS)
@@ -390,17 +442,45 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
     types = {f.name: f.type for f in fields(cls)}
+    prefix = "" if where == "run" else f"{where}."
     unknown = sorted(set(d) - set(types))
     if unknown:
-        raise ConfigError(
-            f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(types))}"
-        )
-    prefix = "" if where == "run" else f"{where}."
+        from .errors import did_you_mean
+
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}"
+                          f"{did_you_mean(unknown[0], list(types), prefix=prefix)} "
+                          f"(valid keys: {', '.join(sorted(types))})")
     d = {k: _typed(v, str(types[k]), f"{prefix}{k}") for k, v in d.items()}
     try:
         return cls(**d)
     except TypeError as e:  # missing required field
         raise ConfigError(f"{where}: {e}") from None
+
+
+def check_spec_keys(d: Any, *, where: str) -> None:
+    """Refuse an unknown key anywhere in a run-spec mapping, named as written (``base.trian``)
+    with the closest valid key (``did you mean base.train?``); values are not checked here.
+
+    Raises:
+        ConfigError: ``"unknown key base.train.eval_evry; did you mean base.train.eval_every? ..."``.
+    """
+    from .errors import did_you_mean
+
+    if not isinstance(d, dict):
+        return
+    sections = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
+    top = [f.name for f in fields(RunSpec)]
+    for key, sub in d.items():
+        if key not in top:
+            raise ConfigError(f"unknown key {where}.{key}{did_you_mean(key, top, prefix=where + '.')} "
+                              f"(valid {where} keys: {', '.join(top)})")
+        if key in sections and isinstance(sub, dict):
+            names = [f.name for f in fields(sections[key])]
+            for k in sub:
+                if k not in names:
+                    at = f"{where}.{key}"
+                    raise ConfigError(f"unknown key {at}.{k}{did_you_mean(k, names, prefix=at + '.')}"
+                                      f" (valid {at} keys: {', '.join(names)})")
 
 
 def spec_from_dict(d: dict[str, Any]) -> RunSpec:
@@ -497,7 +577,10 @@ def check_top_keys(raw: Any, *, path: str, what: str, allowed: tuple[str, ...],
         raise ConfigError(where(path, f"a {what} file is a mapping with keys {', '.join(allowed)}"))
     bad = sorted(set(raw) - set(allowed))
     if bad:
-        raise ConfigError(where(path, f"unknown key {bad[0]!r}; valid keys: {', '.join(allowed)}"))
+        from .errors import did_you_mean
+
+        raise ConfigError(where(path, f"unknown key {bad[0]!r}{did_you_mean(bad[0], allowed)} "
+                                      f"(valid keys: {', '.join(allowed)})"))
     for key in required:
         if key not in raw:
             raise ConfigError(where(path, f"missing key {key!r}"))

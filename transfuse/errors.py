@@ -84,3 +84,14 @@ class PreemptedError(TransfuseError):
     def __init__(self, message: str, *, step: int = 0) -> None:
         super().__init__(message)
         self.step = step
+
+
+def did_you_mean(key: str, valid: "list[str] | tuple[str, ...]", *, prefix: str = "") -> str:
+    """``"; did you mean base.train?"`` for the valid key closest to ``key`` (``""`` if none is).
+
+    ``prefix`` is put before the suggestion, so it names the key where it was written.
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""

@@ -225,13 +225,16 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
             raise ConfigError("data.normalize=source needs a pretrained source that declares its "
                               "mean/std (--source); use data.normalize=data otherwise")
         norm = (source.mean, source.std)
-    store = Store(workspace)
     rid = run_id(spec)
-    if store.status(rid) == "finished":
+    # A new workspace's store is made only once the input is known good (a --data-root typo
+    # must not leave an empty transfuse.db behind); an existing one answers "finished?" first.
+    store = Store(workspace) if (Path(workspace) / "transfuse.db").is_file() else None
+    if store is not None and store.status(rid) == "finished":
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
     data = load_dataset(spec.data, norm=norm)
     dims = check_compatible(spec, data)
     check_sizes(spec, data)
+    store = store or Store(workspace)
 
     dev = resolve_device(device)
     seed_everything(spec.seed)
@@ -265,7 +268,9 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
                 "step_seconds": round(result.train_seconds / max(result.steps, 1), 5),
                 "examples_per_second": round(result.examples_per_second, 1),
                 # this attempt continued a killed one from its mid-run checkpoint at that step
-                "resumed_from": result.resumed_from})
+                "resumed_from": result.resumed_from,
+                # train.early_stop ended it here (only then: older summaries keep their keys)
+                **({"stopped_step": result.stopped_step} if result.stopped_step else {})})
     except BaseException as e:
         if not main:
             raise

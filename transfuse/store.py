@@ -527,17 +527,20 @@ class Store:
 
     def export(self, *, fmt: str = "csv", study: str | None = None) -> str:
         """All metrics of the selected runs as long-format CSV or JSON (one record per value)."""
+        from .arms import arm_labels
+
         rows = []
-        for r in self.list_runs(study=study):
+        runs = self.list_runs(study=study)
+        for r, arm in zip(runs, arm_labels([r.spec for r in runs])):
             for step, split, name, value in self.metrics(r.run_id):
                 rows.append({"run_id": r.run_id, "study": r.study, "status": r.status,
                              "dataset": r.spec["data"]["name"], "model": r.spec["model"]["name"],
-                             "init": r.spec["init"]["name"], "seed": r.spec["seed"],
+                             "init": r.spec["init"]["name"], "arm": arm, "seed": r.spec["seed"],
                              "step": step, "split": split, "metric": name, "value": value})
         if fmt == "json":
             return json.dumps(rows, indent=1)
         buf = io.StringIO()
-        cols = ["run_id", "study", "status", "dataset", "model", "init", "seed", "step", "split",
+        cols = ["run_id", "study", "status", "dataset", "model", "init", "arm", "seed", "step", "split",
                 "metric", "value"]
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()

@@ -52,6 +52,13 @@ def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
 
 
+def add_mlflow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                   help="also log to MLflow when done: parameters, metrics at every evaluation, "
+                        "test metrics, checkpoint (needs pip install 'transfuse[mlflow]'); without "
+                        "URI the local file store WORKSPACE/mlruns (default: off)")
+
+
 def add_tensorboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard events to WORKSPACE/tensorboard/RUN_ID/ (needs "

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DATASET:SPLIT / split input: folder with the dataset files (default: the "
                         "run's data root, else $TRANSFUSE_DATA)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--threshold", default=None, metavar="val|P",
+                   help="two-class runs: add a predicted column, class 1 where its probability is "
+                        ">= the threshold chosen on validation (val) or P (default: probabilities only)")
     add_workspace(p, help="the workspace the run was trained in")
     add_device(p)
     add_progress(p)
@@ -52,7 +55,8 @@ def _predict(a: argparse.Namespace) -> int:
 
     res = predict_run(a.run_id, input=a.input, workspace=workspace_of(a), output=a.output,
                       checkpoint=a.checkpoint, device=a.device, batch_size=a.batch_size,
-                      path_column=a.path_column, data_root=a.data_root, progress=not a.no_progress)
+                      path_column=a.path_column, data_root=a.data_root, progress=not a.no_progress,
+                      threshold=a.threshold)
     n = len(res.inputs)
     if res.task == "segmentation":
         print(f"label maps: {n} volume(s) -> {res.output.resolve()} (table: {res.table.name})")

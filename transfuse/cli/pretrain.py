@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import HelpFormatter, add_device, add_overrides, add_progress, add_workspace, workspace_of
+from ._common import (HelpFormatter, add_device, add_mlflow, add_overrides, add_progress,
+                      add_workspace, workspace_of)
 
 __all__ = ["add_parser"]
 
@@ -24,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a few steps on tiny patches, for CI (default: the full pretraining)")
     add_device(q)
     add_progress(q)
+    add_mlflow(q)
     add_overrides(q, what="the pretraining file", example="--set steps=500 --set lr=0.02 "
                   "--set datasets[0].weight=2")
     q = ps.add_parser("ssl", help="self-supervised pretraining on unlabelled images (simclr, byol, "
@@ -40,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: skip the same config, refuse another one)")
     add_device(q)
     add_progress(q)
+    add_mlflow(q)
     add_overrides(q, what="the SSL file", example="--set steps=500 --set lr=0.0005 "
                   "--set data.image_size=64")
 
@@ -54,9 +57,11 @@ def _pretrain(a: argparse.Namespace) -> int:
     else:
         spec = load_pretrain(a.file)
     spec = spec.shrink() if a.smoke else spec
+    _check_mlflow(a)
     out = pretrain_med3d(spec, out_dir=a.out or default_out_dir(spec, workspace_of(a)),
                          device=a.device, progress=not a.no_progress)
     s = out.summary
+    _log_mlflow(a, spec, out)
     print(json.dumps({"name": s["name"], "out": str(out.out_dir), "steps": s["steps"],
                       "seconds": s["seconds"], "use": s["use"],
                       "val_dice": {d["name"]: d["final_dice"] for d in s["datasets"]}}))
@@ -73,13 +78,33 @@ def _ssl(a: argparse.Namespace) -> int:
 
         spec = load_ssl(a.file)  # parsed and checked before torch loads
     spec = spec.shrink() if a.smoke else spec
+    _check_mlflow(a)
     from ..pretrain.ssl import default_out_dir, pretrain_ssl
 
     out = pretrain_ssl(spec, out_dir=a.out or default_out_dir(spec, workspace_of(a)),
                        device=a.device, progress=not a.no_progress, force=a.force)
     s = out.summary
+    _log_mlflow(a, spec, out)
     print(json.dumps({"name": s["name"], "out": str(out.out_dir), "skipped": out.skipped,
                       "method": s["method"], "model": s["model"], **s["cost"],
                       "loss_first10": s["loss_first10"], "loss_last10": s["loss_last10"],
                       "use": s["use"]}))
     return 0
+
+
+def _check_mlflow(a: argparse.Namespace) -> None:
+    if a.mlflow is not None:
+        from ..tracking import check_mlflow
+
+        check_mlflow()
+
+
+def _log_mlflow(a: argparse.Namespace, spec, out) -> None:
+    """``--mlflow``: the pretraining's config, summary numbers and encoder, to MLflow."""
+    if a.mlflow is None:
+        return
+    from ..tracking import log_pretraining, tracking_uri
+
+    s = out.summary
+    log_pretraining(tracking_uri(a.mlflow, workspace_of(a)), name=str(s["name"]),
+                    config=spec.to_dict(), summary=s, out_dir=out.out_dir)

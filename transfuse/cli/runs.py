@@ -58,6 +58,9 @@ def _show_run(r, test: dict) -> None:
     print(f"  model  {sp['model']['name']} ({r.model_info.get('spatial_dims')}D, "
           f"{r.model_info.get('parameters', '?')} parameters)")
     print(f"  init   {sp['init']['name']}" + (f"  source {sp['init']['source']}" if sp['init'].get('source') else ""))
+    from ..arms import arm_label
+
+    print(f"  arm    {arm_label(sp, {sp['init']['name']})}")
     t = sp["train"]
     print(f"  train  {t['steps'] or str(t['epochs']) + ' epochs'} steps  lr {t['lr']}  {t['optimizer']}/"
           f"{t['schedule']}  batch {t['batch_size']}  seed {sp['seed']}")
@@ -68,9 +71,13 @@ def _show_run(r, test: dict) -> None:
         print(f"  tune   {'  '.join(how) or 'full'}  ({ft.get('trainable_parameters', '?')} trainable "
               f"parameters)")
     if test:
-        per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in test.items() if k.startswith("auc/") and v is not None)
+        order = {n: i for i, n in enumerate(r.data_info.get("class_names") or [])}  # class order
+        per = ", ".join(f"{k[4:]} {v:.3f}" for k, v in sorted(test.items(), key=lambda kv: (
+            order.get(kv[0][4:], len(order)), kv[0])) if k.startswith("auc/") and v is not None)
         auc, acc = test.get("auc"), test.get("acc")
         print(f"  test   AUC {auc if auc is None else f'{auc:.4f}'}  acc {acc if acc is None else f'{acc:.4f}'}  ({per})")
+    if test and test.get("ece") is not None:
+        print("  " + _clinical_line(test))
     if r.summary:
         print(f"  best step {r.summary.get('best_step')}  train {r.summary.get('train_seconds')} s  "
               f"wall {_seconds(r.wall_seconds)} s  {r.summary.get('examples_per_second')} ex/s"
@@ -92,6 +99,18 @@ def _show_run(r, test: dict) -> None:
         for stage, acts in stages.items():
             print(f"    {stage:<10} " + ", ".join(f"{n} {k}" for k, n in sorted(acts.items())))
     print(f"  checkpoints {r.run_dir}  (full record: transfuse runs show {r.run_id} --json)")
+
+
+def _clinical_line(test: dict[str, float | None]) -> str:
+    """``clinical  threshold 0.41 (chosen on val)  sensitivity 0.905  specificity 0.781 …``."""
+    f = lambda v: "undefined" if v is None else f"{v:.3f}"  # noqa: E731  (NaN is stored as None)
+    parts = []
+    if "threshold" in test:
+        parts.append(f"threshold {f(test['threshold'])} (chosen on val)")
+        parts += [f"{k.replace('_', ' ')} {f(test.get(k))}" for k in
+                  ("sensitivity", "specificity", "balanced_acc", "ppv", "npv")]
+    parts += [f"ECE {f(test.get('ece'))}", f"Brier {f(test.get('brier'))}"]
+    return "clinical  " + "  ".join(parts)
 
 
 def _num(name: str, v: float | None) -> str:
@@ -152,10 +171,13 @@ def _seconds(v: float | None) -> str:
 
 def _list(store, study: str | None) -> None:
     runs = store.list_runs(study=study)
-    header = ["run_id", "status", "dataset", "model", "init", "seed", "test score"]
+    from ..arms import arm_labels
+
+    header = ["run_id", "status", "dataset", "model", "arm", "seed", "test score"]
     rows = []
     stale = 0
-    for r in runs:
+    arms = arm_labels([r.spec for r in runs])  # init · source · fine-tuning …, as the report
+    for r, arm in zip(runs, arms):
         score = ""
         if r.status == "finished":  # AUC, or mean foreground Dice for segmentation runs
             final = store.final_metrics(r.run_id)
@@ -165,7 +187,7 @@ def _list(store, study: str | None) -> None:
         state = r.state
         stale += state == "stale"
         rows.append([r.run_id, state, r.spec["data"]["name"], r.spec["model"]["name"],
-                     r.spec["init"]["name"], str(r.spec["seed"]), score])
+                     arm, str(r.spec["seed"]), score])
     # every column as wide as its longest entry: nothing is cut; seed and score align right
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for line in [header, *rows]:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TransfuseError, check_name
-from ._common import (HelpFormatter, add_device, add_overrides, add_progress, add_tensorboard,
-                      add_workspace, workspace_of)
+from ._common import (HelpFormatter, add_device, add_mlflow, add_overrides, add_progress,
+                      add_tensorboard, add_workspace, workspace_of)
 
 __all__ = ["add_parser"]
 
@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             add_device(q)
             add_progress(q)
             add_tensorboard(q)
+            add_mlflow(q)
             q.add_argument("--report", nargs="?", const="", default=None, metavar="HTML",
                            help="then write the study report to HTML (without a value: WORKSPACE/report-STUDY.html; "
                                  "default: no report)")
@@ -170,12 +171,15 @@ def _study(a: argparse.Namespace) -> int:
         rows = study_status(study, workspace=workspace_of(a), smoke=a.smoke)
         counts: dict[str, int] = {}
         lines = []
-        for spec, rid, status in rows:
+        from ..arms import arm_labels
+
+        arms = arm_labels([spec.to_dict() for spec, _, _ in rows])  # as the report labels them
+        for (spec, rid, status), arm in zip(rows, arms):
             counts[status] = counts.get(status, 0) + 1
-            lines.append([rid, status, spec.data.name, spec.model.name, spec.init.name,
+            lines.append([rid, status, spec.data.name, spec.model.name, arm,
                           _train_size(spec), str(spec.seed)])
         if a.verbose and lines:
-            lines.insert(0, ["run_id", "status", "dataset", "model", "init", "n_train", "seed"])
+            lines.insert(0, ["run_id", "status", "dataset", "model", "arm", "n_train", "seed"])
             widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
             for r in lines:
                 print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -185,6 +189,10 @@ def _study(a: argparse.Namespace) -> int:
         return 0
     if a.study_cmd == "plan":
         return _plan(a, study)
+    if a.mlflow is not None:
+        from ..tracking import check_mlflow
+
+        check_mlflow()  # before any run: a missing package is bad input
     if a.until_decided:
         if a.smoke:
             raise ConfigError("--until-decided needs the real study: a --smoke study is a pilot "
@@ -195,8 +203,7 @@ def _study(a: argparse.Namespace) -> int:
                                batch=a.seed_batch, workers=a.workers, executor=a.executor,
                                address=a.address, device=a.device, progress=not a.no_progress,
                                tensorboard=a.tensorboard, placement=_placement(a))
-        for o in ad.outcomes[-1:]:
-            _print_outcome(o, a)
+        _print_outcome(_whole_call(ad.outcomes), a)  # what this call trained, over every look
         for line in describe(ad):
             print(line)
         name, ok = ad.study, ad.ok
@@ -214,5 +221,38 @@ def _study(a: argparse.Namespace) -> int:
         from ..report.study import build_report
 
         dest = a.report or str(Path(workspace_of(a)) / f"report-{check_name(name, field='study')}.html")
-        print(f"report: {build_report(workspace=workspace_of(a), study=name, out=dest).resolve()}")
+        report = build_report(workspace=workspace_of(a), study=name, out=dest).resolve()
+        print(f"report: {report}")
+    if a.mlflow is not None:
+        _log_mlflow(a, name, report if a.report is not None else None)
     return 0 if ok else 1
+
+
+def _whole_call(outcomes: list) -> Any:
+    """The looks of an adaptive call as one outcome: runs trained by any look, runs already
+    finished before the call (a later look's "skipped" holds the earlier looks' runs)."""
+    from ..study.runner import StudyOutcome
+
+    last = outcomes[-1]
+    out = StudyOutcome(study=last.study, total=last.total, busy=list(last.busy),
+                       preempted=list(last.preempted))
+    for o in outcomes:
+        out.finished += o.finished
+        out.failed.update(o.failed)
+    out.skipped = [r for r in outcomes[0].skipped]
+    return out
+
+
+def _log_mlflow(a: argparse.Namespace, study: str, report: Path | None) -> None:
+    """``--mlflow``: every finished run of the study (those not logged yet) and its report."""
+    from ..store import Store
+    from ..tracking import log_run, log_study_report, tracking_uri
+
+    uri = tracking_uri(a.mlflow, workspace_of(a))
+    store = Store(workspace_of(a))
+    runs = [r for r in store.list_runs(study=study) if r.status == "finished"]
+    for r in runs:
+        log_run(store, r.run_id, uri=uri)
+    if report is not None:
+        log_study_report(uri, study=study, report=report)
+    print(f"mlflow: {len(runs)} runs of study {study} in {uri}")

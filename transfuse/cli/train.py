@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import (HelpFormatter, add_device, add_overrides, add_progress, add_tensorboard,
-                      add_workspace, workspace_of)
+from ._common import (HelpFormatter, add_device, add_mlflow, add_overrides, add_progress,
+                      add_tensorboard, add_workspace, workspace_of)
 
 __all__ = ["add_parser"]
 
@@ -69,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     add_progress(p)
     add_tensorboard(p)
+    add_mlflow(p)
     add_overrides(p, what="the run spec, applied on top of the flags above")
     p.add_argument("--json", action="store_true", help="print the result as JSON (default: readable lines)")
 
@@ -118,10 +119,20 @@ def _train(a: argparse.Namespace) -> int:
         from ..overrides import override_run
 
         spec = override_run(spec, sets=a.set)
+    if a.mlflow is not None:
+        from ..tracking import check_mlflow
+
+        check_mlflow()  # before training: a missing package is bad input
     out = train_run(spec, workspace=workspace_of(a), device=a.device, progress=not a.no_progress,
                     tensorboard=a.tensorboard)
     if out.record is None:  # a non-zero DDP rank: rank 0 reports
         return 0
+    if a.mlflow is not None:
+        from ..store import Store
+        from ..tracking import log_run, tracking_uri
+
+        log_run(Store(workspace_of(a)), out.record.run_id,
+                uri=tracking_uri(a.mlflow, workspace_of(a)))
     if a.json:
         print(json.dumps({"run_id": out.record.run_id, "skipped": out.skipped, "test": out.test}))
         return 0
@@ -136,9 +147,16 @@ def _train(a: argparse.Namespace) -> int:
         print(f"  test Dice {fmt(out.test['dice'])} ({per})  best step {r.summary.get('best_step')}/"
               f"{r.summary.get('steps')}  {_times(r)}")
     else:
-        print(f"  test AUC {auc:.4f}  acc {out.test.get('acc', float('nan')):.4f}  "
+        from .runs import _clinical_line
+
+        names = r.data_info.get("class_names") or []
+        per = ", ".join(f"{n} {out.test[f'auc/{n}']:.3f}" for n in names
+                        if out.test.get(f"auc/{n}") is not None)
+        print(f"  test AUC {auc:.4f} ({per})  acc {out.test.get('acc', float('nan')):.4f}  "
               f"best step {r.summary.get('best_step')}/{r.summary.get('steps')}  "
               f"{_times(r)}" if auc is not None else "  test AUC undefined")
+        if out.test.get("ece") is not None:
+            print(f"  {_clinical_line(out.test)}")
     print(f"  stored in {Path(workspace_of(a)) / 'transfuse.db'}; checkpoints in {r.run_dir}")
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import DataSpec
 from ..errors import ConfigError, DataError
+from ._medmnist_classes import MEDMNIST_LABELS
 from .base import SplitArrays
 from .registry import RawData, register_dataset
 
@@ -44,15 +45,13 @@ MEDMNIST_INFO: dict[str, tuple[str, int, int, int, str]] = {
     "synapsemnist3d": ("multiclass", 2, 1, 3, "synapse type, 3D electron microscopy"),
 }
 
+# Class names for every flag: the table generated from the ``medmnist`` package's INFO
+# (tools/medmnist_classes.py), except two names transfuse gave before that table existed and that
+# stored runs' metric keys use.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "pneumoniamnist": ("normal", "pneumonia"),
+    **MEDMNIST_LABELS,
     "retinamnist": ("grade0", "grade1", "grade2", "grade3", "grade4"),
-    "adrenalmnist3d": ("normal", "hyperplasia"),
     "breastmnist": ("malignant", "normal_or_benign"),
-    "chestmnist": (
-        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia",
-    ),
 }
 
 SIZES_2D = (28, 64, 128, 224)
@@ -115,7 +114,7 @@ def _check_shapes(path: Path, split: str, images: np.ndarray, labels: np.ndarray
 def load_medmnist(spec: DataSpec, arg: str) -> RawData:
     """Read the official train/val/test splits of one MedMNIST file."""
     flag, size = parse_arg(arg)
-    task, n_classes, channels, sdims, desc = MEDMNIST_INFO[flag]
+    task, _, channels, sdims, desc = MEDMNIST_INFO[flag]
     path = medmnist_path(data_root(spec), flag, size)
     if not path.is_file():
         raise DataError(
@@ -149,7 +148,7 @@ def load_medmnist(spec: DataSpec, arg: str) -> RawData:
         if task == "multiclass":
             labels = labels.reshape(len(labels), -1)[:, 0].astype(np.int64)
         out[split] = SplitArrays(images, labels, origin=str(path))
-    names = CLASS_NAMES.get(flag, tuple(str(i) for i in range(n_classes)))
+    names = CLASS_NAMES[flag]
     return RawData(
         task=task, class_names=names, spatial_dims=sdims, splits=out,
         source=f"MedMNIST v2 {flag} ({path})", license="CC BY 4.0",

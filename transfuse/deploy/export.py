@@ -22,8 +22,10 @@ the activation that gives probabilities.
 builder options), ``task``, ``class_names``, ``input`` (shape, channels, spatial dims, dtype,
 value range, dynamic axes), ``normalization`` (per-channel mean/std), ``preprocessing`` (image
 size / channels, or spacing and sliding window for segmentation), ``output``, ``init`` and
-``source`` (provenance of the initial weights), ``dataset``, ``test_metrics``, ``check``,
-``transfuse_version``, ``torch_version``, ``exported``.
+``source`` (provenance of the initial weights), ``dataset``, ``test_metrics``,
+``operating_point`` (two-class runs: the threshold chosen on validation, the positive class and
+the test metrics at it; otherwise ``null``), ``check``, ``transfuse_version``, ``torch_version``,
+``exported``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, ModelError
+from ..train.clinical import operating_point_info
 from ._run import DeployedRun, load_run
 
 __all__ = ["FORMATS", "FILES", "ONNX_TOL", "TORCH_TOL", "OPSET", "SCHEMA", "ExportResult",
@@ -273,6 +276,10 @@ def model_metadata(run: DeployedRun, *, format: str, check: dict[str, Any]) -> d
         "dataset": {"name": info.get("name"), "source": info.get("source"),
                     "license": info.get("license"), "split_sizes": info.get("split_sizes")},
         "test_metrics": dict(run.test_metrics),
+        # two-class runs: the decision threshold chosen on validation, and the test at it
+        "operating_point": operating_point_info(
+            dict(run.test_metrics), class_names=list(run.class_names),
+            rule=(rec.spec.get("train") or {}).get("operating_point", "youden")),
         "check": check,
         "transfuse_version": __version__,
         "torch_version": torch.__version__,

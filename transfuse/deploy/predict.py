@@ -138,7 +138,8 @@ def parse_input(text: str) -> PredictInput:
 def predict_run(run_id: str, *, input: str | PredictInput, workspace: str | Path,
                 output: str | Path | None = None, checkpoint: str = "best",
                 device: str | None = None, batch_size: int = 256, path_column: str = "path",
-                data_root: str | None = None, progress: bool = True) -> Prediction:
+                data_root: str | None = None, progress: bool = True,
+                threshold: str | float | None = None) -> Prediction:
     """Predict with a finished run's model and write the results.
 
     Args:
@@ -154,6 +155,8 @@ def predict_run(run_id: str, *, input: str | PredictInput, workspace: str | Path
         path_column: CSV input: the column with the file paths.
         data_root: dataset-split inputs: folder of the dataset files instead of the run's.
         progress: show a progress bar.
+        threshold: two-class runs: add a ``predicted`` column, class 1 where its probability
+            is at least this — ``"val"`` (the threshold chosen on validation) or a number.
 
     Returns:
         :class:`Prediction`.
@@ -167,6 +170,11 @@ def predict_run(run_id: str, *, input: str | PredictInput, workspace: str | Path
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
     inp = input if isinstance(input, PredictInput) else parse_input(input)
     run = load_run(run_id, workspace=workspace, checkpoint=checkpoint)
+    from ..train.clinical import decision_threshold
+
+    thr = None if threshold is None else decision_threshold(  # checked before any image is read
+        threshold, stored=run.test_metrics.get("threshold"),
+        num_classes=len(run.class_names) if run.task == "multiclass" else 0)
     from ..train.device import resolve_device
 
     dev = resolve_device(device)
@@ -175,7 +183,8 @@ def predict_run(run_id: str, *, input: str | PredictInput, workspace: str | Path
         return _predict_segmentation(run, inp, output=output, device=dev, path_column=path_column,
                                      data_root=data_root, progress=progress)
     return _predict_classification(run, inp, output=output, device=dev, batch_size=batch_size,
-                                   path_column=path_column, data_root=data_root, progress=progress)
+                                   path_column=path_column, data_root=data_root, progress=progress,
+                                   threshold=thr)
 
 
 # -- shared ---------------------------------------------------------------------------------------
@@ -351,7 +360,8 @@ def _image_batches(run: DeployedRun, files: list[tuple[str, Path]], size: int,
 
 def _predict_classification(run: DeployedRun, inp: PredictInput, *, output: str | Path | None,
                             device: torch.device, batch_size: int, path_column: str,
-                            data_root: str | None, progress: bool) -> Prediction:
+                            data_root: str | None, progress: bool,
+                            threshold: float | None = None) -> Prediction:
     model = run.model
     if inp.kind in ("split", "dataset"):
         ds = _dataset(run, inp, data_root).split(inp.split)
@@ -383,7 +393,11 @@ def _predict_classification(run: DeployedRun, inp: PredictInput, *, output: str 
     if out.is_dir():
         out = out / f"predictions-{run.run_id}.csv"
     header = ["input", *run.class_names]
-    _atomic_csv(out, header, [[n, *map(_num, row)] for n, row in zip(names, probs)])
+    rows = [[n, *map(_num, row)] for n, row in zip(names, probs)]
+    if threshold is not None:  # two classes: the label at the decision threshold
+        header.append("predicted")
+        rows = [[*r, run.class_names[int(p[1] >= threshold)]] for r, p in zip(rows, probs)]
+    _atomic_csv(out, header, rows)
     return Prediction(run.run_id, run.task, out, tuple(names), probs.astype(np.float32), (), out)
 
 

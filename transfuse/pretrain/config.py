@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import OPTIMIZERS, DataSpec, check_top_keys, read_yaml_file
 from ..config import where as _where
-from ..errors import ConfigError, check_name
+from ..errors import ConfigError, check_name, did_you_mean
 
 __all__ = ["DatasetEntry", "PretrainSpec", "load_pretrain", "pretrain_from_dict", "SMOKE",
            "MIN_PATCH"]
@@ -107,8 +107,9 @@ def _entry(i: int, e: Any, spec: dict[str, Any], path: str) -> DatasetEntry:
         raise ConfigError(_where(path, f"{where} must be a mapping with keys data and weight"))
     bad = sorted(set(e) - set(ENTRY_KEYS))
     if bad:
-        raise ConfigError(_where(path, f"unknown key {where}.{bad[0]}; valid keys: "
-                                       f"{', '.join(ENTRY_KEYS)}"))
+        raise ConfigError(_where(path, f"unknown key {where}.{bad[0]}"
+                                       f"{did_you_mean(bad[0], ENTRY_KEYS, prefix=where + '.')}"
+                                       f" (valid keys: {', '.join(ENTRY_KEYS)})"))
     if "data" not in e:
         raise ConfigError(_where(path, f"missing key {where}.data"))
     data = e["data"]
@@ -120,8 +121,9 @@ def _entry(i: int, e: Any, spec: dict[str, Any], path: str) -> DatasetEntry:
     names = set(DataSpec.__dataclass_fields__)
     bad = sorted(set(data) - names)
     if bad:
-        raise ConfigError(_where(path, f"unknown key {where}.data.{bad[0]}; valid keys: "
-                                       f"{', '.join(sorted(names))}"))
+        raise ConfigError(_where(path, f"unknown key {where}.data.{bad[0]}"
+                                       f"{did_you_mean(bad[0], sorted(names), prefix=where + '.data.')}"
+                                       f" (valid keys: {', '.join(sorted(names))})"))
     if "name" not in data:
         raise ConfigError(_where(path, f"missing key {where}.data.name"))
     data = dict(data)

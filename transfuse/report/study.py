@@ -33,7 +33,8 @@ __all__ = ["build_report", "verdict_rows", "VERDICT_HEADERS", "EXTRA_SECTION_MOD
 FORMATS = ("html", "json")
 # Modules of later stages that register report sections; missing ones are simply not there yet.
 EXTRA_SECTION_MODULES = ("transfuse.analysis.report", "transfuse.report.segmentation",
-                         "transfuse.selftrain.report", "transfuse.pretrain.report")
+                         "transfuse.selftrain.report", "transfuse.pretrain.report",
+                         "transfuse.report.clinical")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..config import RunSpec, TrainSpec, check_top_keys, read_yaml_file, run_id, spec_from_dict
 from ..config import where as _where
-from ..errors import ConfigError, check_name
+from ..errors import ConfigError, check_name, did_you_mean
 from .noise import NoiseSpec
 from .pseudo import PseudoSpec
 
@@ -114,7 +114,9 @@ def _dataclass(cls: type, d: Any, path: str, key: str) -> Any:
     names = [f.name for f in fields(cls)]
     bad = sorted(set(d) - set(names))
     if bad:
-        raise ConfigError(_where(path, f"unknown key {key}.{bad[0]}; valid keys: {', '.join(names)}"))
+        raise ConfigError(_where(path, f"unknown key {key}.{bad[0]}"
+                                       f"{did_you_mean(bad[0], names, prefix=key + '.')} "
+                                       f"(valid keys: {', '.join(names)})"))
     try:
         return cls(**d)
     except TypeError as e:
@@ -162,14 +164,18 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
     student = _mapping(raw.get("student"), _where(path, "student"))
     bad = sorted(set(student) - set(STUDENT_KEYS))
     if bad:
-        raise ConfigError(_where(path, f"unknown key student.{bad[0]}; valid keys: {', '.join(STUDENT_KEYS)}"))
+        raise ConfigError(_where(path, f"unknown key student.{bad[0]}"
+                                       f"{did_you_mean(bad[0], STUDENT_KEYS, prefix='student.')} "
+                                       f"(valid keys: {', '.join(STUDENT_KEYS)})"))
     baselines = raw.get("baselines", list(BASELINES)) or []
     if not isinstance(baselines, list) or any(b not in BASELINES for b in baselines):
         raise ConfigError(_where(path, f"baselines must be a list of {', '.join(BASELINES)}"))
     smoke = _mapping(raw.get("smoke"), _where(path, "smoke"))
     bad = sorted(set(smoke) - set(SMOKE))
     if bad:
-        raise ConfigError(_where(path, f"unknown key smoke.{bad[0]}; valid keys: {', '.join(SMOKE)}"))
+        raise ConfigError(_where(path, f"unknown key smoke.{bad[0]}"
+                                       f"{did_you_mean(bad[0], list(SMOKE), prefix='smoke.')} "
+                                       f"(valid keys: {', '.join(SMOKE)})"))
     finetune = student.pop("finetune", None)
     chain = ChainSpec(
         name=name.strip(), base=base, labelled_fraction=float(frac), generations=gens,

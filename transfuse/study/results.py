@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arms import arm_label, arm_labels
 from ..errors import TransfuseError
 from ..store import RunRecord, Store
 from .convergence import Convergence, convergence
@@ -147,36 +148,6 @@ def _size(spec: dict[str, Any]) -> str:
     return "full"
 
 
-# How a run trains, beyond its init (train.finetune & co., issue 15): shown in the arm's label
-# when it differs from the default, so a study without these axes keeps its plain init labels.
-_ARM_TRAIN_KEYS = (("finetune", "full"), ("layer_decay", 1.0), ("head_lr_mult", 1.0),
-                   ("freeze_bn", False), ("augment", "none"))
-
-
-def arm_label(spec: dict[str, Any], ambiguous: set[str] = frozenset()) -> str:
-    """The arm a run belongs to: its init, then how it fine-tunes where that is not the default.
-
-    ``"pretrained"``, ``"pretrained · lpft:100"``, ``"pretrained · linear_probe · augment=basic"``,
-    ``"random · layer_decay=0.75"``; the init's source in brackets where the init name alone is
-    ``ambiguous`` (one model runs it from several sources).
-    """
-    name = spec["init"]["name"]
-    src = spec["init"].get("source")
-    parts = [f"{name} ({src})" if src and name in ambiguous else name]
-    train = spec.get("train", {})
-    for key, default in _ARM_TRAIN_KEYS:
-        value = train.get(key, default)
-        if value == default:
-            continue
-        if key == "finetune":
-            parts.append(str(value))
-        elif key == "freeze_bn":
-            parts.append("freeze_bn")
-        else:
-            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
-    return " · ".join(parts)
-
-
 def cell_keys(specs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """``(model, arm, size)`` of each run spec (as a dict), labelled as the report labels cells.
 
@@ -184,11 +155,7 @@ def cell_keys(specs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     runs the same init from several sources), then the fine-tuning strategy, layer decay, head
     learning-rate multiplier, frozen BatchNorm and augmentation where they are not the default.
     """
-    sources: dict[tuple[str, str], set] = defaultdict(set)
-    for sp in specs:
-        sources[(sp["model"]["name"], sp["init"]["name"])].add(sp["init"].get("source"))
-    ambiguous = {init for (_, init), s in sources.items() if len(s) > 1}
-    return [(sp["model"]["name"], arm_label(sp, ambiguous), _size(sp)) for sp in specs]
+    return [(sp["model"]["name"], arm, _size(sp)) for sp, arm in zip(specs, arm_labels(specs))]
 
 
 def _row(store: Store, r: RunRecord, label: str, thresholds: tuple[float, ...],

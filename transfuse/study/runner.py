@@ -280,6 +280,22 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         n = len(already) + len(outcome.finished) + len(outcome.busy) + len(outcome.failed)
         bar.set_postfix_str(f"runs {n}/{outcome.total}, failed {len(outcome.failed)}", refresh=False)
 
+    # Step-level progress: runs report their steps (transfuse._progress) — directly in this
+    # process, through a queue from worker processes — and the bar moves as they train; when a
+    # run ends, the bar gets the rest of its weight (all of it for a run that never reported).
+    import threading
+
+    lock, reported, ended = threading.Lock(), {}, set()
+
+    def on_steps(rid: str, n: int) -> None:
+        if unit != "step" or rid in ended:  # a late report of a run that ended is counted
+            return
+        with lock:
+            d = min(n, weight.get(rid, 0)) - reported.get(rid, 0)
+            if d > 0:
+                reported[rid] = reported.get(rid, 0) + d
+                bar.update(d)
+
     def on_done(res: tuple[str, str, str]) -> None:
         rid, what, msg = res
         if what == "failed":
@@ -287,7 +303,12 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         else:
             getattr(outcome, what).append(rid)
         postfix()
-        bar.update(weight.get(rid, 1))
+        with lock:
+            ended.add(rid)
+            bar.update(max(0, weight.get(rid, 1) - reported.pop(rid, 0)))
+
+    step_queue, listener = _listen(on_steps, local=executor == "local" and progress,
+                                   workers=workers)
 
     stopped = False
     try:
@@ -304,7 +325,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
             ids = [run_id(s) for s in stage]
             skipped = [i for i in ids if i in done]
             outcome.skipped += skipped
-            tasks = [RunTask(s.to_dict(), str(workspace), device, threads, tensorboard)
+            tasks = [RunTask(s.to_dict(), str(workspace), device, threads, tensorboard, step_queue)
                      for s, i in zip(stage, ids) if i not in done]
             if stage is specs and pre and outcome.failed:
                 break  # a failed pretraining run leaves stage 2 without its source
@@ -327,6 +348,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
                 stopped = True
                 break
     finally:
+        listener()
         bar.close()
     if stopped:
         from ..errors import PreemptedError
@@ -335,6 +357,45 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         raise PreemptedError(f"study {outcome.study} stopped by SIGTERM: {len(outcome.finished)} "
                              f"runs finished, {n} checkpointed mid-run; run it again to resume")
     return outcome
+
+
+def _listen(on_steps: Callable[[str, int], None], *, local: bool, workers: int
+            ) -> tuple[Any, Callable[[], None]]:
+    """Route runs' step reports to ``on_steps``: in this process directly (one worker), from
+    worker processes through a queue a thread of this process reads. Returns the queue to give
+    each task (``None`` in-process) and the function that stops listening."""
+    from .. import _progress
+
+    if not local:
+        return None, lambda: None
+    if workers <= 1:
+        prev = _progress.set_reporter(on_steps, interval=_progress._interval)
+        return None, lambda: _progress.set_reporter(prev)
+    import threading
+
+    manager = get_context("spawn").Manager()  # its queue can be pickled into each task
+    queue, stop = manager.Queue(), threading.Event()
+
+    def drain() -> None:
+        import queue as q
+
+        while not stop.is_set():
+            try:
+                on_steps(*queue.get(timeout=0.5))
+            except q.Empty:
+                continue
+            except (EOFError, OSError):  # the manager is gone: the study is ending
+                return
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(timeout=2)
+        manager.shutdown()
+
+    return queue, close
 
 
 def study_status(study: StudySpec, *, workspace: str | Path, smoke: bool = False) -> list[tuple[RunSpec, str, str]]:

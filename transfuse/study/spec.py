@@ -46,9 +46,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_top_keys,
+from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_spec_keys, check_top_keys,
                       read_yaml_file, spec_from_dict)
-from ..errors import ConfigError, check_name
+from ..errors import ConfigError, check_name, did_you_mean
 from .evaluation import Evaluation
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "ssl_pretrains",
@@ -99,11 +99,15 @@ def _check_path(dotted: str, where: str) -> None:
     if parts[0] == "init" and len(parts) == 1:
         return  # whole init: "meanvar" or {name, source, partial}
     if parts[0] not in SECTIONS or len(parts) != 2:
-        raise ConfigError(f"{where}: unknown key {dotted!r}; use seed, init, or section.field with "
-                          f"a section of {', '.join(SECTIONS)} (e.g. train.lr)")
+        every = [*RUN_KEYS, "init"] + [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in fields(c)]
+        raise ConfigError(f"{where}: unknown key {dotted!r}{did_you_mean(dotted, every)} (use seed, "
+                          f"init, or section.field with a section of {', '.join(SECTIONS)}, e.g. "
+                          "train.lr)")
     names = [f.name for f in fields(SECTIONS[parts[0]])]
     if parts[1] not in names:
-        raise ConfigError(f"{where}: unknown key {dotted!r}; valid {parts[0]} keys: {', '.join(names)}")
+        hint = did_you_mean(parts[1], names, prefix=parts[0] + ".")
+        raise ConfigError(f"{where}: unknown key {dotted!r}{hint} (valid {parts[0]} keys: "
+                          f"{', '.join(names)})")
 
 
 def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -139,6 +143,10 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
     base = raw["base"]
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a mapping (a run spec)")
+    try:  # once, named where it is written: not once per grid cell as "run.<key>"
+        check_spec_keys(base, where="base")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: grid must be a mapping of dotted keys to lists")
@@ -190,7 +198,9 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
         ev["auc_thresholds"] = ev.pop("dice_thresholds")
     bad = sorted(set(ev) - set(EVAL_KEYS) - set(DECISION_KEYS))
     if bad:
-        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}; valid: "
+        valid = [*EVAL_KEYS, "dice_thresholds", *DECISION_KEYS]
+        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}"
+                          f"{did_you_mean(bad[0], valid, prefix='evaluation.')}; valid: "
                           f"{', '.join(EVAL_KEYS)}, dice_thresholds, {', '.join(DECISION_KEYS)}")
     decision = Evaluation.from_dict({k: ev[k] for k in DECISION_KEYS if k in ev})
     decision.check(where=str(path))

@@ -22,6 +22,7 @@ class RunTask:
     device: str | None
     threads: int
     tensorboard: bool = False
+    progress: Any = None  # a queue for (run_id, step) reports to the driver's bar, or None
 
 
 def execute(task: RunTask) -> tuple[str, str, str]:
@@ -37,9 +38,14 @@ def execute(task: RunTask) -> tuple[str, str, str]:
     from ..run import train_run
     from ..store import RunBusyError
 
+    from .. import _progress
+
     torch.set_num_threads(max(1, task.threads))
     spec = spec_from_dict(task.spec)
     rid = run_id(spec)
+    if task.progress is not None:  # a worker process: steps go to the driver through the queue
+        _progress.set_reporter(lambda r, n: task.progress.put((r, n)))
+    _progress.begin(rid)
     try:
         out = train_run(spec, workspace=task.workspace, device=task.device, progress=False,
                         tensorboard=task.tensorboard)

@@ -30,12 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._progress import step as report_step
 from ..config import TrainSpec
 from ..data.base import ArrayDataset, PreparedData
 from ..errors import ConfigError, DivergedError, PreemptedError
 from .augment import make_augment
+from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
 from .finetune import plan_finetune
+from .imbalance import (SkipBalancedSampler, balanced_class_weights, balanced_sample_weights,
+                        training_targets)
 from .metrics import classification_metrics
 from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipDistributedSampler,
                      SkipRandomSampler, load_resume, rng_state, set_rng_state)
@@ -57,16 +61,19 @@ class FitResult:
     train_seconds: float = 0.0  # the training steps only: evaluation and checkpoints excluded
     examples_per_second: float = 0.0
     resumed_from: int | None = None  # the step a mid-run checkpoint let this attempt start after
+    stopped_step: int | None = None  # train.early_stop ended training at this step
 
 
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (multi-class), masked BCE (multi-label; masked labels add nothing) or
-    Dice + cross-entropy (segmentation: logits ``(N, K, *spatial)``, targets ``(N, *spatial)``)."""
+    Dice + cross-entropy (segmentation: logits ``(N, K, *spatial)``, targets ``(N, *spatial)``).
+    ``weight`` ``(K,)``: class weights (multi-class) or positive weights (multi-label)."""
     if task == "segmentation":
         return segmentation_loss(logits, y, m)
     if task == "multiclass":
-        return F.cross_entropy(logits, y)
-    per = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * m
+        return F.cross_entropy(logits, y, weight=weight)
+    per = F.binary_cross_entropy_with_logits(logits, y, reduction="none", pos_weight=weight) * m
     return per.sum() / m.sum().clamp_min(1.0)
 
 
@@ -262,6 +269,17 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     # resumed run continues the same data order without loading the batches it skips.
     sampler = (SkipDistributedSampler(data.train, shuffle=True, seed=seed, drop_last=True)
                if dist_info.world_size > 1 else SkipRandomSampler(data.train, generator=gen))
+    if spec.sampler == "balanced":  # each class drawn equally often, from the same generator
+        if dist_info.world_size > 1:
+            raise ConfigError("train.sampler=balanced runs on one process; use "
+                              "train.class_weights=balanced under DDP")
+        sampler = SkipBalancedSampler(balanced_sample_weights(
+            training_targets(data.train, what="train.sampler"), task=task), generator=gen)
+    class_weight = None
+    if spec.class_weights == "balanced":
+        class_weight = balanced_class_weights(
+            training_targets(data.train, what="train.class_weights"),
+            num_classes=data.info.num_classes, task=task).to(dev)
     bs = min(spec.batch_size, len(data.train) // dist_info.world_size)
     pin = dev.type == "cuda"
     preloaded = _preload(data.train, dev, spec.preload)
@@ -293,7 +311,9 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             log(step, split, metrics)
 
     primary = primary_metric(task)
-    best_score, best_step, best_state = -math.inf, 0, None
+    best_score, best_step, best_state, best_val_probs = -math.inf, 0, None, None
+    # train.early_stop: the best score by more than min_delta, and evaluations since it
+    stop_best, stop_wait, stopped_step = -math.inf, 0, None
     batches = BatchStream(train_loader, gen)
     loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
     first_bad = torch.zeros((), dtype=torch.long, device=dev)  # first step with a NaN/inf loss
@@ -314,6 +334,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             best_state = best["state_dict"] if int(best["step"]) == best_step else None
         loss_acc.fill_(ckpt["loss_acc"]), first_bad.fill_(int(ckpt["first_bad"]))
         seen = int(ckpt["seen"])
+        if "early_stop" in ckpt:
+            stop_best, stop_wait = float(ckpt["early_stop"][0]), int(ckpt["early_stop"][1])
         for step_, split_, metrics_ in ckpt["history"]:
             record(int(step_), split_, dict(metrics_))  # the store restarted the run's rows
         batches.restore(ckpt["stream"])
@@ -334,6 +356,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                  "loss_acc": float(loss_acc), "first_bad": int(first_bad), "seen": seen,
                  "history": [[st, sp, dict(m)] for st, sp, m in history],
                  "stream": batches.state(), "rng": rng_state()}
+        if spec.early_stop is not None:
+            state["early_stop"] = [stop_best, stop_wait]
         _atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
 
     from tqdm.auto import tqdm
@@ -362,7 +386,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(dev, spec.amp):
                 logits = model(x)
-            loss = loss_fn(logits.float(), y, m, task)
+            loss = loss_fn(logits.float(), y, m, task, class_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -371,6 +395,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
             seen += len(x)
             bar.update(1)
+            report_step(step)  # a study's progress bar, if one listens (transfuse._progress)
 
             if step % spec.eval_every == 0 or step == total:
                 n_since = step - (step - 1) // spec.eval_every * spec.eval_every
@@ -381,17 +406,26 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                 # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
                 record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
                 loss_acc.zero_()
-                val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=step)
+                val_metrics, val_probs = _evaluate(model, val_loader, data=data, device=dev,
+                                                   spec=spec, step=step)
                 record(step, "val", val_metrics)
                 val_score = val_metrics[primary]
                 score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
                 if score > best_score:
-                    best_score, best_step = score, step
+                    best_score, best_step, best_val_probs = score, step, val_probs
                     best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
                     if run_dir is not None and main:
                         _save(raw_model, run_dir / "best.pt", step)
                 bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
                 eval_seconds += time.perf_counter() - t_eval
+                if spec.early_stop is not None:
+                    if score > stop_best + spec.min_delta:
+                        stop_best, stop_wait = score, 0
+                    else:
+                        stop_wait += 1
+                    if stop_wait >= spec.early_stop and step < total:
+                        stopped_step = step
+                        break
             if step < total and (step % every == 0 or sigterm.requested):
                 t_ck = time.perf_counter()
                 checkpoint(step)
@@ -403,20 +437,36 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     bar.close()
     finetune.release()
     seconds = time.perf_counter() - t0 - eval_seconds
+    steps_done = stopped_step or total
     if run_dir is not None and main:
-        _save(raw_model, run_dir / "last.pt", total)
+        _save(raw_model, run_dir / "last.pt", steps_done)
 
     if best_state is not None:  # else: no evaluation scored (cannot happen with finite losses)
         raw_model.load_state_dict(best_state)
     test_metrics, test_probs = _evaluate(model, test_loader, data=data, device=dev, spec=spec,
                                          step=best_step)
+    if task == "multiclass":  # calibration; two classes: the operating point chosen on val
+        if best_val_probs is None:  # resumed after its best evaluation: score val again
+            _, best_val_probs = _evaluate(model, val_loader, data=data, device=dev, spec=spec,
+                                          step=best_step)
+        test_metrics.update(clinical_metrics(best_val_probs, _targets(data.val), test_probs,
+                                             _targets(data.test), rule=spec.operating_point))
     if run_dir is not None and main:
         _save_predictions(run_dir / "test_predictions.npz", data, test_probs)
         (run_dir / RESUME_FILE).unlink(missing_ok=True)  # done: nothing to resume
-    return FitResult(test=test_metrics, best_step=best_step, steps=total, history=history,
+    return FitResult(test=test_metrics, best_step=best_step, steps=steps_done, history=history,
                      train_seconds=seconds,
                      examples_per_second=(seen * dist_info.world_size / seconds) if seconds else 0.0,
-                     resumed_from=start - 1 if ckpt is not None else None)
+                     resumed_from=start - 1 if ckpt is not None else None,
+                     stopped_step=stopped_step)
+
+
+def _targets(ds: Any) -> np.ndarray:
+    """``(N,)`` targets of an evaluation split."""
+    t = getattr(ds, "targets", None)
+    if isinstance(t, torch.Tensor):
+        return t.numpy()
+    return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))]).numpy()
 
 
 def _preload(ds: Any, dev: torch.device, mode: str
@@ -457,6 +507,11 @@ def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
     import json
 
     d = dataclasses.asdict(spec)
-    for k in ("checkpoint_every", "compile", "preload"):  # how it runs, not what it computes
+    for k in ("checkpoint_every", "compile", "preload", "operating_point"):  # not the training
         d.pop(k, None)
+    from ..config import _FINETUNE_DEFAULTS
+
+    for k in ("early_stop", "min_delta", "class_weights", "sampler"):  # added later: as before
+        if d.get(k) == _FINETUNE_DEFAULTS[k]:
+            d.pop(k)
     return json.dumps({"train": d, "seed": seed, "world_size": world_size}, sort_keys=True)
