@@ -457,6 +457,57 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
+#: Values a YAML file may expand to through aliases (``*anchor``): a "billion laughs" file of a
+#: few lines would otherwise grow to billions of values before anything could check it.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: Any, limit: int) -> int:
+    """How many values ``node`` holds once its aliases are expanded (a shared node counts each
+    time it is used), counting only up to just past ``limit``; raises ``ValueError`` on an
+    alias to itself. Each node is measured once: cheap however large the expansion."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise ValueError("an alias refers to the node that contains it")
+        busy.add(key)
+        total = 1
+        if isinstance(n.value, list):
+            for item in n.value:
+                for child in (item if isinstance(item, tuple) else (item,)):
+                    total = min(total + size(child), limit + 1)
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def _load_bounded(text: str, path: Any) -> Any:
+    """Compose the YAML document, refuse an alias bomb by counting its expansion, then build it."""
+    loader = _unique_key_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            n = _expanded_size(node, MAX_YAML_VALUES)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}; remove the recursive alias") from None
+        if n > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: the file expands to more than {MAX_YAML_VALUES} values "
+                              "through its aliases (*anchor); write the values out, or use fewer "
+                              "aliases of aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml_file(path: Any, *, what: str) -> Any:
     """The parsed content of a YAML file (safe loader; a key given twice is an error).
 
@@ -476,7 +527,7 @@ def read_yaml_file(path: Any, *, what: str) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read the {what} file ({e}); give a UTF-8 YAML file") from None
     try:
-        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+        return _load_bounded(text, p)  # a SafeLoader subclass
     except yaml.constructor.ConstructorError as e:
         if e.problem and e.problem.startswith("duplicate key"):
             raise ConfigError(f"{p}: {e.problem}") from None

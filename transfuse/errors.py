@@ -14,11 +14,13 @@ from __future__ import annotations
 import re
 
 __all__ = ["TransfuseError", "ConfigError", "DataError", "ModelError", "StoreError",
-           "DivergedError", "EXIT_ERROR", "EXIT_DIVERGED", "check_name"]
+           "DivergedError", "PreemptedError", "EXIT_ERROR", "EXIT_DIVERGED", "EXIT_PREEMPTED",
+           "EXIT_INTERRUPTED", "check_name"]
 
 EXIT_ERROR = 2  #: CLI exit status of a TransfuseError (bad input, unusable store, I/O failure)
 EXIT_DIVERGED = 3  #: CLI exit status of a run whose loss or predictions became NaN/inf
 EXIT_PREEMPTED = 75  #: CLI exit status of a run stopped by SIGTERM after checkpointing (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  #: CLI exit status after Ctrl-C (SIGINT): runs in progress checkpointed
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 

@@ -452,6 +452,13 @@ class Store:
             con.execute("UPDATE runs SET status='failed', finished=?, error=? "
                         "WHERE run_id=? AND status != 'finished'", (time.time(), error, run_id))
 
+    def stop_run(self, run_id: str, message: str) -> None:
+        """Mark a running run stopped (SIGTERM, Ctrl-C): not failed — it stays ``running`` with no
+        owner process, so it lists as ``stale`` and the next attempt resumes its checkpoint."""
+        with self._tx() as con:
+            con.execute("UPDATE runs SET owner=NULL, error=? WHERE run_id=? AND status='running'",
+                        (message, run_id))
+
     def put_result(self, kind: str, key: str, payload: Any, *, study: str | None = None,
                    run_id: str | None = None) -> None:
         """Store (or replace) a derived result ``(kind, key)`` — one transaction."""
