@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -273,8 +274,8 @@ class TrainSpec:
         _check_choice("train.preload", self.preload, PRELOADS)
         finetune_parts(self.finetune)
         for nm in ("layer_decay", "head_lr_mult"):
-            if not getattr(self, nm) > 0:
-                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0")
+            if not 0 < getattr(self, nm) < math.inf:
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0 and finite")
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         if self.steps is None and self.epochs is None:
             raise ConfigError("give train.steps or train.epochs")
@@ -284,8 +285,11 @@ class TrainSpec:
                 raise ConfigError(f"train.{nm}={v} must be >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if not 0 < self.lr < math.inf:  # nan and inf too: a run would only diverge
+            raise ConfigError(f"train.lr={self.lr} must be > 0 and finite")
+        for nm in ("momentum", "weight_decay"):
+            if not math.isfinite(getattr(self, nm)):
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be a finite number")
         if self.eval_every < 1:
             raise ConfigError(f"train.eval_every={self.eval_every} must be >= 1")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:

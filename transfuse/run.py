@@ -227,6 +227,10 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     if tensorboard:
         check_tensorboard()
     source = _source(spec, workspace)
+    if source is not None and spec.init.source != source.name and source.name.startswith("run:"):
+        # `--source run:<prefix>`: the run id and the record name the source run in full, so
+        # neither depends on which other runs the store holds
+        spec = replace(spec, init=replace(spec.init, source=source.name))
     norm = None
     if spec.data.normalize == "source":
         if source is None or source.mean is None or source.std is None:
