@@ -274,8 +274,10 @@ class TrainSpec:
         _check_choice("train.preload", self.preload, PRELOADS)
         finetune_parts(self.finetune)
         for nm in ("layer_decay", "head_lr_mult"):
-            if not 0 < getattr(self, nm) < math.inf:
-                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0 and finite")
+            if not getattr(self, nm) > 0:
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0")
+            if getattr(self, nm) == math.inf:
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be finite")
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         if self.steps is None and self.epochs is None:
             raise ConfigError("give train.steps or train.epochs")
@@ -285,8 +287,10 @@ class TrainSpec:
                 raise ConfigError(f"train.{nm}={v} must be >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
-        if not 0 < self.lr < math.inf:  # nan and inf too: a run would only diverge
-            raise ConfigError(f"train.lr={self.lr} must be > 0 and finite")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.lr == math.inf:  # a run would only diverge, and its advice read "--lr inf"
+            raise ConfigError(f"train.lr={self.lr} must be finite")
         for nm in ("momentum", "weight_decay"):
             if not math.isfinite(getattr(self, nm)):
                 raise ConfigError(f"train.{nm}={getattr(self, nm)} must be a finite number")

@@ -18,8 +18,9 @@ from ._common import HelpFormatter, add_workspace, workspace_of
 
 __all__ = ["add_parser", "RESUME_HINT"]
 
-RESUME_HINT = ("stale: its process is gone (killed or crashed); run the same `transfuse train ...` "
-               "or `transfuse study run FILE` again to restart it from scratch")
+RESUME_HINT = ("stale: its process is gone (killed, crashed, or stopped by SIGTERM or Ctrl-C); run "
+               "the same `transfuse train ...` or `transfuse study run FILE` again to restart it "
+               "(from its last checkpoint, if it wrote one)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
