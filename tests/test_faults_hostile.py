@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_faults import BASE, Fault, _csv, _one_error_line, _state, _stored_run, _study_file, _train_args
+from tests.test_faults import (BASE, Fault, _csv, _one_error_line, _state, _stored_run, _study_file,
+                               _train_args)
 from transfuse.cli import main
 
 CASES: dict[str, Callable[[Path], Fault]] = {}
@@ -51,6 +52,12 @@ def description_not_a_string(tmp: Path) -> Fault:
 def recursive_yaml_alias(tmp: Path) -> Fault:
     p = _study_file(tmp, "name: s\n" + BASE + "grid:\n  seed: &r [0, *r]\n")
     return Fault(_status(p, tmp), (str(p), "alias refers to the node that contains it"), tmp / "ws")
+
+
+@case
+def yaml_nested_thousands_deep(tmp: Path) -> Fault:
+    p = _study_file(tmp, "name: s\n" + BASE + "description: " + "[" * 20000 + "]" * 20000 + "\n")
+    return Fault(_status(p, tmp), (str(p), "nested too deeply"), tmp / "ws")
 
 
 @case
@@ -115,6 +122,13 @@ def runs_show_ambiguous_prefix_lists_candidates(tmp: Path) -> Fault:
     both = sorted(i for i in ids if i[0] == c)
     return Fault(["runs", "show", c, "-w", str(ws)],
                  (f"{len(both)} runs with ids starting '{c}'", both[0], both[1], "more digits"), ws)
+
+
+@case
+def study_source_run_prefix(tmp: Path) -> Fault:
+    p = _study_file(tmp, "name: s\nbase: {data: {name: 'csv:x.csv'}, model: {name: cbr_tiny}, "
+                    "init: {name: pretrained, source: 'run:ab'}}\n")
+    return Fault(_status(p, tmp), (str(p), "init.source 'run:ab'", "full id"), tmp / "ws")
 
 
 # -- data files -----------------------------------------------------------------------------------

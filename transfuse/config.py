@@ -465,15 +465,28 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
-#: Values a YAML file may expand to through aliases (``*anchor``): a "billion laughs" file of a
+#: Values a YAML file's aliases (``*anchor``) may add once expanded: a "billion laughs" file of a
 #: few lines would otherwise grow to billions of values before anything could check it.
 MAX_YAML_VALUES = 100_000
 
 
-def _expanded_size(node: Any, limit: int) -> int:
-    """How many values ``node`` holds once its aliases are expanded (a shared node counts each
-    time it is used), counting only up to just past ``limit``; raises ``ValueError`` on an
-    alias to itself. Each node is measured once: cheap however large the expansion."""
+def _children(n: Any) -> list[Any]:
+    if not isinstance(n.value, list):
+        return []
+    return [c for item in n.value for c in (item if isinstance(item, tuple) else (item,))]
+
+
+def _alias_growth(node: Any, limit: int) -> int:
+    """How many values aliases add to the file once expanded (a node used ``k`` times counts
+    ``k`` times), counted up to just past ``limit``; raises ``ValueError`` on an alias to itself.
+    Each node is measured once: cheap however large the expansion."""
+    distinct, stack = set(), [node]
+    while stack:  # the file's own nodes (what it costs without expansion)
+        n = stack.pop()
+        if id(n) not in distinct:
+            distinct.add(id(n))
+            stack.extend(_children(n))
+    cap = len(distinct) + limit + 1
     sizes: dict[int, int] = {}
     busy: set[int] = set()
 
@@ -485,15 +498,13 @@ def _expanded_size(node: Any, limit: int) -> int:
             raise ValueError("an alias refers to the node that contains it")
         busy.add(key)
         total = 1
-        if isinstance(n.value, list):
-            for item in n.value:
-                for child in (item if isinstance(item, tuple) else (item,)):
-                    total = min(total + size(child), limit + 1)
+        for child in _children(n):
+            total = min(total + size(child), cap)
         busy.discard(key)
         sizes[key] = total
         return total
 
-    return size(node)
+    return size(node) - len(distinct)
 
 
 def _load_bounded(text: str, path: Any) -> Any:
@@ -504,10 +515,10 @@ def _load_bounded(text: str, path: Any) -> Any:
         if node is None:
             return None
         try:
-            n = _expanded_size(node, MAX_YAML_VALUES)
+            grows = _alias_growth(node, MAX_YAML_VALUES)
         except ValueError as e:
             raise ConfigError(f"{path}: {e}; remove the recursive alias") from None
-        if n > MAX_YAML_VALUES:
+        if grows > MAX_YAML_VALUES:
             raise ConfigError(f"{path}: the file expands to more than {MAX_YAML_VALUES} values "
                               "through its aliases (*anchor); write the values out, or use fewer "
                               "aliases of aliases")
@@ -543,6 +554,8 @@ def read_yaml_file(path: Any, *, what: str) -> Any:
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{p}: not valid YAML ({first})") from None
+    except RecursionError:  # `[[[[...` thousands deep: the parser recurses once per level
+        raise ConfigError(f"{p}: values nested too deeply to read; flatten the file") from None
 
 
 def check_top_keys(raw: Any, *, path: str, what: str, allowed: tuple[str, ...],

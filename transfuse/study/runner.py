@@ -344,8 +344,9 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         from ..errors import PreemptedError
 
         n = len(outcome.preempted)
-        raise PreemptedError(f"study {outcome.study} stopped by {stop_signal()}: {len(outcome.finished)} "
-                             f"runs finished, {n} checkpointed mid-run; run it again to resume")
+        raise PreemptedError(f"study {outcome.study} stopped by {stop_signal()}: "
+                             f"{len(outcome.finished)} runs finished, {n} checkpointed mid-run; "
+                             "run it again to resume")
     return outcome
 
 

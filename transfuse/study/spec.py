@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass, field, fields
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,6 +378,10 @@ def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
             raise ConfigError(f"{where}: init.source {src!r} names no entry of pretrain "
                               f"(have: {', '.join(pre) or 'none'})")
         init["source"] = pre[name]
+    elif isinstance(src, str) and src.startswith("run:") and not re.fullmatch(r"run:[0-9a-f]{12}", src):
+        # a prefix would make the cell's run id depend on what else the store holds
+        raise ConfigError(f"{where}: init.source {src!r}: a study names a source run by its full "
+                          "id, run:<12 hex digits> (see `transfuse runs list`)")
     try:
         parts = [p.strip().partition(":")[0] for p in str(init.get("name", "random")).split("+")]
         needs = any(init_needs_source(n) for n in parts if n)
