@@ -292,6 +292,27 @@ def test_failed_onnx_check_is_recorded_and_exits_1(cls_run, tmp_path, monkeypatc
     assert 0 <= chk["torch_float32_vs_float64"] < 1e-4
 
 
+def test_export_removes_a_killed_exports_temporaries_and_runs_check_finds_them(cls_run, tmp_path,
+                                                                               capsys):
+    """SIGKILL during an export can leave ``model.onnx.tmp``: ``runs check`` lists it (anywhere
+    in the workspace) and the next export into that folder removes it, saying so."""
+    ws, rec = cls_run
+    out = ws / "exports" / "e"
+    out.mkdir(parents=True)
+    (out / "model.onnx.tmp").write_bytes(b"half a model")
+    (out / "model.json.tmp").write_text("{")
+    capsys.readouterr()
+    main(["runs", "check", "-w", str(ws)])
+    printed = capsys.readouterr().out
+    assert f"leftover temporary file {out / 'model.onnx.tmp'}" in printed
+    assert main(["export", rec.run_id, "--format", "safetensors", "-o", str(out), "-w", str(ws)]) == 0
+    printed = capsys.readouterr().out
+    assert f"removed {out / 'model.onnx.tmp'}: left by an interrupted export" in printed
+    assert not list(out.glob("*.tmp")) and (out / "model.safetensors").is_file()
+    main(["runs", "check", "-w", str(ws)])
+    assert "leftover temporary" not in capsys.readouterr().out
+
+
 def test_torchscript_runs_in_an_interpreter_without_transfuse(cls_run, tmp_path):
     ws, rec = cls_run
     res = export_run(rec.run_id, workspace=ws, format="torchscript", out_dir=tmp_path / "ts")
@@ -426,6 +447,14 @@ BAD = {  # name -> (which run, argv after the run id (PATH = tmp_path), needle i
     "unknown format": ("cls", ["export", "--format", "tflite", "-o", "PATH/x"],
                        "--format 'tflite' is not one of torchscript, onnx, safetensors"),
     "no store": ("empty", ["export", "--format", "onnx", "-o", "PATH/x"], "no run store in"),
+    # issue 29: input the run never saw is refused, not predicted without a word
+    "NaN array": ("cls", ["predict", "--input", "PATH/nan.npy"], "nan.npy: the image holds NaN or inf"),
+    "inf array": ("cls", ["predict", "--input", "PATH/inf.npy"], "inf.npy: the image holds NaN or inf"),
+    "3x3 array": ("cls", ["predict", "--input", "PATH/tiny.npy"],
+                  "tiny.npy: the image is 3x3 but run"),
+    "512x300 PNG": ("cls", ["predict", "--input", "PATH/big.png"],
+                    "big.png: the image is 300x512 but run"),
+    "text array": ("cls", ["predict", "--input", "PATH/text.npy"], "non-numeric dtype <U1"),
 }
 
 
@@ -440,6 +469,13 @@ def test_bad_input_is_one_error_line_and_exit_2(case, cls_run, seg_run, tmp_path
     _rgb_png(tmp_path / "rgb.png")
     _gray_png(tmp_path / "gray.png")
     (tmp_path / "list.csv").write_text("file\nrgb.png\n")
+    np.save(tmp_path / "nan.npy", np.full((32, 32), np.nan, np.float32))
+    np.save(tmp_path / "inf.npy", np.where(np.eye(32) > 0, np.inf, 0.5).astype(np.float32))
+    np.save(tmp_path / "tiny.npy", np.full((3, 3), 0.5, np.float32))
+    np.save(tmp_path / "text.npy", np.full((32, 32), "x"))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((300, 512), np.uint8)).save(tmp_path / "big.png")
     nib.save(nib.Nifti1Image(np.ones((20, 24), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
     ws, rid = {"cls": (cls_run[0], cls_run[1].run_id), "seg": (seg_run[0], seg_run[1].run_id),
                "none": (cls_run[0], "fffffffffff0"), "empty": (tmp_path / "nows", "abc")}[which]

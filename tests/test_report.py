@@ -131,7 +131,7 @@ def test_a_moved_or_copied_store_keeps_its_per_seed_delong_and_its_files(study_w
     predictions there, not at the old path (DeLong silently vanished before)."""
     import shutil
 
-    from transfuse.store import check_store
+    from transfuse.store_check import check_store
 
     before = load_results(Store(study_ws), "syn").comparisons[0].delong
     moved = tmp_path_factory.mktemp("elsewhere") / "ws"

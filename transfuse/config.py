@@ -327,6 +327,8 @@ class TrainSpec:
         for nm in ("layer_decay", "head_lr_mult"):
             if not getattr(self, nm) > 0:
                 raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0")
+            if getattr(self, nm) == math.inf:
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be finite")
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         if self.steps is None and self.epochs is None:
             raise ConfigError("give train.steps or train.epochs")
@@ -338,6 +340,11 @@ class TrainSpec:
             raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
         if not self.lr > 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.lr == math.inf:  # a run would only diverge, and its advice read "--lr inf"
+            raise ConfigError(f"train.lr={self.lr} must be finite")
+        for nm in ("momentum", "weight_decay"):
+            if not math.isfinite(getattr(self, nm)):
+                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be a finite number")
         if self.eval_every < 1:
             raise ConfigError(f"train.eval_every={self.eval_every} must be >= 1")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -537,6 +544,68 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
+#: Values a YAML file's aliases (``*anchor``) may add once expanded: a "billion laughs" file of a
+#: few lines would otherwise grow to billions of values before anything could check it.
+MAX_YAML_VALUES = 100_000
+
+
+def _children(n: Any) -> list[Any]:
+    if not isinstance(n.value, list):
+        return []
+    return [c for item in n.value for c in (item if isinstance(item, tuple) else (item,))]
+
+
+def _alias_growth(node: Any, limit: int) -> int:
+    """How many values aliases add to the file once expanded (a node used ``k`` times counts
+    ``k`` times), counted up to just past ``limit``; raises ``ValueError`` on an alias to itself.
+    Each node is measured once: cheap however large the expansion."""
+    distinct, stack = set(), [node]
+    while stack:  # the file's own nodes (what it costs without expansion)
+        n = stack.pop()
+        if id(n) not in distinct:
+            distinct.add(id(n))
+            stack.extend(_children(n))
+    cap = len(distinct) + limit + 1
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise ValueError("an alias refers to the node that contains it")
+        busy.add(key)
+        total = 1
+        for child in _children(n):
+            total = min(total + size(child), cap)
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node) - len(distinct)
+
+
+def _load_bounded(text: str, path: Any) -> Any:
+    """Compose the YAML document, refuse an alias bomb by counting its expansion, then build it."""
+    loader = _unique_key_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            grows = _alias_growth(node, MAX_YAML_VALUES)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}; remove the recursive alias") from None
+        if grows > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: the file expands to more than {MAX_YAML_VALUES} values "
+                              "through its aliases (*anchor); write the values out, or use fewer "
+                              "aliases of aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml_file(path: Any, *, what: str) -> Any:
     """The parsed content of a YAML file (safe loader; a key given twice is an error).
 
@@ -556,7 +625,7 @@ def read_yaml_file(path: Any, *, what: str) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read the {what} file ({e}); give a UTF-8 YAML file") from None
     try:
-        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+        return _load_bounded(text, p)  # a SafeLoader subclass
     except yaml.constructor.ConstructorError as e:
         if e.problem and e.problem.startswith("duplicate key"):
             raise ConfigError(f"{p}: {e.problem}") from None
@@ -564,6 +633,8 @@ def read_yaml_file(path: Any, *, what: str) -> Any:
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{p}: not valid YAML ({first})") from None
+    except RecursionError:  # `[[[[...` thousands deep: the parser recurses once per level
+        raise ConfigError(f"{p}: values nested too deeply to read; flatten the file") from None
 
 
 def check_top_keys(raw: Any, *, path: str, what: str, allowed: tuple[str, ...],

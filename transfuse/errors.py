@@ -14,13 +14,16 @@ from __future__ import annotations
 import re
 
 __all__ = ["TransfuseError", "ConfigError", "DataError", "ModelError", "StoreError",
-           "DivergedError", "EXIT_ERROR", "EXIT_DIVERGED", "check_name"]
+           "DivergedError", "PreemptedError", "EXIT_ERROR", "EXIT_DIVERGED", "EXIT_PREEMPTED",
+           "EXIT_INTERRUPTED", "check_name"]
 
 EXIT_ERROR = 2  #: CLI exit status of a TransfuseError (bad input, unusable store, I/O failure)
 EXIT_DIVERGED = 3  #: CLI exit status of a run whose loss or predictions became NaN/inf
 EXIT_PREEMPTED = 75  #: CLI exit status of a run stopped by SIGTERM after checkpointing (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  #: CLI exit status after Ctrl-C (SIGINT): runs in progress checkpointed
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+MAX_NAME = 100  #: longest name check_name accepts (file names stop at 255 bytes)
 
 
 class TransfuseError(Exception):
@@ -65,11 +68,15 @@ def check_name(name: object, *, field: str) -> str:
         The name, unchanged.
 
     Raises:
-        ConfigError: ``name`` is not a string, is empty, ``.``/``..``, or has another character.
+        ConfigError: ``name`` is not a string, is empty, ``.``/``..``, has another character,
+            or is longer than :data:`MAX_NAME`.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(f"{field}={name!r} is not a valid name: it becomes a file or folder "
                           "name, so use only letters, digits, '.', '_' and '-' (not '.' or '..')")
+    if len(name) > MAX_NAME:  # report-<name>.html and <name>-pretrain must fit a file name
+        raise ConfigError(f"{field}={name[:20]!r}... is {len(name)} characters long; it becomes a "
+                          f"file name, so use at most {MAX_NAME}")
     return name
 
 

@@ -154,10 +154,20 @@ def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseExce
     return the one-line error to raise (``None`` context: no chained tracebacks)."""
     _clean_tmp(run_dir)  # first: on a full disk this frees the space the store needs
     if isinstance(e, Exception) and not isinstance(e, PreemptedError):
-        # a failure would only recur from a checkpoint taken just before it: start over next time
+        # a failure would only recur from a checkpoint taken just before it: start over next
+        # time (a stop — SIGTERM, Ctrl-C — keeps it)
         (run_dir / RESUME_FILE).unlink(missing_ok=True)
-    if isinstance(e, PreemptedError):
-        msg = f"run {rid} {e}"
+    if isinstance(e, (PreemptedError, KeyboardInterrupt)):
+        # stopped, not failed: the run keeps its checkpoint and stays resumable ("stale")
+        msg = f"run {rid} {e}" if isinstance(e, PreemptedError) else f"run {rid} interrupted"
+        try:
+            store.stop_run(rid, msg)
+            stored = "the run keeps its checkpoint and resumes when run again"
+        except StoreError as se:
+            stored = f"it could not be marked stopped ({se}); `transfuse runs list` shows it as stale"
+        return type(e)(f"{msg}; {stored}") if isinstance(e, PreemptedError) else e
+    if isinstance(e, DivergedError):
+        msg = f"run {rid} diverged: {e}"
     elif isinstance(e, DivergedError):
         msg = f"run {rid} diverged: {e}"
     elif isinstance(e, OSError):
@@ -170,9 +180,7 @@ def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseExce
         msg = f"{type(e).__name__}: {e}"
     try:
         store.fail_run(rid, msg)
-        stored = ("the run is stored as failed and resumes when run again"
-                  if isinstance(e, PreemptedError) else
-                  "the run is stored as failed and restarts when run again")
+        stored = "the run is stored as failed and restarts when run again"
     except StoreError as se:
         stored = f"it could not be marked failed ({se}); `transfuse runs list` shows it as stale"
     if isinstance(e, OSError):
@@ -219,6 +227,10 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     if tensorboard:
         check_tensorboard()
     source = _source(spec, workspace)
+    if source is not None and spec.init.source != source.name and source.name.startswith("run:"):
+        # `--source run:<prefix>`: the run id and the record name the source run in full, so
+        # neither depends on which other runs the store holds
+        spec = replace(spec, init=replace(spec.init, source=source.name))
     norm = None
     if spec.data.normalize == "source":
         if source is None or source.mean is None or source.std is None:

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -37,8 +38,8 @@ from typing import Any
 from .config import RunSpec, run_id as compute_run_id
 from .errors import StoreError, TransfuseError
 
-__all__ = ["Store", "RunRecord", "RunBundle", "RunFinishedError", "RunBusyError", "StoreCheck",
-           "check_store", "RUN_FILES"]
+__all__ = ["Store", "RunRecord", "RunBundle", "RunFinishedError", "RunBusyError", "StoreLockedError",
+           "store_error", "RUN_FILES"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -104,6 +105,36 @@ class RunBusyError(TransfuseError):
     """Another live process is running this run."""
 
 
+class StoreLockedError(StoreError):
+    """Another process held the store's write lock for longer than :data:`LOCK_TIMEOUT`."""
+
+
+#: Seconds a write waits for another process's write lock before giving up (exit 2, naming it).
+LOCK_TIMEOUT = 60.0
+
+
+def _holders(path: Path) -> str:
+    """``" (pid 123: python -m transfuse train ...)"``: the other processes that have the store
+    file open (Linux ``/proc``; empty where unknown)."""
+    found = []
+    targets = {str(path), f"{path}-wal", f"{path}-shm"}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return ""
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if not any(os.readlink(f"/proc/{pid}/fd/{fd}") in targets for fd in fds):
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        found.append(f"pid {pid}: {cmd[:80]}")
+    return f" ({'; '.join(found[:3])})" if found else ""
+
+
 STALE_SECONDS = 15 * 60  # a run on another host with no heartbeat for this long is abandoned
 RUN_FILES = ("init.pt", "best.pt", "last.pt", "test_predictions.npz")  # a finished run's folder
 
@@ -111,7 +142,8 @@ RUN_FILES = ("init.pt", "best.pt", "last.pt", "test_predictions.npz")  # a finis
 def store_error(e: sqlite3.Error, path: Path) -> StoreError | None:
     """A one-line :class:`StoreError` for SQLite errors that mean the store file itself is
     unusable (not a database, corrupt, read-only, full disk, I/O); ``None`` for any other error
-    (locks, constraint and trigger violations stay what they are)."""
+    (constraint and trigger violations stay what they are); a lock held past
+    :data:`LOCK_TIMEOUT` is a :class:`StoreLockedError` naming the process that holds it."""
     name = getattr(e, "sqlite_errorname", "") or ""
     msg = str(e)
     ws = path.parent
@@ -123,6 +155,10 @@ def store_error(e: sqlite3.Error, path: Path) -> StoreError | None:
         return StoreError(f"{path} is corrupt ({msg}); see `transfuse runs check -w {ws}`, then "
                           f"restore a backup or salvage it (sqlite3 {path} .recover | sqlite3 "
                           f"{ws / 'recovered.db'}) and put the result in place of transfuse.db")
+    if name.startswith("SQLITE_BUSY") or "database is locked" in msg:
+        return StoreLockedError(f"{path} is locked: another process{_holders(path)} held its write "
+                                f"lock for over {LOCK_TIMEOUT:g} s; let it finish or stop it, then "
+                                "run again")
     if name == "SQLITE_FULL" or "disk is full" in msg:
         return StoreError(f"cannot write {path}: the disk is full; free space on {ws} and run again")
     if (name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
@@ -264,8 +300,8 @@ class Store:
                 with self._connect() as con:
                     con.executescript(SCHEMA)
                 break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or attempt == 7:
+            except StoreLockedError:
+                if attempt == 7:
                     raise
                 time.sleep(0.05 * 2**attempt)
 
@@ -274,12 +310,12 @@ class Store:
         # Every query runs in here, so an unusable store file (garbage, corrupt, read-only, full
         # disk) becomes one StoreError that says how to recover, whatever the command.
         try:
-            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            con = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
         except sqlite3.Error as e:
             raise (store_error(e, self.path) or e) from None
         try:
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=60000")
+            con.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT * 1000)}")
             con.execute("PRAGMA foreign_keys=ON")
             yield con
         except sqlite3.Error as e:
@@ -452,6 +488,13 @@ class Store:
             con.execute("UPDATE runs SET status='failed', finished=?, error=? "
                         "WHERE run_id=? AND status != 'finished'", (time.time(), error, run_id))
 
+    def stop_run(self, run_id: str, message: str) -> None:
+        """Mark a running run stopped (SIGTERM, Ctrl-C): not failed — it stays ``running`` with no
+        owner process, so it lists as ``stale`` and the next attempt resumes its checkpoint."""
+        with self._tx() as con:
+            con.execute("UPDATE runs SET owner=NULL, error=? WHERE run_id=? AND status='running'",
+                        (message, run_id))
+
     def put_result(self, kind: str, key: str, payload: Any, *, study: str | None = None,
                    run_id: str | None = None) -> None:
         """Store (or replace) a derived result ``(kind, key)`` — one transaction."""
@@ -484,13 +527,25 @@ class Store:
         return RunRecord(**d)
 
     def get_run(self, run_id: str) -> RunRecord:
-        """The run with id ``run_id`` (a unique prefix is enough)."""
+        """The run with id ``run_id`` (a unique prefix of hex digits is enough).
+
+        Raises:
+            TransfuseError: not hex digits, no such run, or a prefix of several (listed).
+        """
+        run_id = run_id.lower() if isinstance(run_id, str) else ""
+        if not re.fullmatch(r"[0-9a-f]{1,64}", run_id):
+            raise TransfuseError(f"run id {run_id!r} is not a run id: give its hex digits (all "
+                                 "12, or a unique prefix); see `transfuse runs list`")
         with self._connect() as con:
             con.row_factory = sqlite3.Row
-            rows = con.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
-        if len(rows) != 1:
-            what = "no run" if not rows else f"{len(rows)} runs"
-            raise TransfuseError(f"{what} with id {run_id!r} in {self.path}; see `transfuse runs list`")
+            rows = con.execute("SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id",
+                               (len(run_id), run_id)).fetchall()
+        if not rows:
+            raise TransfuseError(f"no run with id {run_id!r} in {self.path}; see `transfuse runs list`")
+        if len(rows) > 1:
+            ids = ", ".join(r["run_id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise TransfuseError(f"{len(rows)} runs with ids starting {run_id!r} in {self.path} "
+                                 f"({ids}); give more digits")
         return self._record(rows[0])
 
     def status(self, run_id: str) -> str | None:
@@ -546,78 +601,3 @@ class Store:
         w.writeheader()
         w.writerows(rows)
         return buf.getvalue()
-
-
-@dataclass(frozen=True)
-class StoreCheck:
-    """What :func:`check_store` found.
-
-    Attributes:
-        path: the store file.
-        integrity: problems reported by SQLite's ``PRAGMA integrity_check`` (empty when ok).
-        missing: finished run id → files of :data:`RUN_FILES` its folder lacks.
-        temporary: leftover ``*.tmp`` files under ``runs/`` (interrupted writes).
-        stale: ids of ``running`` runs whose owner process is gone.
-        runs_checked: the ``runs`` table could be read (else ``missing`` is unknown).
-    """
-
-    path: Path
-    integrity: tuple[str, ...]
-    missing: dict[str, tuple[str, ...]]
-    temporary: tuple[str, ...]
-    stale: tuple[str, ...]
-    runs_checked: bool = True
-
-    @property
-    def ok(self) -> bool:
-        return not (self.integrity or self.missing)
-
-
-def check_store(workspace: str | Path) -> StoreCheck:
-    """Check a workspace: SQLite's integrity check, then every finished run's folder.
-
-    The store is opened read-only and nothing is changed.
-
-    Raises:
-        StoreError: there is no store, or the file is not a SQLite database at all.
-    """
-    ws = Path(workspace).expanduser()
-    path = ws / "transfuse.db"
-    if not path.is_file():
-        raise StoreError(f"no run store in {ws} ({path} not found); pass the right --workspace")
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
-    except sqlite3.Error as e:
-        raise (store_error(e, path) or e) from None
-    try:
-        try:
-            problems = tuple(r[0] for r in con.execute("PRAGMA integrity_check"))
-        except sqlite3.DatabaseError as e:
-            err = store_error(e, path)
-            if err is None or "not a SQLite database" in str(err):
-                raise (err or e) from None
-            problems = (str(e),)
-        problems = tuple(p for p in problems if p != "ok")
-        try:
-            con.row_factory = sqlite3.Row
-            rows = [dict(r) for r in con.execute(
-                "SELECT run_id, status, run_dir, owner, heartbeat FROM runs ORDER BY created")]
-        except sqlite3.DatabaseError as e:
-            return StoreCheck(path, problems or (str(e),), {}, (), (), runs_checked=False)
-    finally:
-        con.close()
-    missing: dict[str, tuple[str, ...]] = {}
-    stale = []
-    now = time.time()
-    for r in rows:
-        if r["status"] == "running" and not _alive(r["owner"], r["heartbeat"], now):
-            stale.append(r["run_id"])
-        if r["status"] != "finished":
-            continue
-        folder = ws / "runs" / r["run_id"]  # not the recorded path: the store may have moved
-        lacking = tuple(f for f in RUN_FILES if not (folder / f).is_file())
-        if lacking:
-            missing[r["run_id"]] = lacking
-    runs = ws / "runs"
-    temporary = tuple(sorted(str(p) for p in runs.rglob("*.tmp"))) if runs.is_dir() else ()
-    return StoreCheck(path, problems, missing, temporary, tuple(stale))

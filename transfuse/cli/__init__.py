@@ -6,7 +6,8 @@ which registers its parsers with ``set_defaults(func=handler)``. Building the pa
 torch, MONAI or timm: handlers import the library when they run.
 
 Every user error (:class:`~transfuse.errors.TransfuseError`) prints one line, ``error: ...``, and
-exits with status 2; a run that diverged (NaN/inf, stored as ``failed``) exits with status 3.
+exits with status 2; a run that diverged (NaN/inf, stored as ``failed``) exits with status 3;
+SIGTERM stops after a checkpoint with status 75, Ctrl-C (SIGINT) with status 130.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import importlib
 import os
 import sys
 
-from ..errors import (EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED, DivergedError, PreemptedError,
-                      TransfuseError)
+from ..errors import (EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PREEMPTED, DivergedError,
+                      PreemptedError, TransfuseError)
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -49,17 +50,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except PreemptedError as e:  # SIGTERM after a checkpoint: rerunning resumes (Slurm requeue)
+        from .._signals import stop_signal
+
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return EXIT_INTERRUPTED if stop_signal() == "Ctrl-C" else EXIT_PREEMPTED
     except TransfuseError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # output piped into `head` or similar: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C outside a run, or twice: stored runs stay as they are
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

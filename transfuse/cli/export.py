@@ -36,6 +36,8 @@ def _export(a: argparse.Namespace) -> int:
 
     res = export_run(a.run_id, workspace=workspace_of(a), format=a.format, out_dir=a.output,
                      checkpoint=a.checkpoint)
+    for t in res.removed:
+        print(f"removed {t}: left by an interrupted export")
     chk = res.metadata["check"]
     diff = f", max |diff| {chk['max_abs_diff']:.2e} <= {chk['tolerance']:g}" if "max_abs_diff" in chk else ""
     print(f"model: {res.model_file.resolve()}")

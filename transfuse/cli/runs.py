@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from ._common import HelpFormatter, add_workspace, workspace_of
 
 __all__ = ["add_parser", "RESUME_HINT"]
 
-RESUME_HINT = ("stale: its process is gone (killed or crashed); run the same `transfuse train ...` "
-               "or `transfuse study run FILE` again to restart it from scratch")
+RESUME_HINT = ("stale: its process is gone (killed, crashed, or stopped by SIGTERM or Ctrl-C); run "
+               "the same `transfuse train ...` or `transfuse study run FILE` again to restart it "
+               "(from its last checkpoint, if it wrote one)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -198,7 +200,8 @@ def _list(store, study: str | None) -> None:
 
 
 def _check(workspace: str) -> int:
-    from ..store import RUN_FILES, check_store
+    from ..store import RUN_FILES
+    from ..store_check import check_store
 
     res = check_store(workspace)
     print(f"store {res.path}: integrity " + ("ok" if not res.integrity else
@@ -254,9 +257,20 @@ def _runs(a: argparse.Namespace) -> int:
         else:
             _show_run(r, test)
         return 0
+    if a.output and Path(a.output).is_dir():
+        raise ConfigError(f"-o {a.output}: is a folder; give a file name, e.g. "
+                          f"{Path(a.output) / ('metrics.' + a.format)}")
     text = store.export(fmt=a.format, study=a.study)
-    if a.output:
-        Path(a.output).write_text(text)
+    if a.output:  # through a temporary file and a rename: a kill never leaves half a file
+        out = Path(a.output)
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"-o {out}: cannot write ({e.strerror or e}); pass a writable "
+                              "path") from None
         print(f"wrote {a.output}")
     else:
         sys.stdout.write(text)

@@ -125,6 +125,41 @@ class SplitArrays:
     origin: str = ""
 
 
+def check_pixels(images: np.ndarray, *, where: str) -> None:
+    """Images must hold real numbers: not text, objects or complex values (whose imaginary
+    part training would drop with only a warning).
+
+    Raises:
+        DataError: names ``where``, the dtype and the fix.
+    """
+    dt = images.dtype
+    if dt == np.bool_ or (np.issubdtype(dt, np.number) and not np.issubdtype(dt, np.complexfloating)):
+        return
+    what = "complex" if np.issubdtype(dt, np.complexfloating) else "non-numeric"
+    raise DataError(f"{where}: images have {what} dtype {dt}; give real-valued pixels "
+                    "(uint8 0-255, or float 0-1)")
+
+
+def class_indices(labels: np.ndarray, *, where: str) -> np.ndarray:
+    """Multi-class labels as int64 class indices, refusing values a cast would silently change
+    (``0.5`` → 0, NaN → -9223372036854775808) or cannot read.
+
+    Raises:
+        DataError: the first bad label, with its example index, named after ``where``.
+    """
+    if labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer):
+        return labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.floating):
+        raise DataError(f"{where}: labels have dtype {labels.dtype}; give integer class indices")
+    flat = labels.reshape(len(labels), -1)
+    bad = ~np.isfinite(flat) | (flat != np.round(flat)) | (np.abs(flat) > 2**31)
+    if bad.any():
+        r = int(np.flatnonzero(bad.any(1))[0])
+        raise DataError(f"{where}: label {flat[r].tolist() if flat.shape[1] > 1 else flat[r, 0]} of "
+                        f"example {r} is not a class index (a whole number); fix the labels")
+    return labels.astype(np.int64)
+
+
 def validate_split(arr: SplitArrays, *, split: str, task: str, num_classes: int) -> None:
     """Check a split for the errors users actually hit.
 
@@ -140,6 +175,7 @@ def validate_split(arr: SplitArrays, *, split: str, task: str, num_classes: int)
         raise DataError(
             f"{where}: {n} images but {len(arr.labels)} labels; each image needs one label row"
         )
+    check_pixels(arr.images, where=where)
     if np.issubdtype(arr.images.dtype, np.floating) and not np.isfinite(arr.images).all():
         bad = int(np.flatnonzero(~np.isfinite(arr.images.reshape(n, -1)).all(1))[0])
         raise DataError(f"{where}: image {bad} contains NaN or inf pixels; fix or drop it")
@@ -147,6 +183,7 @@ def validate_split(arr: SplitArrays, *, split: str, task: str, num_classes: int)
     if task == "multiclass":
         if labels.ndim != 1:
             raise DataError(f"{where}: multi-class labels must be one index per image, got shape {labels.shape}")
+        labels = class_indices(labels, where=where)
         if labels.min() < 0 or labels.max() >= num_classes:
             bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
             raise DataError(
@@ -156,6 +193,9 @@ def validate_split(arr: SplitArrays, *, split: str, task: str, num_classes: int)
     else:
         if labels.ndim != 2 or labels.shape[1] != num_classes:
             raise DataError(f"{where}: multi-label labels must have shape (N, {num_classes}), got {labels.shape}")
+        if not (labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer)
+                or np.issubdtype(labels.dtype, np.floating)):
+            raise DataError(f"{where}: labels have dtype {labels.dtype}; give 0, 1 or -1 values")
         ok = np.isin(labels, (0, 1, -1)) | np.isnan(labels.astype(float))
         if not ok.all():
             r, c = np.argwhere(~ok)[0]

@@ -30,6 +30,7 @@ from .registry import RawData, register_dataset
 __all__ = ["read_image", "safe_join"]
 
 SPLITS = ("train", "val", "test")
+MAX_CLASSES = 10_000  #: most classes an integer label column may index (0..MAX_CLASSES - 1)
 
 
 def safe_join(root: Path, rel: str, *, csv_path: Path, row: int) -> Path:
@@ -70,6 +71,9 @@ def read_image(path: Path, *, size: int | None, channels: int | None) -> np.ndar
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             a = np.asarray(im)
+    except Image.DecompressionBombError as e:  # e.g. 15000x15000: gigabytes once decoded
+        raise DataError(f"{path}: image too large to read safely ({e}); downscale it "
+                        "first") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: cannot decode image ({e}); the file is corrupt or not an image") from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
@@ -110,6 +114,11 @@ def _labels(rows: list[dict[str, str]], spec: DataSpec, csv_path: Path):
             raise DataError(f"{csv_path}: row {values.index('') + 2}: empty label in column "
                             f"{cols[0]!r}; every image needs a class")
         if all(v.lstrip("-").isdigit() for v in values):
+            big = [i for i, v in enumerate(values) if len(v) > 9 or int(v) >= MAX_CLASSES]
+            if big:  # the class count is the largest index + 1: 10^12 would allocate terabytes
+                raise DataError(f"{csv_path}: row {big[0] + 2}: label {values[big[0]]} in column "
+                                f"{cols[0]!r} is out of range; integer labels are class indices "
+                                f"0..{MAX_CLASSES - 1} — number the classes from 0, or use names")
             ints = np.array([int(v) for v in values], dtype=np.int64)
             bad = np.flatnonzero(ints < 0)
             if len(bad):

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import DataSpec
 from ..errors import ConfigError, DataError
 from ._medmnist_classes import MEDMNIST_LABELS
-from .base import SplitArrays
+from .base import SplitArrays, class_indices
 from .registry import RawData, register_dataset
 
 __all__ = ["MEDMNIST_INFO", "medmnist_path"]
@@ -145,8 +145,9 @@ def load_medmnist(spec: DataSpec, arg: str) -> RawData:
             images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
         else:
             images = images[:, None]
-        if task == "multiclass":
-            labels = labels.reshape(len(labels), -1)[:, 0].astype(np.int64)
+        if task == "multiclass":  # refuse 0.5 or NaN, which a cast would turn into a class
+            labels = class_indices(labels.reshape(len(labels), -1)[:, 0],
+                                   where=f"{path}: array {split + '_labels'!r}")
         out[split] = SplitArrays(images, labels, origin=str(path))
     names = CLASS_NAMES[flag]
     return RawData(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._registry import Registry
@@ -108,6 +109,12 @@ def prepare(raw: RawData, spec: DataSpec, *,
             raise DataError(f"dataset {spec.name!r} has no {k} split; give val/test fractions > 0")
         validate_split(splits[k], split=k, task=raw.task, num_classes=len(raw.class_names))
 
+    if raw.task == "multiclass":  # one class: nothing to learn, and every AUC is undefined
+        seen = np.unique(np.concatenate([splits[k].labels for k in ("train", "val", "test")]))
+        if len(seen) < 2:
+            name = raw.class_names[int(seen[0])] if len(seen) else "?"
+            raise DataError(f"{splits['train'].origin or spec.name}: every label is class {name!r}; "
+                            "a classifier needs examples of at least two classes")
     tr = splits["train"]
     available = len(tr.labels)
     n_keep = spec.n_train

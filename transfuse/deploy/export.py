@@ -67,11 +67,13 @@ class ExportResult:
         model_file: the model file (``model.pt``, ``model.onnx`` or ``model.safetensors``).
         metadata_file: ``model.json`` beside it.
         metadata: the contents of ``model.json``.
+        removed: stale temporaries of an interrupted earlier export, removed first.
     """
 
     model_file: Path
     metadata_file: Path
     metadata: dict[str, Any]
+    removed: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -132,6 +134,10 @@ def export_run(run_id: str, *, workspace: str | Path, format: str, out_dir: str 
     except OSError as e:
         raise DataError(f"-o {out}: cannot create the folder ({e.strerror or e}); pass a writable "
                         "one") from None
+    # a kill during an earlier export can leave its temporaries (model.onnx.tmp): remove them
+    stale = [p for p in (out / f"{n}.tmp" for n in (*FILES.values(), "model.json")) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
     model = run.model.cpu().eval()
     path = out / FILES[format]
     tmp = path.with_name(path.name + ".tmp")
@@ -150,7 +156,7 @@ def export_run(run_id: str, *, workspace: str | Path, format: str, out_dir: str 
     meta_tmp = meta_path.with_name("model.json.tmp")
     meta_tmp.write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
     os.replace(meta_tmp, meta_path)
-    return ExportResult(path, meta_path, meta)
+    return ExportResult(path, meta_path, meta, removed=tuple(str(p) for p in stale))
 
 
 def _max_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:

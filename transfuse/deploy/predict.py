@@ -315,7 +315,7 @@ def _read_npy(path: Path, dims: int) -> np.ndarray:
 
 def _load_image(run: DeployedRun, path: Path) -> torch.Tensor:
     """One image file → ``(C, *image_shape)`` float32 on the 0–1 scale (not yet normalised)."""
-    from ..data.base import convert_channels, to_float
+    from ..data.base import check_pixels, convert_channels, to_float
     from ..data.csvfolder import read_image
 
     data = run.spec.data
@@ -331,6 +331,7 @@ def _load_image(run: DeployedRun, path: Path) -> torch.Tensor:
         a = read_image(path, size=data.image_size, channels=data.channels)
     else:
         raise DataError(f"{path}: not an image file this run reads ({', '.join(IMAGE_SUFFIXES)})")
+    check_pixels(a, where=str(path))
     x = to_float(np.array(a))[None]  # a copy: Pillow's arrays are read-only
     if data.channels is not None:
         x = convert_channels(x, data.channels)
@@ -338,7 +339,13 @@ def _load_image(run: DeployedRun, path: Path) -> torch.Tensor:
         want = {1: "grayscale", 3: "RGB"}.get(run.in_channels, f"{run.in_channels}-channel")
         raise DataError(f"{path}: the image has {x.shape[1]} channel(s) but run {run.run_id} was "
                         f"trained on {run.in_channels}-channel images; convert it to {want} first")
-    return _fit_shape(x, run.image_shape)[0]
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: the image holds NaN or inf values; give finite pixel values")
+    size, want = "x".join(map(str, x.shape[2:])), "x".join(map(str, run.image_shape))
+    if size != want and data.image_size is None:  # its training data were not resized either
+        raise DataError(f"{path}: the image is {size} but run {run.run_id} was trained on {want} "
+                        f"images without resizing (data.image_size unset); resize it to {want}")
+    return _fit_shape(x, run.image_shape)[0]  # data.image_size set: resized as in training
 
 
 def _normalise(x: torch.Tensor, run: DeployedRun) -> torch.Tensor:

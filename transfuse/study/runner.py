@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .._signals import SigtermGuard, share_stop, stop_shared
+from .._signals import SigtermGuard, set_flag, share_stop, stop_shared
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError
 from ..store import Store
@@ -49,7 +49,8 @@ class StudyOutcome:
 
 
 class _StopOnSigterm(SigtermGuard):
-    """While running a study's local runs: SIGTERM stops the study instead of killing the driver.
+    """While running a study's local runs: SIGTERM or Ctrl-C stops the study instead of killing
+    the driver (a second Ctrl-C kills the workers and stops at once; stored runs stay).
 
     Runs in worker processes get the signal forwarded (each checkpoints and stops, see
     :mod:`transfuse.train.resume`) and the shared :attr:`event` is set, so no worker starts
@@ -64,11 +65,19 @@ class _StopOnSigterm(SigtermGuard):
         self.event: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        super()._handle(signum, frame)
         if self.event is not None:  # first, so a worker that stops finds it set
-            self.event.set()
-        procs = getattr(self.pool, "_processes", None) or {}
-        for proc in list(procs.values()):  # each worker checkpoints its run and returns
+            set_flag(self.event)
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        try:
+            super()._handle(signum, frame)
+        except KeyboardInterrupt:  # Ctrl-C twice: stop at once; the store keeps what it holds
+            for proc in procs:
+                try:
+                    proc.kill()
+                except (OSError, AttributeError):
+                    pass
+            raise
+        for proc in procs:  # each worker checkpoints its run and returns
             try:
                 proc.terminate()
             except (OSError, AttributeError):
@@ -94,6 +103,8 @@ def _execute_unless_stopped(task: RunTask) -> tuple[str, str, str]:
     from .._signals import _shared
 
     if stop_shared():
+        if _shared is not None:  # a signal to this worker alone stops the others' next runs too
+            _shared.set()
         return run_id(spec_from_dict(task.spec)), UNSTARTED, "the study was stopping"
     res = execute(task)
     if res[1] == "preempted" and _shared is not None:
@@ -351,11 +362,13 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         listener()
         bar.close()
     if stopped:
+        from .._signals import stop_signal
         from ..errors import PreemptedError
 
         n = len(outcome.preempted)
-        raise PreemptedError(f"study {outcome.study} stopped by SIGTERM: {len(outcome.finished)} "
-                             f"runs finished, {n} checkpointed mid-run; run it again to resume")
+        raise PreemptedError(f"study {outcome.study} stopped by {stop_signal()}: "
+                             f"{len(outcome.finished)} runs finished, {n} checkpointed mid-run; "
+                             "run it again to resume")
     return outcome
 
 

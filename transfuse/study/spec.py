@@ -27,6 +27,7 @@
       relative_thresholds: [0.9, 0.95]  # … and each fraction of the run's final AUC
     smoke:                         # dotted overrides for --smoke (defaults shown in SMOKE)
       train.steps: 4
+    max_cells: 10000               # refuse a larger grid (counted before any cell is built)
 
 An init that uses no pretrained weights (``random``, ``gabor``…) drops ``init.source``, so a
 source axis does not repeat identical random runs. Pretraining runs are stored under the study
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass, field, fields
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +56,12 @@ from .evaluation import Evaluation
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "ssl_pretrains",
            "external_sources", "EXTERNAL_PRETRAINS", "SMOKE"]
 
-TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke")
+TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke",
+            "max_cells")
+#: Most grid cells a study may have (the product of its axes' lengths, before ``exclude``), unless
+#: its file raises ``max_cells``: counted before any cell is built, so a mistyped axis cannot make
+#: ``study check`` or ``study status`` build a million specs.
+MAX_CELLS = 10_000
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
 DECISION_KEYS = ("margin", "area_margin", "speed_margin", "reference", "multiplicity", "alpha", "power")
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
@@ -90,6 +97,24 @@ class StudySpec:
     exclude: tuple[dict[str, Any], ...] = ()
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    max_cells: int = MAX_CELLS
+
+
+def check_grid_size(grid: dict[str, Any], *, limit: int, where: str) -> int:
+    """The number of cells of ``grid`` (the product of its axes' lengths), counted without
+    building any.
+
+    Raises:
+        ConfigError: more than ``limit`` cells; names the axes and the ``max_cells`` key.
+    """
+    n = 1
+    for v in grid.values():
+        n *= max(1, len(v)) if isinstance(v, list) else 1
+    if n > limit:
+        sizes = " × ".join(f"{k} {len(v)}" for k, v in grid.items() if isinstance(v, list))
+        raise ConfigError(f"{where}: the grid has {n} cells ({sizes}), more than max_cells={limit}; "
+                          "shorten an axis, or set a larger max_cells at the top of the study file")
+    return n
 
 
 def _check_path(dotted: str, where: str) -> None:
@@ -147,9 +172,17 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
         check_spec_keys(base, where="base")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{path}: description must be a string (text about the study), not "
+                          f"a {type(description).__name__}")
+    max_cells = raw.get("max_cells", MAX_CELLS)
+    if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1:
+        raise ConfigError(f"{path}: max_cells={max_cells!r} must be a positive integer")
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{path}: grid must be a mapping of dotted keys to lists")
+    check_grid_size(grid, limit=max_cells, where=str(path))
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{path}: grid.{k} must be a non-empty list")
@@ -218,7 +251,7 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
     for k in smoke:
         _check_path(str(k), f"{path}: smoke")
     study = StudySpec(name=name.strip(), base=base, grid={str(k): list(v) for k, v in grid.items()},
-                      smoke=dict(smoke), description=str(raw.get("description", "")),
+                      smoke=dict(smoke), description=description, max_cells=max_cells,
                       path=str(path), exclude=tuple(dict(e) for e in exclude),
                       pretrain={str(k): dict(v) for k, v in pretrain.items()}, evaluation=decision,
                       **thr)
@@ -355,6 +388,10 @@ def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
             raise ConfigError(f"{where}: init.source {src!r} names no entry of pretrain "
                               f"(have: {', '.join(pre) or 'none'})")
         init["source"] = pre[name]
+    elif isinstance(src, str) and src.startswith("run:") and not re.fullmatch(r"run:[0-9a-f]{12}", src):
+        # a prefix would make the cell's run id depend on what else the store holds
+        raise ConfigError(f"{where}: init.source {src!r}: a study names a source run by its full "
+                          "id, run:<12 hex digits> (see `transfuse runs list`)")
     try:
         parts = [p.strip().partition(":")[0] for p in str(init.get("name", "random")).split("+")]
         needs = any(init_needs_source(n) for n in parts if n)
@@ -372,6 +409,7 @@ def grid_cells(study: StudySpec, *, smoke: bool = False
     cell's spec dict (excluded cells removed, smoke settings applied, the study named; sources
     not yet resolved). :func:`expand` and ``study check`` build their cells from it.
     """
+    check_grid_size(study.grid, limit=study.max_cells, where=study.path or study.name)
     axes = list(study.grid.items())
     indexed = []
     for k, vals in axes:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .._progress import step as report_step
+from .._signals import stop_signal
 from ..config import TrainSpec
 from ..data.base import ArrayDataset, PreparedData
 from ..errors import ConfigError, DivergedError, PreemptedError
@@ -432,7 +433,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                 eval_seconds += time.perf_counter() - t_ck
                 if sigterm.requested:
                     bar.close()
-                    raise PreemptedError(f"stopped by SIGTERM after step {step} of {total}; its "
+                    raise PreemptedError(f"stopped by {stop_signal()} after step {step} of {total}; its "
                                          "checkpoint is kept: run it again to resume", step=step)
     bar.close()
     finetune.release()

@@ -20,8 +20,10 @@ randomness inside workers (3D training patches) resume exactly only without work
 
 SIGTERM (Slurm, spot preemption) makes the loop finish its step, write the checkpoint and raise
 :class:`~transfuse.errors.PreemptedError`; the CLI exits with status 75 (``EX_TEMPFAIL``), and the
-next attempt resumes. A run that fails for any other reason removes its checkpoint: rerunning a
-deterministic failure from just before it would fail again.
+next attempt resumes. The first Ctrl-C (SIGINT) does the same, exiting with status 130. The run
+is not stored ``failed``: it stays ``running`` without an owner process (listed ``stale``). A
+run that fails for any other reason removes its checkpoint: rerunning a deterministic failure
+from just before it would fail again.
 """
 
 from __future__ import annotations
