@@ -172,6 +172,7 @@ def _batched_predict(fwd: Callable, params: dict, buffers: dict, loader: DataLoa
             with autocast(dev, amp):
                 logits = fwd(params, buffers, x)
             logits = logits.float()
+            # one member at a time, as fit() reduces it: the same float32 loss to the last bit
             losses = torch.stack([loss_fn(logits[i], y, m, task) for i in range(size)])
             loss_sum += losses.double().cpu() * len(x)
             n += len(x)
@@ -251,6 +252,7 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
 
     train_fwd = torch.func.vmap(one, in_dims=(0, 0, 0), randomness="different")
     eval_fwd = torch.func.vmap(one, in_dims=(0, 0, None), randomness="different")
+    train_loss = torch.func.vmap(lambda lg, y, m: loss_fn(lg, y, m, task))
 
     def tensors() -> tuple[dict, dict]:
         return dict(template.named_parameters()), dict(template.named_buffers())
@@ -357,29 +359,34 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
     with SigtermGuard() as sigterm:
         for step in range(start, total + 1):
             finetune.on_step(step, template, opt, sched)
-            xs, ys, ms = [], [], []
-            for i, mb in enumerate(members):
-                batch = next(streams[i])
-                if preloaded is not None:
-                    idx = batch.to(preloaded[0].device)
-                    x, y, m = (t[idx] for t in preloaded)
-                else:
-                    x, y, m = batch
-                if augment is not None:
-                    x, y = augment(x, y, seed=mb.seed, step=step, rank=0)
-                xs.append(x), ys.append(y), ms.append(m)
-            x, y, m = (torch.stack(t).to(dev, non_blocking=True) for t in (xs, ys, ms))
+            batches = [next(st) for st in streams]
+            if preloaded is not None and augment is None:  # one gather for the whole cohort
+                idx = torch.stack(batches).to(preloaded[0].device)
+                x, y, m = (t[idx] for t in preloaded)
+            else:
+                xs, ys, ms = [], [], []
+                for mb, batch in zip(members, batches):
+                    if preloaded is not None:
+                        idx = batch.to(preloaded[0].device)
+                        xi, yi, mi = (t[idx] for t in preloaded)
+                    else:
+                        xi, yi, mi = batch
+                    if augment is not None:
+                        xi, yi = augment(xi, yi, seed=mb.seed, step=step, rank=0)
+                    xs.append(xi), ys.append(yi), ms.append(mi)
+                x, y, m = (torch.stack(t) for t in (xs, ys, ms))
+            x, y, m = (t.to(dev, non_blocking=True) for t in (x, y, m))
             p, b = tensors()
             with autocast(dev, spec.amp):
                 logits = train_fwd(p, b, x)
-            losses = torch.stack([loss_fn(logits[i].float(), y[i], m[i], task) for i in range(size)])
+            losses = train_loss(logits.float(), y, m)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
             sched.step()
             loss_acc += losses.detach()
             first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(losses.detach()), step)
-            seen += len(xs[0])
+            seen += x.shape[1]
             bar.update(1)
 
             if step % spec.eval_every == 0 or step == total:
