@@ -194,13 +194,19 @@ def _spec(init: str, seed: int, **train) -> RunSpec:
                    seed=seed, study="cohort-test")
 
 
+def _run_cohort(specs: list[RunSpec], ws: Path) -> list[tuple[str, str, str]]:
+    """As a study worker runs a cohort: members that cannot join train alone."""
+    from transfuse.study.task import CohortTask, execute_any
+
+    return execute_any(CohortTask(tuple(s.to_dict() for s in specs), str(ws), "cpu", 1))
+
+
 def test_stored_cohort_members_are_their_solo_runs(tmp_path, blowup_init):
     from transfuse.run import train_run
-    from transfuse.run_cohort import train_cohort
 
     specs = [_spec(i, s) for i, s in COMBOS] + [_spec(blowup_init, 3, lr=10.0)]
     ws = tmp_path / "ws"
-    out = train_cohort(specs, workspace=ws, device="cpu")
+    out = _run_cohort(specs, ws)
     assert [o[0] for o in out] == [run_id(s) for s in specs]
     # the blow-up member has its own lr: it cannot fuse, trains alone and fails as alone
     assert [o[1] for o in out] == ["finished"] * 4 + ["failed"], out
@@ -241,11 +247,9 @@ def test_stored_cohort_members_are_their_solo_runs(tmp_path, blowup_init):
 
 
 def test_a_diverging_member_fails_alone(tmp_path, blowup_init):
-    from transfuse.run_cohort import train_cohort
-
     specs = [_spec("random", 1, lr=2.0), _spec(blowup_init, 2, lr=2.0), _spec("random", 3, lr=2.0)]
     ws = tmp_path / "ws"
-    out = train_cohort(specs, workspace=ws, device="cpu")
+    out = _run_cohort(specs, ws)
     assert [o[1] for o in out] == ["finished", "failed", "finished"], out
     assert "diverged" in out[1][2] and "stored as failed" in out[1][2]
     store = Store(ws)

@@ -39,21 +39,13 @@ def cohort_key(spec: RunSpec) -> str | None:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-def _alone(spec: RunSpec, workspace: str | Path, device: str | None, tensorboard: bool) -> Outcome:
-    from .study.task import RunTask, execute
-
-    import torch
-
-    return execute(RunTask(spec.to_dict(), str(workspace), device, torch.get_num_threads(),
-                           tensorboard))
-
-
 def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | None = None,
-                 progress: bool = False, tensorboard: bool = False) -> list[Outcome]:
+                 progress: bool = False, tensorboard: bool = False) -> list[Outcome | None]:
     """Train ``specs`` as one cohort (those that can join), store each; never raises for a run.
 
     Returns:
-        one ``(run_id, outcome, message)`` per spec, as :func:`transfuse.study.task.execute`.
+        per spec, ``(run_id, outcome, message)`` as :func:`transfuse.study.task.execute`, or
+        ``None`` for a run that cannot join: the caller trains it alone.
     """
     from .data import load_dataset
     from .run import _begin, _build, _checked, _failed, _finish, environment
@@ -63,7 +55,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
     from .train.loop import _fingerprint
     from .train.resume import load_resume
 
-    out: dict[str, Outcome] = {}
+    out: dict[str, Outcome | None] = {}
     store = Store(workspace)
     joined: list[tuple[RunSpec, Any]] = []
     solo: list[RunSpec] = []
@@ -105,8 +97,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
                                 helpers=(_begin, _failed, _finish, environment, RunBusyError,
                                          Member, fit_cohort)))
     for spec in solo:
-        res = _alone(spec, workspace, device, tensorboard)
-        out[res[0]] = res
+        out[run_id(spec)] = None
     return [out[run_id(s)] for s in specs]
 
 
@@ -115,7 +106,7 @@ def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, wor
                  helpers: tuple) -> dict[str, Outcome]:
     """Start, train and store one cohort; every member's outcome."""
     _begin, _failed, _finish, environment, RunBusyError, Member, fit_cohort = helpers
-    out: dict[str, Outcome] = {}
+    out: dict[str, Outcome | None] = {}
     started: list[tuple[RunSpec, Any, Any]] = []  # (spec, built, member)
     env = {**environment(dev), "cohort": len(group)}
     for spec, built in group:

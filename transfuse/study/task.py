@@ -78,8 +78,11 @@ def execute_any(task: RunTask | CohortTask) -> list[tuple[str, str, str]]:
     torch.set_num_threads(max(1, task.threads))
     specs = [spec_from_dict(s) for s in task.specs]
     try:
-        return train_cohort(specs, workspace=task.workspace, device=task.device, progress=False,
-                            tensorboard=task.tensorboard)
+        res = train_cohort(specs, workspace=task.workspace, device=task.device, progress=False,
+                           tensorboard=task.tensorboard)
     except Exception as e:  # e.g. the store: every member is reported, the study goes on
         msg = traceback.format_exception_only(type(e), e)[-1].strip()
         return [(run_id(s), "failed", msg) for s in specs]
+    return [r if r is not None else  # a run that could not join trains alone
+            execute(RunTask(s, task.workspace, task.device, task.threads, task.tensorboard))
+            for r, s in zip(res, task.specs)]
