@@ -69,10 +69,14 @@ def _last(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("finetune", ["full", "linear_probe", "freeze:block1"])
-def test_cohort_of_four_equals_its_solo_runs_in_float64(tmp_path, finetune):
+@pytest.mark.parametrize("finetune,extra", [
+    ("full", {}), ("linear_probe", {}), ("freeze:block1", {}),
+    # LP-FT's switch adds groups mid-run; per-stage learning rates; AdamW's per-element state
+    ("lpft:4", {"layer_decay": 0.5, "head_lr_mult": 2.0, "optimizer": "adamw", "lr": 0.01})])
+def test_cohort_of_four_equals_its_solo_runs_in_float64(tmp_path, finetune, extra):
     data = _data()
-    spec = TrainSpec(steps=10, batch_size=4, eval_every=5, lr=0.05, amp=False, finetune=finetune)
+    spec = TrainSpec(**{**dict(steps=10, batch_size=4, eval_every=5, lr=0.05, amp=False,
+                               finetune=finetune), **extra})
     res = fit_cohort([Member(_model(i, s), s, tmp_path / f"c-{i}-{s}") for i, s in COMBOS],
                      data, spec, device="cpu", progress=False)
     for (init, seed), r in zip(COMBOS, res):

@@ -144,7 +144,8 @@ class _Cohort:
     def member_opt_state(self, i: int) -> dict[str, Any]:
         sd = self.opt.state_dict()
         shapes = self._stacked_ids()
-        state = {idx: {k: (v[i].clone() if torch.is_tensor(v) and v.shape == shapes[idx] else v)
+        state = {idx: {k: (v[i].clone() if torch.is_tensor(v) and k != "step" and v.shape == shapes[idx]
+                           else v)
                        for k, v in st.items()} for idx, st in sd["state"].items()}
         return {"state": state, "param_groups": sd["param_groups"]}
 
@@ -154,7 +155,8 @@ class _Cohort:
         merged = {}
         for idx, st in first["state"].items():
             merged[idx] = {k: (torch.stack([s["state"][idx][k] for s in states])
-                               if torch.is_tensor(v) and (self.size,) + tuple(v.shape) == tuple(shapes[idx])
+                               if torch.is_tensor(v) and k != "step"
+                               and (self.size,) + tuple(v.shape) == tuple(shapes[idx])
                                else v) for k, v in st.items()}
         self.opt.load_state_dict({"state": merged, "param_groups": first["param_groups"]})
 
