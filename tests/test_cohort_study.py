@@ -132,7 +132,7 @@ def test_cohort_members_match_solo_runs_statistically_in_fp32(tmp_path):
     text = """
 name: stats
 base:
-  data: {name: "builtin:brain_tissue", n_train: 200}
+  data: {name: "builtin:brain_tissue", n_train: 200, image_size: 16}
   model: {name: cbr_tiny}
   train: {steps: 60, eval_every: 20, batch_size: 32, lr: 0.05}
 grid:

@@ -116,6 +116,9 @@ def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, wor
         except RunBusyError as e:
             out[rid] = (rid, "busy", str(e))
             continue
+        except TransfuseError as e:  # e.g. finished meanwhile by another process
+            out[rid] = (rid, "skipped" if store.status(rid) == "finished" else "failed", str(e))
+            continue
         run_dir = store.run_dir(rid)
         try:
             log = _begin(store, spec, built, data, run_dir=run_dir, workspace=workspace,
