@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainSpec
 from ..data.base import PreparedData
-from ..errors import ConfigError, PreemptedError, TransfuseError
+from ..errors import ConfigError, PreemptedError
 from .augment import make_augment
 from .device import autocast, resolve_device
 from .finetune import plan_finetune
@@ -450,7 +450,3 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
                                resumed_from=start - 1 if resumed else None)
     return results  # type: ignore[return-value]
 
-
-def is_failure(r: FitResult | BaseException) -> bool:
-    """Whether a :func:`fit_cohort` result is an error."""
-    return isinstance(r, (BaseException, TransfuseError))
