@@ -90,8 +90,9 @@ def test_study_with_cohorts_stores_every_run_once_and_auto_is_off_on_cpu(tmp_pat
 
 @pytest.mark.slow
 def test_sigkill_during_a_cohort_study_then_rerun(tmp_path):
-    """Kill `study run --cohort 3` twice mid-run; the rerun completes the grid: 0 lost, 0
-    duplicated, and what had finished is unchanged."""
+    """Kill `study run --cohort 3` twice, each time just after a cohort checkpoint; the rerun
+    completes the grid: 0 lost, 0 duplicated, what had finished is unchanged, and members resumed
+    from their cohort's checkpoint as a cohort."""
     text = TINY.replace("[cbr_tiny, cbr_small]", "[cbr_tiny]").replace(
         "seed: [0, 1]", "seed: [0, 1, 2]").replace("steps: 3, eval_every: 3", "steps: 40, eval_every: 5")
     path = _write(tmp_path, text)
@@ -100,10 +101,15 @@ def test_sigkill_during_a_cohort_study_then_rerun(tmp_path):
            "--no-progress", "--cohort", "3", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     snapshots = []
-    for delay in (8.0, 12.0):
+    for _ in range(2):
+        t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        while time.time() < t0 + 240 and proc.poll() is None:  # kill after a cohort checkpoint
+            if any(p.stat().st_mtime > t0 for p in ws.glob("runs/*/resume.pt")):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if (ws / "transfuse.db").exists():
@@ -123,6 +129,9 @@ def test_sigkill_during_a_cohort_study_then_rerun(tmp_path):
     for snap in snapshots:
         for rid, metrics in snap.items():
             assert store.final_metrics(rid) == metrics
+    resumed = [r for r in runs if r.summary.get("resumed_from")]
+    assert resumed, "no member resumed from its cohort checkpoint"
+    assert all(r.env["cohort"] >= 2 for r in resumed)  # resumed as a cohort, not alone
 
 
 @pytest.mark.slow
