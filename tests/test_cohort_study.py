@@ -158,3 +158,19 @@ grid:
     delta, sd = float(np.abs(a - b).mean()), float(b.std(ddof=1))
     print(f"mean |delta AUC| {delta:.5f}, solo seed SD {sd:.5f}, ratio {delta / sd:.3f}")
     assert delta <= 0.25 * sd, (delta, sd)
+
+
+def test_until_decided_passes_the_cohort_on_to_every_look(tmp_path, monkeypatch):
+    import transfuse.study.adaptive as adaptive
+
+    seen = []
+
+    def fake_run_study(study, **kw):
+        seen.append((kw["cohort"], len(kw["specs"])))
+        raise RuntimeError("stop after the first look")
+
+    monkeypatch.setattr(adaptive, "run_study", fake_run_study)
+    study = load_study(_write(tmp_path, TINY.replace("[cbr_tiny, cbr_small]", "[cbr_tiny]")))
+    with pytest.raises(RuntimeError, match="first look"):
+        adaptive.run_until_decided(study, workspace=tmp_path / "ws", max_seeds=4, cohort=4)
+    assert seen == [(4, 4)]
