@@ -202,6 +202,78 @@ def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
     return resolve_source(spec.init.source, workspace=workspace)
 
 
+def _checked(spec: RunSpec, workspace: str | Path, tensorboard: bool
+             ) -> tuple[SourceWeights | None, tuple[Any, Any] | None]:
+    """Validate ``spec`` before anything runs; its pretrained source and the normalisation
+    ``data.normalize=source`` asks for."""
+    if spec.parent is not None:
+        raise ConfigError(f"run spec has parent={spec.parent!r}: it is a derived run (e.g. a "
+                          "self-training student) and is trained by its own command "
+                          "(`transfuse selftrain FILE`), not as a plain run")
+    if tensorboard:
+        check_tensorboard()
+    source = _source(spec, workspace)
+    norm = None
+    if spec.data.normalize == "source":
+        if source is None or source.mean is None or source.std is None:
+            raise ConfigError("data.normalize=source needs a pretrained source that declares its "
+                              "mean/std (--source); use data.normalize=data otherwise")
+        norm = (source.mean, source.std)
+    return source, norm
+
+
+@dataclass
+class _Built:
+    """A run's model, initialised, with what its record keeps about it."""
+
+    model: torch.nn.Module
+    dims: int
+    init_report: dict[str, Any]
+    finetune: dict[str, Any]
+
+
+def _build(spec: RunSpec, data: PreparedData, *, source: SourceWeights | None,
+           workspace: str | Path) -> _Built:
+    """Check the spec against the data, build the model and apply the run's init."""
+    dims = check_compatible(spec, data)
+    check_sizes(spec, data)
+    seed_everything(spec.seed)
+    model = create_model(spec.model.name, spatial_dims=dims,
+                         in_channels=data.info.in_channels, num_classes=data.info.num_classes,
+                         **init_model_kwargs(spec.init.name))
+    report = apply_init(model, spec.init, source=source, seed=spec.seed, workspace=workspace)
+    init_report = {**report.to_dict(), "source_info": source.to_dict() if source else None}
+    finetune = plan_finetune(model, spec.train).describe()  # a bad train.finetune fails here
+    return _Built(model, dims, init_report, finetune)
+
+
+def _begin(store: Store, spec: RunSpec, built: _Built, data: PreparedData, *, run_dir: Path,
+           workspace: str | Path, tensorboard: bool) -> Any:
+    """The started run's live log and its stored data, init and model information."""
+    rid = run_id(spec)
+    log = live_log(store, rid, run_dir=run_dir, workspace=workspace, tensorboard=tensorboard)
+    store.set_info(rid, data_info=data.info.to_dict(), init_report=built.init_report, model_info={
+        "name": spec.model.name, "spatial_dims": built.dims,
+        "parameters": sum(p.numel() for p in built.model.parameters()),
+        "stages": [s.to_dict() for s in get_stages(built.model)],
+        # trainable parameter count and per-stage learning rates (train.finetune)
+        "finetune": built.finetune, "augment": _augment_info(spec, data)})
+    return log
+
+
+def _finish(store: Store, rid: str, result: Any) -> None:
+    """Store a trained run's test metrics and summary: the run is finished."""
+    store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
+        "best_step": result.best_step, "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 3),
+        "step_seconds": round(result.train_seconds / max(result.steps, 1), 5),
+        "examples_per_second": round(result.examples_per_second, 1),
+        # this attempt continued a killed one from its mid-run checkpoint at that step
+        "resumed_from": result.resumed_from,
+        # train.early_stop ended it here (only then: older summaries keep their keys)
+        **({"stopped_step": result.stopped_step} if getattr(result, "stopped_step", None) else {})})
+
+
 def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None,
               progress: bool = True, tensorboard: bool = False) -> RunOutcome:
     """Train one run and store it; a finished run is returned as is, not repeated.
@@ -220,23 +292,11 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     Raises:
         TransfuseError: bad input (dataset, model, options), before anything is stored.
     """
-    if spec.parent is not None:
-        raise ConfigError(f"run spec has parent={spec.parent!r}: it is a derived run (e.g. a "
-                          "self-training student) and is trained by its own command "
-                          "(`transfuse selftrain FILE`), not as a plain run")
-    if tensorboard:
-        check_tensorboard()
-    source = _source(spec, workspace)
+    source, norm = _checked(spec, workspace, tensorboard)
     if source is not None and spec.init.source != source.name and source.name.startswith("run:"):
         # `--source run:<prefix>`: the run id and the record name the source run in full, so
         # neither depends on which other runs the store holds
         spec = replace(spec, init=replace(spec.init, source=source.name))
-    norm = None
-    if spec.data.normalize == "source":
-        if source is None or source.mean is None or source.std is None:
-            raise ConfigError("data.normalize=source needs a pretrained source that declares its "
-                              "mean/std (--source); use data.normalize=data otherwise")
-        norm = (source.mean, source.std)
     rid = run_id(spec)
     # A new workspace's store is made only once the input is known good (a --data-root typo
     # must not leave an empty transfuse.db behind); an existing one answers "finished?" first.
@@ -244,18 +304,9 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     if store is not None and store.status(rid) == "finished":
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
     data = load_dataset(spec.data, norm=norm)
-    dims = check_compatible(spec, data)
-    check_sizes(spec, data)
-    store = store or Store(workspace)
-
     dev = resolve_device(device)
-    seed_everything(spec.seed)
-    model = create_model(spec.model.name, spatial_dims=dims,
-                         in_channels=data.info.in_channels, num_classes=data.info.num_classes,
-                         **init_model_kwargs(spec.init.name))
-    report = apply_init(model, spec.init, source=source, seed=spec.seed, workspace=workspace)
-    init_report = {**report.to_dict(), "source_info": source.to_dict() if source else None}
-    finetune = plan_finetune(model, spec.train).describe()  # a bad train.finetune fails here
+    built = _build(spec, data, source=source, workspace=workspace)  # checks spec against data
+    store = store or Store(workspace)
     main = int(os.environ.get("RANK", 0)) == 0
     if main:
         store.start_run(spec, env=environment(dev))
@@ -263,26 +314,13 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     log = None
     try:
         if main:
-            log = live_log(store, rid, run_dir=run_dir, workspace=workspace, tensorboard=tensorboard)
-            store.set_info(rid, data_info=data.info.to_dict(), init_report=init_report, model_info={
-                "name": spec.model.name, "spatial_dims": dims,
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "stages": [s.to_dict() for s in get_stages(model)],
-                # trainable parameter count and per-stage learning rates (train.finetune)
-                "finetune": finetune, "augment": _augment_info(spec, data)})
-        result = fit(model, data, spec.train, seed=spec.seed, device=device,
+            log = _begin(store, spec, built, data, run_dir=run_dir, workspace=workspace,
+                         tensorboard=tensorboard)
+        result = fit(built.model, data, spec.train, seed=spec.seed, device=device,
                      run_dir=run_dir, progress=progress,
                      log=log)
         if main:
-            store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
-                "best_step": result.best_step, "steps": result.steps,
-                "train_seconds": round(result.train_seconds, 3),
-                "step_seconds": round(result.train_seconds / max(result.steps, 1), 5),
-                "examples_per_second": round(result.examples_per_second, 1),
-                # this attempt continued a killed one from its mid-run checkpoint at that step
-                "resumed_from": result.resumed_from,
-                # train.early_stop ended it here (only then: older summaries keep their keys)
-                **({"stopped_step": result.stopped_step} if result.stopped_step else {})})
+            _finish(store, rid, result)
     except BaseException as e:
         if not main:
             raise

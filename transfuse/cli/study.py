@@ -50,6 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--executor", default="local", choices=("local", "ray"),
                            help="where runs execute (default local)")
             q.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+            q.add_argument("--cohort", default="auto", metavar="auto|off|N",
+                           help="train runs that differ only in seed and init together as one "
+                                "vectorised model, each stored as its own run: auto (on CUDA, "
+                                "cohorts that fit the GPU's memory; off on the CPU), off, or the "
+                                "largest cohort size; local executor only (default auto)")
             add_device(q)
             add_progress(q)
             add_tensorboard(q)
@@ -202,7 +207,8 @@ def _study(a: argparse.Namespace) -> int:
         ad = run_until_decided(study, workspace=workspace_of(a), max_seeds=a.max_seeds,
                                batch=a.seed_batch, workers=a.workers, executor=a.executor,
                                address=a.address, device=a.device, progress=not a.no_progress,
-                               tensorboard=a.tensorboard, placement=_placement(a))
+                               tensorboard=a.tensorboard, placement=_placement(a),
+                               cohort=a.cohort)
         _print_outcome(_whole_call(ad.outcomes), a)  # what this call trained, over every look
         for line in describe(ad):
             print(line)
@@ -213,7 +219,7 @@ def _study(a: argparse.Namespace) -> int:
         out = run_study(study, workspace=workspace_of(a), workers=a.workers, executor=a.executor,
                         address=a.address, smoke=a.smoke, device=a.device,
                         progress=not a.no_progress, tensorboard=a.tensorboard,
-                        placement=_placement(a))
+                        placement=_placement(a), cohort=a.cohort)
         _print_outcome(out, a)
         name, ok = out.study, out.ok
     print(f"  results in {Path(workspace_of(a)) / 'transfuse.db'}")

@@ -83,7 +83,8 @@ def _extend(dec: Decisions) -> set[tuple[str, str, str]]:
 def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int, batch: int = 2,
                       workers: int | None = 1, executor: str = "local", address: str | None = None,
                       device: str | None = None, progress: bool = True,
-                      tensorboard: bool = False, placement: Any = None) -> AdaptiveOutcome:
+                      tensorboard: bool = False, placement: Any = None,
+                      cohort: str | int | None = "auto") -> AdaptiveOutcome:
     """Run ``study`` adding seeds to undecided cells, look by look (see the module docstring).
 
     Args:
@@ -91,7 +92,7 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
         workspace: run store folder.
         max_seeds: the most seeds any cell gets (the last look).
         batch: seeds added to each undecided cell per look.
-        workers, executor, address, device, progress, tensorboard: as
+        workers, executor, address, device, progress, tensorboard, cohort: as
             :func:`~transfuse.study.runner.run_study`.
 
     Raises:
@@ -137,7 +138,7 @@ def run_until_decided(study: StudySpec, *, workspace: str | Path, max_seeds: int
         res_run = run_study(study, workspace=workspace, workers=workers, executor=executor,
                             address=address, device=device, progress=progress, specs=specs,
                             tensorboard=tensorboard, placement=placement,
-                            sequential=seq.to_dict())
+                            sequential=seq.to_dict(), cohort=cohort)
         out.outcomes.append(res_run)
         out.looks_run = look
         store = Store(workspace)

@@ -21,9 +21,10 @@ from .._signals import SigtermGuard, set_flag, share_stop, stop_shared
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError
 from ..store import Store
+from .cohorts import group_cohorts, parse_cohort, resolve_cohort
 from .placement import Placement, local_slots
 from .spec import StudySpec, expand, med3d_pretrains, pretrain_specs, ssl_pretrains
-from .task import RunTask, execute
+from .task import RunTask, execute, execute_any
 
 __all__ = ["run_study", "study_status", "study_progress", "StudyOutcome", "RunTask", "run_steps",
            "progress_total"]
@@ -105,9 +106,10 @@ def _execute_unless_stopped(task: RunTask) -> tuple[str, str, str]:
     if stop_shared():
         if _shared is not None:  # a signal to this worker alone stops the others' next runs too
             _shared.set()
-        return run_id(spec_from_dict(task.spec)), UNSTARTED, "the study was stopping"
-    res = execute(task)
-    if res[1] == "preempted" and _shared is not None:
+        specs = getattr(task, "specs", None) or (task.spec,)
+        return [(run_id(spec_from_dict(s)), UNSTARTED, "the study was stopping") for s in specs]
+    res = execute_any(task)
+    if any(r[1] == "preempted" for r in res) and _shared is not None:
         _shared.set()
     return res
 
@@ -127,10 +129,10 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
             for t in tasks:
                 if stop.requested:
                     break
-                res = execute(t)
-                on_done(res)
-                if res[1] == "preempted":  # the run in progress caught the signal itself
-                    stop.requested = True
+                for res in execute_any(t):  # a run, or each member of a cohort
+                    on_done(res)
+                    if res[1] == "preempted":  # the run in progress caught the signal itself
+                        stop.requested = True
             return stop.requested
         # spawn: fresh interpreters (no forked torch thread pools or open SQLite handles), so
         # each can be given its GPU before it imports torch.
@@ -149,16 +151,17 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     try:
-                        res = f.result()
+                        results = f.result()
                     except (BrokenProcessPool, CancelledError):
                         if not stop.requested:
                             raise
                         continue
-                    if res[1] == UNSTARTED:
-                        continue
-                    on_done(res)
-                    if res[1] == "preempted" and not stop.requested:
-                        stop._handle(0, None)  # one run was stopped: stop them all
+                    for res in results:  # a run, or each member of a cohort
+                        if res[1] == UNSTARTED:
+                            continue
+                        on_done(res)
+                        if res[1] == "preempted" and not stop.requested:
+                            stop._handle(0, None)  # one run was stopped: stop them all
                 if stop.requested:
                     for f in pending:
                         f.cancel()
@@ -209,7 +212,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
               executor: str = "local", address: str | None = None, smoke: bool = False,
               device: str | None = None, progress: bool = True, specs: list[RunSpec] | None = None,
               sequential: dict[str, Any] | None = None, tensorboard: bool = False,
-              placement: Placement | None = None) -> StudyOutcome:
+              placement: Placement | None = None, cohort: str | int | None = "auto") -> StudyOutcome:
     """Run every missing run of ``study`` and store it.
 
     Args:
@@ -231,6 +234,9 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         sequential: an adaptive study's look schedule, recorded with the study (see
             :mod:`transfuse.study.adaptive`); an earlier record is kept when ``None``.
         tensorboard: every run also writes TensorBoard events (see :mod:`transfuse.live`).
+        cohort: ``auto`` (on CUDA: fuse runs that differ only in seed and init into cohorts
+            that fit the GPU; on the CPU: off), ``off``, or the largest cohort size
+            (:mod:`transfuse.study.cohorts`; local executor only).
 
     Returns:
         :class:`StudyOutcome`.
@@ -243,6 +249,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         raise ConfigError(f"executor {executor!r} is not valid; choose one of {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
+    parse_cohort(cohort)  # a bad --cohort fails before anything is stored
     placement = placement or Placement()
     slots: list[str | None] | None = None
     if executor == "local" and device is None:
@@ -269,6 +276,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         "run_ids": [run_id(s) for s in specs], "evaluation": study.evaluation.to_dict(),
         "sequential": sequential}, study=name)
     done = {r.run_id for r in store.list_runs(status="finished")}
+    cohort_size = resolve_cohort(cohort, device=device, executor=executor, specs=specs)
     outcome = StudyOutcome(study=name, total=len(specs) + len(pre))
     threads = max(1, (os.cpu_count() or 1) // workers)
 
@@ -350,6 +358,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
                 bar.update(sum(weight.get(r, 1) for r in outcome.busy[-len(blocked):]) if blocked else 0)
             if not tasks:
                 continue
+            tasks = group_cohorts(tasks, cohort_size)
             if executor == "ray":  # the driver stores every run; workers never see the workspace
                 from .remote import run_on_ray
 

@@ -9,7 +9,7 @@ from typing import Any
 from ..config import run_id, spec_from_dict
 from ..errors import TransfuseError
 
-__all__ = ["RunTask", "execute"]
+__all__ = ["RunTask", "CohortTask", "execute", "execute_any"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,36 @@ def execute(task: RunTask) -> tuple[str, str, str]:
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         return rid, "failed", tb
     return rid, "skipped" if out.skipped else "finished", ""
+
+
+@dataclass(frozen=True)
+class CohortTask:
+    """Runs that train together as one cohort (see :mod:`transfuse.run_cohort`): their specs,
+    and the rest as :class:`RunTask`."""
+
+    specs: tuple[dict[str, Any], ...]
+    workspace: str
+    device: str | None
+    threads: int
+    tensorboard: bool = False
+
+
+def execute_any(task: RunTask | CohortTask) -> list[tuple[str, str, str]]:
+    """:func:`execute` for a run, or every member's outcome for a cohort; never raises for a run."""
+    if isinstance(task, RunTask):
+        return [execute(task)]
+    import torch
+
+    from ..run_cohort import train_cohort
+
+    torch.set_num_threads(max(1, task.threads))
+    specs = [spec_from_dict(s) for s in task.specs]
+    try:
+        res = train_cohort(specs, workspace=task.workspace, device=task.device, progress=False,
+                           tensorboard=task.tensorboard)
+    except Exception as e:  # e.g. the store: every member is reported, the study goes on
+        msg = traceback.format_exception_only(type(e), e)[-1].strip()
+        return [(run_id(s), "failed", msg) for s in specs]
+    return [r if r is not None else  # a run that could not join trains alone
+            execute(RunTask(s, task.workspace, task.device, task.threads, task.tensorboard))
+            for r, s in zip(res, task.specs)]

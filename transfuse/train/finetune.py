@@ -123,6 +123,9 @@ class Finetune:
     _params: dict[str, list[nn.Parameter]] = field(repr=False, default_factory=dict)
     _bn: dict[str, list[nn.Module]] = field(repr=False, default_factory=dict)
     _hooks: list[Any] = field(repr=False, default_factory=list)
+    #: leading dimensions of every parameter that are not the weight's own (a cohort's stacked
+    #: members: 1), left out where the weight's rank decides its weight decay
+    stacked: int = 0
 
     @property
     def frozen(self) -> list[str]:
@@ -139,8 +142,8 @@ class Finetune:
         for s in stages:
             params = self._params[s]
             # As make_optimizer: no weight decay on norms and biases.
-            for wd, ps in ((self.spec.weight_decay, [p for p in params if p.ndim > 1]),
-                           (0.0, [p for p in params if p.ndim <= 1])):
+            for wd, ps in ((self.spec.weight_decay, [p for p in params if p.ndim - self.stacked > 1]),
+                           (0.0, [p for p in params if p.ndim - self.stacked <= 1])):
                 if ps:
                     out.append({"params": ps, "lr": lrs[s], "weight_decay": wd, "stage": s})
         return out

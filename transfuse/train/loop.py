@@ -147,12 +147,21 @@ def evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device
     if data.info.task == "segmentation":
         return evaluate_segmentation(model, loader, data=data, device=device, amp=amp)
     probs, y, m, loss = predict(model, loader, device, data.info.task, amp)
+    return score_predictions(probs, y, m, loss, data=data), probs
+
+
+def score_predictions(probs: np.ndarray, y: np.ndarray, m: np.ndarray, loss: float, *,
+                      data: PreparedData) -> dict[str, float]:
+    """Loss, macro and per-class AUC and accuracy of probabilities ``(N, K)`` on one split.
+
+    Raises:
+        FloatingPointError: NaN/inf probabilities (training diverged).
+    """
     if not np.isfinite(probs).all():
         raise FloatingPointError("the model predicts NaN/inf; training diverged — lower the "
                                  "learning rate or check the inputs for extreme values")
-    metrics = {"loss": loss, **classification_metrics(
+    return {"loss": loss, **classification_metrics(
         probs, y, task=data.info.task, class_names=data.info.class_names, mask=m)}
-    return metrics, probs
 
 
 def primary_metric(task: str) -> str:
@@ -202,7 +211,12 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _save(model: nn.Module, path: Path, step: int) -> None:
-    _atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "step": step}, tmp))
+    _save_state(model.state_dict(), path, step)
+
+
+def _save_state(state: dict[str, torch.Tensor], path: Path, step: int) -> None:
+    """A checkpoint file (``init.pt``, ``best.pt``, ``last.pt``): ``{"state_dict", "step"}``."""
+    _atomic_write(path, lambda tmp: torch.save({"state_dict": state, "step": step}, tmp))
 
 
 def _diverged(what: str, step: int, spec: TrainSpec) -> DivergedError:

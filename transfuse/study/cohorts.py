@@ -1,0 +1,101 @@
+"""Which runs of a study train together as cohorts (``study run --cohort auto|off|N``).
+
+Runs that differ only in seed and init (:func:`transfuse.run_cohort.cohort_key`) are grouped, in
+study order, into cohorts of at most the resolved size; a group of one is an ordinary
+:class:`~transfuse.study.task.RunTask`. ``auto`` fuses on CUDA only (on two CPU cores fusing was
+measured at 0.55–0.75× of training the runs one after another), up to a size estimated to fit
+the GPU's free memory; ``off`` (and ``auto`` on the CPU) runs every run alone, exactly as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import RunSpec, spec_from_dict
+from ..errors import ConfigError
+from .task import CohortTask, RunTask
+
+__all__ = ["resolve_cohort", "group_cohorts", "AUTO_MAX"]
+
+AUTO_MAX = 64  #: the largest cohort ``auto`` forms
+
+
+def parse_cohort(value: str | int | None) -> str | int:
+    """``auto``, ``off`` or a size ≥ 1 (``1`` is ``off``)."""
+    if value is None or value in ("auto", "off"):
+        return value or "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--cohort {value!r} is not valid; use auto, off or a size >= 1")
+    return n
+
+
+def _member_bytes(spec: RunSpec) -> int:
+    """A rough upper estimate of one member's device memory: weights, gradients, optimiser state
+    and best weights (×5 the parameters), plus activations of a batch (×64 floats per input value
+    per parameter tensor layer, a generous bound for small convnets)."""
+    from ..models import create_model
+
+    model = create_model(spec.model.name, spatial_dims=spec.model.spatial_dims or 2,
+                         in_channels=3, num_classes=10)
+    params = sum(p.numel() for p in model.parameters())
+    side = spec.data.image_size or 28
+    acts = spec.train.batch_size * 3 * side * side * 4 * 64 * max(1, len(list(model.modules())) // 4)
+    return params * 4 * 5 + acts
+
+
+def resolve_cohort(value: str | int | None, *, device: str | None, executor: str,
+                   specs: list[RunSpec]) -> int:
+    """The largest cohort to form (``1``: none)."""
+    v = parse_cohort(value)
+    if v == "off" or executor != "local":  # Ray tasks carry single runs
+        return 1
+    if isinstance(v, int):
+        return v
+    import torch
+
+    if device == "cpu" or (device or "cuda").startswith("cpu") or not torch.cuda.is_available():
+        return 1
+    try:
+        free, _ = torch.cuda.mem_get_info()
+        need = max(_member_bytes(s) for s in specs[:1]) if specs else 1
+    except Exception:  # no estimate: a moderate cohort
+        return 8
+    return max(1, min(AUTO_MAX, int(free * 0.6 // max(need, 1))))
+
+
+def group_cohorts(tasks: list[Any], size: int) -> list[Any]:
+    """Replace runs that can fuse by :class:`CohortTask`\\ s of at most ``size`` members; the
+    rest stay as they are, in order (a cohort takes the place of its first member)."""
+    if size <= 1:
+        return tasks
+    from ..run_cohort import cohort_key
+
+    out: list[Any] = []
+    open_: dict[str, list[RunTask]] = {}
+    slots: dict[str, int] = {}
+    for t in tasks:
+        key = cohort_key(spec_from_dict(t.spec)) if isinstance(t, RunTask) else None
+        if key is None:
+            out.append(t)
+            continue
+        if key not in open_ or len(open_[key]) >= size:
+            open_[key] = []
+            slots[key] = len(out)
+            out.append(open_[key])
+        open_[key].append(t)
+    result = []
+    for item in out:
+        if isinstance(item, list):
+            if len(item) == 1:
+                result.append(item[0])
+            else:
+                t0 = item[0]
+                result.append(CohortTask(tuple(t.spec for t in item), t0.workspace, t0.device,
+                                         t0.threads, t0.tensorboard))
+        else:
+            result.append(item)
+    return result
