@@ -46,8 +46,9 @@ from ..errors import ConfigError, PreemptedError
 from .augment import make_augment
 from .device import autocast, resolve_device
 from .finetune import plan_finetune
+from .clinical import clinical_metrics
 from .loop import (FitResult, LogFn, _atomic_write, _diverged, _fingerprint, _preload,
-                   _save_predictions, _save_state, loss_fn, lr_lambda, make_optimizer,
+                   _save_predictions, _save_state, _targets, loss_fn, lr_lambda, make_optimizer,
                    primary_metric, score_predictions)
 from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, load_resume,
                      rng_state, set_rng_state)
@@ -437,10 +438,14 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
     coh.load_members([best_state[i] if best_state[i] is not None and active[i]
                       else coh.member_state(i) for i in range(size)])
     tests = evaluate_all(test_loader, 0, steps=best_step)
+    vals = evaluate_all(val_loader, 0, steps=best_step) if task == "multiclass" else None
     for i, mb in enumerate(members):
         if not active[i] or tests[i] is None:
             continue
         metrics, probs = tests[i]
+        if vals is not None and vals[i] is not None:  # as fit(): calibration, operating point
+            metrics.update(clinical_metrics(vals[i][1], _targets(data.val), probs,
+                                            _targets(data.test), rule=spec.operating_point))
         if mb.run_dir is not None:
             _save_predictions(Path(mb.run_dir) / "test_predictions.npz", data, probs)
             (Path(mb.run_dir) / RESUME_FILE).unlink(missing_ok=True)
