@@ -142,7 +142,8 @@ def test_default_pairs_per_model_and_size():
 
 @pytest.mark.parametrize("args, needle", [
     (["--pairs", "abc"], "--pairs 'abc' must be RUN_ID:RUN_ID"),
-    (["--pairs", "zzzz:yyyy"], "no run with id 'zzzz'"),
+    (["--pairs", "zzzz:yyyy"], "run id 'zzzz' is not a run id: give its hex digits"),
+    (["--pairs", "abcdef:abcdee"], "no run with id 'abcdef'"),
     (["--policy", "flatten"], "--policy 'flatten' is not valid"),
     (["--images", "5"], "--images 5 is too few"),
     (["--measures", "cka"], "--measures 'cka'"),
