@@ -98,6 +98,13 @@ def _init_worker(stop: Any, slots: Any) -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = value
 
 
+def _run_task(task: Any) -> list[tuple[str, str, str]]:
+    """One run through this module's :func:`execute` (what tests replace), or a whole cohort."""
+    if isinstance(task, RunTask):
+        return [execute(task)]
+    return execute_any(task)
+
+
 def _execute_unless_stopped(task: RunTask) -> tuple[str, str, str]:
     """:func:`execute` in a worker, unless the study is stopping (then ``unstarted``); a run that
     was preempted stops the other workers' next runs too."""
@@ -108,7 +115,7 @@ def _execute_unless_stopped(task: RunTask) -> tuple[str, str, str]:
             _shared.set()
         specs = getattr(task, "specs", None) or (task.spec,)
         return [(run_id(spec_from_dict(s)), UNSTARTED, "the study was stopping") for s in specs]
-    res = execute_any(task)
+    res = _run_task(task)
     if any(r[1] == "preempted" for r in res) and _shared is not None:
         _shared.set()
     return res
@@ -129,7 +136,7 @@ def _local(tasks: list[RunTask], workers: int, on_done: Callable[[tuple[str, str
             for t in tasks:
                 if stop.requested:
                     break
-                for res in execute_any(t):  # a run, or each member of a cohort
+                for res in _run_task(t):  # a run, or each member of a cohort
                     on_done(res)
                     if res[1] == "preempted":  # the run in progress caught the signal itself
                         stop.requested = True
