@@ -42,14 +42,14 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainSpec
 from ..data.base import PreparedData
-from ..errors import ConfigError, PreemptedError
+from ..errors import ConfigError
 from .augment import make_augment
 from .device import autocast, resolve_device
 from .finetune import plan_finetune
 from .clinical import clinical_metrics
 from .loop import (FitResult, LogFn, _atomic_write, _diverged, _fingerprint, _preload,
-                   _save_predictions, _save_state, _targets, loss_fn, lr_lambda, make_optimizer,
-                   primary_metric, score_predictions)
+                   _save_predictions, _save_state, _targets, checkpoint_or_stop, loss_fn,
+                   lr_lambda, make_optimizer, primary_metric, score_predictions)
 from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, load_resume,
                      rng_state, set_rng_state)
 
@@ -419,14 +419,8 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
                 eval_seconds += time.perf_counter() - t_eval
             if not any(active):
                 break
-            if step < total and (step % every == 0 or sigterm.requested):
-                t_ck = time.perf_counter()
-                checkpoint(step)
-                eval_seconds += time.perf_counter() - t_ck
-                if sigterm.requested:
-                    bar.close()
-                    raise PreemptedError(f"stopped by SIGTERM after step {step} of {total}; its "
-                                         "checkpoint is kept: run it again to resume", step=step)
+            eval_seconds += checkpoint_or_stop(step, total, every=every, guard=sigterm,
+                                               checkpoint=checkpoint, bar=bar)
     bar.close()
     finetune.release()
     seconds = time.perf_counter() - t0 - eval_seconds

@@ -219,6 +219,25 @@ def _save_state(state: dict[str, torch.Tensor], path: Path, step: int) -> None:
     _atomic_write(path, lambda tmp: torch.save({"state_dict": state, "step": step}, tmp))
 
 
+def checkpoint_or_stop(step: int, total: int, *, every: int, guard: Any,
+                       checkpoint: Callable[[int], None], bar: Any) -> float:
+    """The mid-run checkpoint every ``every`` steps, and at once when a stop was requested
+    (SIGTERM or Ctrl-C), which then ends the run with :class:`PreemptedError`.
+
+    Returns:
+        the seconds the checkpoint took (0 when none was due).
+    """
+    if not (step < total and (step % every == 0 or guard.requested)):
+        return 0.0
+    t = time.perf_counter()
+    checkpoint(step)
+    if guard.requested:
+        bar.close()
+        raise PreemptedError(f"stopped by {stop_signal()} after step {step} of {total}; its "
+                             "checkpoint is kept: run it again to resume", step=step)
+    return time.perf_counter() - t
+
+
 def _diverged(what: str, step: int, spec: TrainSpec) -> DivergedError:
     return DivergedError(f"{what} at step {step} (train.lr={spec.lr}); lower train.lr (e.g. --lr "
                          f"{spec.lr / 10:g}), add train.warmup_steps, or check the inputs for "
@@ -441,14 +460,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                     if stop_wait >= spec.early_stop and step < total:
                         stopped_step = step
                         break
-            if step < total and (step % every == 0 or sigterm.requested):
-                t_ck = time.perf_counter()
-                checkpoint(step)
-                eval_seconds += time.perf_counter() - t_ck
-                if sigterm.requested:
-                    bar.close()
-                    raise PreemptedError(f"stopped by {stop_signal()} after step {step} of {total}; its "
-                                         "checkpoint is kept: run it again to resume", step=step)
+            eval_seconds += checkpoint_or_stop(step, total, every=every, guard=sigterm,
+                                               checkpoint=checkpoint, bar=bar)
     bar.close()
     finetune.release()
     seconds = time.perf_counter() - t0 - eval_seconds
