@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,8 @@ def hybrid_scores(source: Any, finetuned: Mapping[str, Any], data: Any, *, devic
 
     base = {k: v.detach().clone() for k, v in source.state_dict().items()}
     stages = [s.name for s in get_stages(source) if s.name != "head"]
-    keys_of = {s: [k for k in base if _in_stage(source, s, k)] for s in stages}
+    owner = {k: _stage_of(source, k) for k in base}  # one pass: each key's stage (or None)
+    keys_of = {s: [k for k in base if owner[k] == s] for s in stages}
     test = data.test
     if max_examples is not None and len(test) > max_examples:
         test = Subset(test, range(max_examples))
@@ -86,13 +86,13 @@ def hybrid_scores(source: Any, finetuned: Mapping[str, Any], data: Any, *, devic
     return out
 
 
-def _in_stage(model: Any, stage: str, key: str) -> bool:
+def _stage_of(model: Any, key: str) -> str | None:
     from ..models import stage_of
 
     try:
-        return stage_of(model, key) == stage
+        return stage_of(model, key)
     except Exception:  # noqa: BLE001 - a key of no stage (e.g. a buffer outside them) stays source
-        return False
+        return None
 
 
 @dataclass
