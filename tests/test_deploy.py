@@ -233,7 +233,7 @@ def test_predict_dicom_series_matches_the_same_volume_as_nifti(seg_run, tmp_path
     import nibabel as nib
 
     from tests.test_seg_data import write_dicom_series
-    from transfuse.data.segmentation import _load
+    from transfuse.data.segmentation import load_volume as _load
 
     ws, rec = seg_run
     img = np.rint(_test_volume(rec).image[0].numpy() * 1000.0)

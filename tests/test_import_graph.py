@@ -124,3 +124,63 @@ def test_adapt_input_conv_importable_where_documented():
     from transfuse.models import adapt_input_conv as c
 
     assert a is b is c
+
+
+def _owner(module: str) -> str:
+    """The part of ``transfuse`` a module belongs to: ``transfuse.study.runner`` → ``transfuse.study``;
+    a top-level module is its own part (``transfuse.store``)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def private_imports() -> list[str]:
+    """``"A imports B._name"`` for every import in ``A`` of an underscore name of a module ``B`` in
+    another part of ``transfuse`` (see :func:`_owner`), and of a private module of another part
+    (``transfuse.data._medmnist_classes``). Private top-level modules (``transfuse._registry``)
+    are the whole package's shared internals: importing them is fine, their ``_names`` are not."""
+    mods = _modules()
+    found = []
+    for name, (path, is_pkg) in mods.items():
+        here = name if is_pkg else name.rpartition(".")[0]
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                pairs = [(a.name, None) for a in node.names]
+            else:
+                base = here
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                base = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+                pairs = [(f"{base}.{a.name}", None) if f"{base}.{a.name}" in mods else (base, a.name)
+                         for a in node.names]
+            for target, attr in pairs:
+                if not target.startswith("transfuse.") or _owner(target) == _owner(name):
+                    continue
+                private_module = any(p.startswith("_") and p != "__init__" for p in target.split(".")[2:])
+                if private_module or (attr is not None and attr.startswith("_")):
+                    found.append(f"{name} imports {target}{'.' + attr if attr else ''}")
+    return sorted(set(found))
+
+
+def test_private_import_finder_sees_a_known_pattern(tmp_path):
+    assert _owner("transfuse.study.runner") == "transfuse.study" and _owner("transfuse.store") == "transfuse.store"
+
+
+def test_no_module_imports_another_parts_private_name():
+    bad = private_imports()
+    assert not bad, "private names imported across packages (make them public):\n" + "\n".join(bad)
+
+
+def test_no_file_over_600_lines():
+    long = {str(p.relative_to(ROOT.parent)): n for p in ROOT.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not long, f"files over 600 lines (split them): {long}"
+
+
+def test_one_atomic_write_helper():
+    """Every write-to-temporary-then-rename goes through transfuse.atomic (issue 30)."""
+    import re
+
+    pattern = re.compile(r"os\.replace\(|os\.rename\(|\btmp\w*\)?\.(replace|rename)\(")
+    found = [f"{p.relative_to(ROOT.parent)}:{i}" for p in ROOT.rglob("*.py") if p.name != "atomic.py"
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, f"write through transfuse.atomic.atomic_write instead: {found}"

@@ -13,7 +13,7 @@ import signal
 import threading
 from typing import Any
 
-__all__ = ["SigtermGuard", "share_stop", "stop_shared", "stop_signal", "set_flag", "STOP_SIGNALS"]
+__all__ = ["SigtermGuard", "share_stop", "stop_shared", "stop_others", "stop_signal", "set_flag", "STOP_SIGNALS"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -85,6 +85,13 @@ def stop_shared() -> bool:
     """Whether this process was asked to stop, or its shared stop flag is set (``False``
     without one)."""
     return _shared is not None and (_stop_here or _shared.is_set())
+
+
+def stop_others() -> None:
+    """Set this process's shared stop flag (if it has one), so the other workers' next runs stop
+    too — a signal to this worker alone ends the whole study."""
+    if _shared is not None:
+        _shared.set()
 
 
 class SigtermGuard:

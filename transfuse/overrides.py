@@ -389,11 +389,11 @@ def override_run(spec: Any, *, sets: Sequence[str]) -> Any:
 
 def _axis_fields(study: Any) -> list[tuple[str, str]]:
     """``(field, grid key that sets it)`` for every field a grid axis sets."""
-    from .study.spec import _is_linked
+    from .study.spec import is_linked
 
     out = []
     for k, vals in study.grid.items():
-        if _is_linked(k, vals):
+        if is_linked(k, vals):
             for i, item in enumerate(vals):
                 out += [(str(kk), f"grid.{k}[{i}]") for kk in item]
         else:
@@ -417,7 +417,7 @@ def _field_type(field: str) -> Any:
 def _override_grid(study: Any, key: str, value: Any, raw: str, text: str) -> Any:
     """``grid.AXIS=[...]`` (a plain axis's values), ``grid.AXIS[i]=v`` (one value) or
     ``grid.NAMED[i].FIELD=v`` (one key of a named axis's entry, as ``study check`` names them)."""
-    from .study.spec import _check_axes_disjoint, _check_path, _is_linked
+    from .study.spec import check_axes_disjoint, check_axis_path, is_linked
 
     m = re.fullmatch(r"grid\.(.+?)(?:\[(\d+)\](?:\.(.+))?)?", key)
     axis, idx, field = m.group(1), m.group(2), m.group(3)  # type: ignore[union-attr]
@@ -426,7 +426,7 @@ def _override_grid(study: Any, key: str, value: Any, raw: str, text: str) -> Any
         raise ConfigError(f"--set {text}: grid.{axis} is not an axis of study {study.name} (axes: "
                           f"{have}); add new axes in the study file")
     vals = list(study.grid[axis])
-    linked = _is_linked(axis, vals)
+    linked = is_linked(axis, vals)
     if idx is not None and not int(idx) < len(vals):
         raise ConfigError(f"--set {text}: grid.{axis} has {len(vals)} entries, no [{idx}]")
     if linked:
@@ -434,7 +434,7 @@ def _override_grid(study: Any, key: str, value: Any, raw: str, text: str) -> Any
             raise ConfigError(f"--set {text}: grid.{axis} is a named axis of mappings; set one key "
                               f"of one entry, e.g. --set grid.{axis}[0].train.lr=0.01")
         try:
-            _check_path(field, f"--set {text}")
+            check_axis_path(field, f"--set {text}")
         except ConfigError as e:
             raise ConfigError(str(e)) from None
         vals[int(idx)] = {**vals[int(idx)], field: _plain(_leaf(value, _field_type(field), key, raw, text))}
@@ -442,7 +442,7 @@ def _override_grid(study: Any, key: str, value: Any, raw: str, text: str) -> Any
         entry = vals[int(idx)]  # grid.init[1].source: one key of an init given as a mapping
         entry = {"name": entry} if isinstance(entry, str) else dict(entry)
         entry[field] = _plain(_leaf(value, _field_type(f"init.{field}"), key, raw, text))
-        _check_path(f"init.{field}", f"--set {text}")
+        check_axis_path(f"init.{field}", f"--set {text}")
         vals[int(idx)] = entry
     elif field is not None:
         raise ConfigError(f"--set {text}: grid.{axis} is a list of values; set grid.{axis}[{idx}]")
@@ -454,7 +454,7 @@ def _override_grid(study: Any, key: str, value: Any, raw: str, text: str) -> Any
         if not vals:
             raise ConfigError(f"--set {text}: {key} must be a non-empty list, e.g. {key}=[0,1]")
     grid = {**study.grid, axis: vals}
-    _check_axes_disjoint(grid, f"--set {text}")
+    check_axes_disjoint(grid, f"--set {text}")
     return dataclasses.replace(study, grid=grid)
 
 
@@ -488,9 +488,9 @@ def override_study(study: Any, *, sets: Sequence[str]) -> Any:
             continue
         if key.startswith("smoke."):  # the study's own --smoke overrides (smoke.train.steps)
             field = key[len("smoke."):]
-            from .study.spec import _check_path
+            from .study.spec import check_axis_path
 
-            _check_path(field, f"--set {text}")
+            check_axis_path(field, f"--set {text}")
             val = _leaf(value, _field_type(field), key, raw, text)
             study = dataclasses.replace(study, smoke={**study.smoke, field: _plain(val)})
             continue

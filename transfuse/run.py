@@ -149,7 +149,7 @@ def _clean_tmp(run_dir: Path) -> None:
                 pass
 
 
-def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseException:
+def record_failure(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseException:
     """Clean up after a failed run, mark it ``failed`` where the store is still writable, and
     return the one-line error to raise (``None`` context: no chained tracebacks)."""
     _clean_tmp(run_dir)  # first: on a full disk this frees the space the store needs
@@ -190,7 +190,7 @@ def _failed(store: Store, rid: str, run_dir: Path, e: BaseException) -> BaseExce
     return e  # a bug: re-raised as it is, with its traceback
 
 
-def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
+def run_source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
     """Resolve the run's pretrained source (validating the init spec) before anything runs."""
     parts = parse_init(spec.init.name)
     needs = any(INITS.get(n).meta["needs_source"] for n, _ in parts)
@@ -202,7 +202,7 @@ def _source(spec: RunSpec, workspace: str | Path) -> SourceWeights | None:
     return resolve_source(spec.init.source, workspace=workspace)
 
 
-def _checked(spec: RunSpec, workspace: str | Path, tensorboard: bool
+def check_run(spec: RunSpec, workspace: str | Path, tensorboard: bool
              ) -> tuple[SourceWeights | None, tuple[Any, Any] | None]:
     """Validate ``spec`` before anything runs; its pretrained source and the normalisation
     ``data.normalize=source`` asks for."""
@@ -212,7 +212,7 @@ def _checked(spec: RunSpec, workspace: str | Path, tensorboard: bool
                           "(`transfuse selftrain FILE`), not as a plain run")
     if tensorboard:
         check_tensorboard()
-    source = _source(spec, workspace)
+    source = run_source(spec, workspace)
     norm = None
     if spec.data.normalize == "source":
         if source is None or source.mean is None or source.std is None:
@@ -232,7 +232,7 @@ class _Built:
     finetune: dict[str, Any]
 
 
-def _build(spec: RunSpec, data: PreparedData, *, source: SourceWeights | None,
+def build_run(spec: RunSpec, data: PreparedData, *, source: SourceWeights | None,
            workspace: str | Path) -> _Built:
     """Check the spec against the data, build the model and apply the run's init."""
     dims = check_compatible(spec, data)
@@ -247,7 +247,7 @@ def _build(spec: RunSpec, data: PreparedData, *, source: SourceWeights | None,
     return _Built(model, dims, init_report, finetune)
 
 
-def _begin(store: Store, spec: RunSpec, built: _Built, data: PreparedData, *, run_dir: Path,
+def begin_run(store: Store, spec: RunSpec, built: _Built, data: PreparedData, *, run_dir: Path,
            workspace: str | Path, tensorboard: bool) -> Any:
     """The started run's live log and its stored data, init and model information."""
     rid = run_id(spec)
@@ -261,7 +261,7 @@ def _begin(store: Store, spec: RunSpec, built: _Built, data: PreparedData, *, ru
     return log
 
 
-def _finish(store: Store, rid: str, result: Any) -> None:
+def finish_run(store: Store, rid: str, result: Any) -> None:
     """Store a trained run's test metrics and summary: the run is finished."""
     store.finish_run(rid, step=result.steps, test_metrics=result.test, summary={
         "best_step": result.best_step, "steps": result.steps,
@@ -292,7 +292,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     Raises:
         TransfuseError: bad input (dataset, model, options), before anything is stored.
     """
-    source, norm = _checked(spec, workspace, tensorboard)
+    source, norm = check_run(spec, workspace, tensorboard)
     if source is not None and spec.init.source != source.name and source.name.startswith("run:"):
         # `--source run:<prefix>`: the run id and the record name the source run in full, so
         # neither depends on which other runs the store holds
@@ -305,7 +305,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
     data = load_dataset(spec.data, norm=norm)
     dev = resolve_device(device)
-    built = _build(spec, data, source=source, workspace=workspace)  # checks spec against data
+    built = build_run(spec, data, source=source, workspace=workspace)  # checks spec against data
     store = store or Store(workspace)
     main = int(os.environ.get("RANK", 0)) == 0
     if main:
@@ -314,17 +314,17 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
     log = None
     try:
         if main:
-            log = _begin(store, spec, built, data, run_dir=run_dir, workspace=workspace,
+            log = begin_run(store, spec, built, data, run_dir=run_dir, workspace=workspace,
                          tensorboard=tensorboard)
         result = fit(built.model, data, spec.train, seed=spec.seed, device=device,
                      run_dir=run_dir, progress=progress,
                      log=log)
         if main:
-            _finish(store, rid, result)
+            finish_run(store, rid, result)
     except BaseException as e:
         if not main:
             raise
-        err = _failed(store, rid, run_dir, e)
+        err = record_failure(store, rid, run_dir, e)
         if err is e:
             raise
         raise err from None

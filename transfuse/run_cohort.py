@@ -48,11 +48,11 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
         ``None`` for a run that cannot join: the caller trains it alone.
     """
     from .data import load_dataset
-    from .run import _begin, _build, _checked, _failed, _finish, environment
+    from .run import begin_run, build_run, check_run, record_failure, finish_run, environment
     from .store import RunBusyError, Store
     from .train.cohort import Member, cohort_refusal, fit_cohort
     from .train.device import resolve_device
-    from .train.loop import _fingerprint
+    from .train.loop import resume_fingerprint
     from .train.resume import load_resume
 
     out: dict[str, Outcome | None] = {}
@@ -63,7 +63,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
     for spec in specs:
         rid = run_id(spec)
         try:
-            source, norm = _checked(spec, workspace, tensorboard)
+            source, norm = check_run(spec, workspace, tensorboard)
             if store.status(rid) == "finished":
                 out[rid] = (rid, "skipped", "")
                 continue
@@ -77,7 +77,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
                     spec.train, task=data.info.task):
                 solo.append(spec)
                 continue
-            joined.append((spec, _build(spec, data, source=source, workspace=workspace)))
+            joined.append((spec, build_run(spec, data, source=source, workspace=workspace)))
         except TransfuseError as e:
             out[rid] = (rid, "failed", str(e))
         except Exception as e:  # a crash in one run is reported, the study goes on
@@ -85,7 +85,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
     # members resume together only from checkpoints at the same step: group them by it
     groups: dict[int | None, list[tuple[RunSpec, Any]]] = {}
     for spec, built in joined:
-        ck = load_resume(store.run_dir(run_id(spec)), _fingerprint(spec.train, spec.seed, 1))
+        ck = load_resume(store.run_dir(run_id(spec)), resume_fingerprint(spec.train, spec.seed, 1))
         groups.setdefault(None if ck is None else int(ck["step"]), []).append((spec, built))
     dev = resolve_device(device)
     for group in groups.values():
@@ -94,7 +94,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
             continue
         out.update(_train_group(group, data, store=store, workspace=workspace, device=device,
                                 dev=dev, progress=progress, tensorboard=tensorboard,
-                                helpers=(_begin, _failed, _finish, environment, RunBusyError,
+                                helpers=(begin_run, record_failure, finish_run, environment, RunBusyError,
                                          Member, fit_cohort)))
     for spec in solo:
         out[run_id(spec)] = None
@@ -105,7 +105,7 @@ def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, wor
                  device: str | None, dev: Any, progress: bool, tensorboard: bool,
                  helpers: tuple) -> dict[str, Outcome]:
     """Start, train and store one cohort; every member's outcome."""
-    _begin, _failed, _finish, environment, RunBusyError, Member, fit_cohort = helpers
+    begin_run, record_failure, finish_run, environment, RunBusyError, Member, fit_cohort = helpers
     out: dict[str, Outcome | None] = {}
     started: list[tuple[RunSpec, Any, Any]] = []  # (spec, built, member)
     env = {**environment(dev), "cohort": len(group)}
@@ -121,15 +121,15 @@ def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, wor
             continue
         run_dir = store.run_dir(rid)
         try:
-            log = _begin(store, spec, built, data, run_dir=run_dir, workspace=workspace,
+            log = begin_run(store, spec, built, data, run_dir=run_dir, workspace=workspace,
                          tensorboard=tensorboard)
         except Exception as e:
-            err = _failed(store, rid, run_dir, e)
+            err = record_failure(store, rid, run_dir, e)
             out[rid] = (rid, "failed", str(err))
             continue
 
         def on_fail(e: BaseException, rid: str = rid, run_dir: Path = run_dir) -> None:
-            err = _failed(store, rid, run_dir, e)
+            err = record_failure(store, rid, run_dir, e)
             out[rid] = (rid, "failed", str(err))
 
         started.append((spec, built, Member(built.model, spec.seed, run_dir, log, on_fail)))
@@ -141,7 +141,7 @@ def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, wor
             rid = run_id(spec)
             if rid in out:
                 continue
-            err = _failed(store, rid, m.run_dir, e)
+            err = record_failure(store, rid, m.run_dir, e)
             what = "preempted" if isinstance(e, PreemptedError) else "failed"
             out[rid] = (rid, what, str(err) if err is not e else f"{type(e).__name__}: {e}")
         if not isinstance(e, Exception):  # KeyboardInterrupt: the runner stops
@@ -156,9 +156,9 @@ def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, wor
         if rid in out or isinstance(res, BaseException):
             continue
         try:
-            _finish(store, rid, res)
+            finish_run(store, rid, res)
             out[rid] = (rid, "finished", "")
         except Exception as e:
-            err = _failed(store, rid, m.run_dir, e)
+            err = record_failure(store, rid, m.run_dir, e)
             out[rid] = (rid, "failed", str(err))
     return out

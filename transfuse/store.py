@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_bytes
 from .config import RunSpec, run_id as compute_run_id
 from .errors import StoreError, TransfuseError
 
@@ -175,7 +176,7 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(owner: str | None, heartbeat: float | None, now: float) -> bool:
+def pid_alive(owner: str | None, heartbeat: float | None, now: float) -> bool:
     """Is the process that marked a run ``running`` still there?"""
     if not owner:
         return False
@@ -217,7 +218,7 @@ class RunRecord:
     def state(self) -> str:
         """The status, with ``stale`` for a ``running`` run whose owner process is gone (killed
         or crashed): running it again (same command) restarts it from scratch."""
-        if self.status == "running" and not _alive(self.owner, self.heartbeat, time.time()):
+        if self.status == "running" and not pid_alive(self.owner, self.heartbeat, time.time()):
             return "stale"
         return self.status
 
@@ -256,17 +257,6 @@ def _finish(con: sqlite3.Connection, run_id: str, *, step: int, test_metrics: di
     con.execute(f"UPDATE runs SET status='finished', finished=?, wall_seconds={wall}, summary=?, "
                 "owner=NULL WHERE run_id=?",
                 (finished, finished if wall_seconds is None else wall_seconds, _dumps(summary), run_id))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through ``path.tmp`` and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _dumps(obj: Any) -> str:
@@ -367,7 +357,7 @@ class Store:
             if row and row[0] == "finished":
                 raise RunFinishedError(f"run {rid} already finished; its results are final "
                                        f"(see `transfuse runs show {rid}`)")
-            if row and row[0] == "running" and row[1] != me and _alive(row[1], row[2], now):
+            if row and row[0] == "running" and row[1] != me and pid_alive(row[1], row[2], now):
                 raise RunBusyError(f"run {rid} is being run by {row[1]}")
             if row:  # a crashed or failed attempt: start over cleanly
                 con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
@@ -453,7 +443,7 @@ class Store:
             parts = Path(rel).parts
             if Path(rel).is_absolute() or not parts or any(p in ("..", "") for p in parts):
                 raise ValueError(f"run {rid}: file {rel!r} is outside its run folder")
-            _write_atomic(folder.joinpath(*parts), data)
+            write_bytes(folder.joinpath(*parts), data, fsync=True)
         r = {k: _dumps(v) if k in _JSON_COLUMNS else v for k, v in bundle.row.items()}
         with self._tx() as con:
             old = con.execute("SELECT status FROM runs WHERE run_id = ?", (rid,)).fetchone()

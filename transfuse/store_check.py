@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import RUN_FILES, _alive, store_error
+from .errors import StoreError
+from .store import RUN_FILES, pid_alive, store_error
 
 __all__ = ["StoreCheck", "check_store"]
 
@@ -78,7 +79,7 @@ def check_store(workspace: str | Path) -> StoreCheck:
     stale = []
     now = time.time()
     for r in rows:
-        if r["status"] == "running" and not _alive(r["owner"], r["heartbeat"], now):
+        if r["status"] == "running" and not pid_alive(r["owner"], r["heartbeat"], now):
             stale.append(r["run_id"])
         if r["status"] != "finished":
             continue

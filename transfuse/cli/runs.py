@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import ConfigError, StoreError
 from ._common import HelpFormatter, add_workspace, workspace_of
 
@@ -263,12 +263,9 @@ def _runs(a: argparse.Namespace) -> int:
     text = store.export(fmt=a.format, study=a.study)
     if a.output:  # through a temporary file and a rename: a kill never leaves half a file
         out = Path(a.output)
-        tmp = out.with_name(out.name + ".tmp")
         try:
-            tmp.write_text(text)
-            os.replace(tmp, out)
+            write_text(out, text)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise ConfigError(f"-o {out}: cannot write ({e.strerror or e}); pass a writable "
                               "path") from None
         print(f"wrote {a.output}")

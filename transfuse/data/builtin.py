@@ -22,12 +22,7 @@ pydicom / pydicom-data and scikit-image. Each dataset is generated deterministic
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +31,7 @@ import numpy as np
 
 from ..config import DataSpec
 from ..errors import DataError
-from .base import SplitArrays
+from .builtin_cache import SPLITS, VERSION, _cache_path, _need, _raw, cache_dir, cached_arrays  # noqa: F401
 from .registry import RawData, register_dataset
 
 __all__ = [
@@ -52,85 +47,6 @@ __all__ = [
     "load_modality",
 ]
 
-#: Bump when the generated arrays change, so stale cache files are not reused.
-VERSION = "1"
-
-SPLITS = ("train", "val", "test")
-
-
-# --------------------------------------------------------------------------------------------
-# Cache
-# --------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Folder for generated arrays: ``$TRANSFUSE_CACHE`` or ``~/.cache/transfuse``, + ``builtin``."""
-    root = os.environ.get("TRANSFUSE_CACHE") or os.path.join("~", ".cache", "transfuse")
-    return Path(root).expanduser() / "builtin"
-
-
-def _cache_path(name: str, params: dict[str, Any], seed: int) -> Path:
-    key = json.dumps({"name": name, "params": params, "seed": int(seed), "version": VERSION},
-                     sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"{name.replace(':', '_')}-s{int(seed)}-{digest}.npz"
-
-
-def _split_keys() -> list[str]:
-    return [f"{s}_{k}" for s in SPLITS for k in ("x", "y")]
-
-
-def cached_arrays(name: str, params: dict[str, Any], seed: int,
-                  build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Arrays ``{train,val,test}_{x,y}`` from the cache, or built by ``build()`` and cached.
-
-    The file is written to a temporary name and moved into place with :func:`os.replace`, so a
-    crash never leaves a half-written cache file. An unreadable or incomplete cache file is
-    ignored and regenerated; a cache folder that cannot be written only costs the caching.
-    """
-    path = _cache_path(name, params, seed)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                out = {k: z[k] for k in _split_keys()}
-            if all(len(out[f"{s}_x"]) == len(out[f"{s}_y"]) for s in SPLITS):
-                return out
-        except Exception:  # corrupt / truncated / foreign file: regenerate below
-            pass
-    out = build()
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: out[k] for k in _split_keys()})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-        tmp = None
-    except OSError:
-        pass
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
-def _need(module: str, dataset: str, pip_name: str) -> Any:
-    """Import ``module`` or raise a one-line :class:`DataError` naming the package to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise DataError(f"{dataset} needs {pip_name}; pip install {pip_name}") from None
-
-
-def _raw(name: str, arrays: dict[str, np.ndarray], classes: tuple[str, ...], origins: dict[str, str],
-         source: str, license: str, description: str) -> RawData:
-    splits = {s: SplitArrays(arrays[f"{s}_x"], arrays[f"{s}_y"].astype(np.int64), origins[s])
-              for s in SPLITS}
-    return RawData(task="multiclass", class_names=classes, spatial_dims=2, splits=splits,
-                   source=source, license=license, description=description)
 
 
 # --------------------------------------------------------------------------------------------

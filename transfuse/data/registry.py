@@ -76,7 +76,7 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.list(pattern)
 
 
-def _lookup(name: str) -> tuple[Loader, str]:
+def lookup_loader(name: str) -> tuple[Loader, str]:
     if name in DATASETS:
         return DATASETS.get(name).fn, ""
     family, sep, arg = name.partition(":")
@@ -180,15 +180,15 @@ def load_dataset(spec: DataSpec | str, *,
         spec = DataSpec(name=spec, **overrides)
     elif overrides:
         spec = replace(spec, **overrides)
-    loader, arg = _lookup(spec.name)
+    loader, arg = lookup_loader(spec.name)
     raw = loader(spec, arg)
-    _check_task_options(spec, raw.task)
+    check_task_options(spec, raw.task)
     if raw.prepared is not None:
         return raw.prepared(spec, norm)
     return prepare(raw, spec, norm=norm)
 
 
-def _check_task_options(spec: DataSpec, task: str) -> None:
+def check_task_options(spec: DataSpec, task: str) -> None:
     """Options that only one kind of task uses raise instead of being silently ignored."""
     if task == "segmentation":
         if spec.image_size is not None:

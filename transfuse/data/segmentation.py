@@ -127,7 +127,7 @@ def _check_dicom_folder(folder: Path, what: str) -> None:
                             "is unknown; fix the file or remove it from the folder")
 
 
-def _load(path: Path, what: str, where: str) -> Any:
+def load_volume(path: Path, what: str, where: str) -> Any:
     """``(C, *spatial)`` MetaTensor of one file / DICOM folder, or a one-line DataError."""
     if not path.exists():
         listed = f" (listed in {where})" if where else ""
@@ -226,8 +226,8 @@ def read_volume(case: Case, *, num_classes: int | None,
         DataError: missing / unreadable file, shape mismatch, bad or empty labels, NaN
             intensities, wrong channel count — naming the file.
     """
-    x = _load(case.image, "image", case.where)
-    y = _load(case.label, "label", case.where)
+    x = load_volume(case.image, "image", case.where)
+    y = load_volume(case.label, "label", case.where)
     if x.shape[1:] != y.shape[1:]:
         raise DataError(f"{case.label}: label shape {tuple(y.shape[1:])} does not match the image "
                         f"shape {tuple(x.shape[1:])} of {case.image}; labels must be on the image's "

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write, write_text
 from ..errors import ConfigError, DataError, ModelError
 from ..train.clinical import operating_point_info
 from ._run import DeployedRun, load_run
@@ -140,22 +140,17 @@ def export_run(run_id: str, *, workspace: str | Path, format: str, out_dir: str 
         p.unlink(missing_ok=True)
     model = run.model.cpu().eval()
     path = out / FILES[format]
-    tmp = path.with_name(path.name + ".tmp")
+    checks: list[Any] = []
     try:
-        check = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}[format](
-            run, model, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: checks.append(
+            {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}[format](run, model, tmp)))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write the model ({e.strerror or e}); free space or pass "
                         "another -o") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    check = checks[0]
     meta = model_metadata(run, format=format, check=check)
     meta_path = out / "model.json"
-    meta_tmp = meta_path.with_name("model.json.tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(meta_tmp, meta_path)
+    write_text(meta_path, json.dumps(meta, indent=1, default=str) + "\n")
     return ExportResult(path, meta_path, meta, removed=tuple(str(p) for p in stale))
 
 

@@ -36,26 +36,24 @@ Dice per class where the input has labels, i.e. a dataset split).
 from __future__ import annotations
 
 import csv
-import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import ConfigError, DataError
 from ._run import DeployedRun, load_run
+from .images import IMAGE_SUFFIXES, fit_shape, image_batches, normalise
 
 __all__ = ["PredictInput", "Prediction", "parse_input", "predict_run", "classify",
            "segment_volume", "IMAGE_SUFFIXES", "VOLUME_SUFFIXES", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 _FORMS = ("an image/volume file, a folder, a .csv of paths, a split of the run's data (train, val, "
           "test) or DATASET:SPLIT (e.g. medmnist:retinamnist@28:test)")
@@ -225,16 +223,15 @@ def _folder_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 def _atomic_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     """Write the CSV to ``path.tmp`` then rename: no half-written file on a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write the predictions ({e.strerror or e}); pass a writable "
                         "-o/--output") from None
 
@@ -292,79 +289,6 @@ def classify(model: nn.Module, images: torch.Tensor, *, task: str, device: torch
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def _fit_shape(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Resize ``(N, C, *spatial)`` to the run's image shape (bilinear / trilinear)."""
-    if tuple(x.shape[2:]) == shape:
-        return x
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    return F.interpolate(x, size=shape, mode=mode, align_corners=False, antialias=len(shape) == 2)
-
-
-def _read_npy(path: Path, dims: int) -> np.ndarray:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read .npy ({e}); the file is corrupt or not a NumPy array") from None
-    if a.ndim == dims:
-        a = a[None]
-    if a.ndim != dims + 1 or min(a.shape) < 1:
-        want = "(H, W) or (C, H, W)" if dims == 2 else "(D, H, W) or (C, D, H, W)"
-        raise DataError(f"{path}: array of shape {a.shape}; this {dims}D run takes {want} arrays")
-    return a
-
-
-def _load_image(run: DeployedRun, path: Path) -> torch.Tensor:
-    """One image file → ``(C, *image_shape)`` float32 on the 0–1 scale (not yet normalised)."""
-    from ..data.base import check_pixels, convert_channels, to_float
-    from ..data.csvfolder import read_image
-
-    data = run.spec.data
-    low = path.name.lower()
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found; fix the path (--input or the CSV)")
-    if low.endswith(".npy"):
-        a = _read_npy(path, run.spatial_dims)
-    elif run.spatial_dims != 2:
-        raise DataError(f"{path}: run {run.run_id} classifies 3D volumes; give them as .npy "
-                        "arrays (D, H, W) or (C, D, H, W)")
-    elif low.endswith(IMAGE_SUFFIXES):
-        a = read_image(path, size=data.image_size, channels=data.channels)
-    else:
-        raise DataError(f"{path}: not an image file this run reads ({', '.join(IMAGE_SUFFIXES)})")
-    check_pixels(a, where=str(path))
-    x = to_float(np.array(a))[None]  # a copy: Pillow's arrays are read-only
-    if data.channels is not None:
-        x = convert_channels(x, data.channels)
-    elif x.shape[1] != run.in_channels:
-        want = {1: "grayscale", 3: "RGB"}.get(run.in_channels, f"{run.in_channels}-channel")
-        raise DataError(f"{path}: the image has {x.shape[1]} channel(s) but run {run.run_id} was "
-                        f"trained on {run.in_channels}-channel images; convert it to {want} first")
-    if not torch.isfinite(x).all():
-        raise DataError(f"{path}: the image holds NaN or inf values; give finite pixel values")
-    size, want = "x".join(map(str, x.shape[2:])), "x".join(map(str, run.image_shape))
-    if size != want and data.image_size is None:  # its training data were not resized either
-        raise DataError(f"{path}: the image is {size} but run {run.run_id} was trained on {want} "
-                        f"images without resizing (data.image_size unset); resize it to {want}")
-    return _fit_shape(x, run.image_shape)[0]  # data.image_size set: resized as in training
-
-
-def _normalise(x: torch.Tensor, run: DeployedRun) -> torch.Tensor:
-    mean, std = (torch.tensor(v, dtype=torch.float32) for v in run.norm)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    return (x - mean.view(shape)) / std.view(shape)
-
-
-def _image_batches(run: DeployedRun, files: list[tuple[str, Path]], size: int,
-                   progress: bool) -> Iterator[torch.Tensor]:
-    from tqdm.auto import tqdm
-
-    # No bar for a single batch: it would only flash.
-    for i in tqdm(range(0, len(files), size), disable=not progress or len(files) <= size,
-                  desc="predict", unit="batch", leave=False):
-        chunk = [_load_image(run, p) for _, p in files[i:i + size]]
-        yield _normalise(torch.stack(chunk), run)
-
-
 def _predict_classification(run: DeployedRun, inp: PredictInput, *, output: str | Path | None,
                             device: torch.device, batch_size: int, path_column: str,
                             data_root: str | None, progress: bool,
@@ -376,7 +300,7 @@ def _predict_classification(run: DeployedRun, inp: PredictInput, *, output: str 
         names = [f"{prefix}:{i}" for i in range(len(ds))]
         from torch.utils.data import DataLoader
 
-        batches = (_fit_shape(x, run.image_shape) for x, _, _ in DataLoader(ds, batch_size=batch_size))
+        batches = (fit_shape(x, run.image_shape) for x, _, _ in DataLoader(ds, batch_size=batch_size))
     else:
         if inp.kind == "folder":
             assert inp.path is not None
@@ -393,7 +317,7 @@ def _predict_classification(run: DeployedRun, inp: PredictInput, *, output: str 
             assert inp.path is not None
             files = [(inp.text, inp.path)]
         names = [n for n, _ in files]
-        batches = _image_batches(run, files, batch_size, progress)
+        batches = image_batches(run, files, batch_size, progress)
     probs = np.concatenate([classify(model, x, task=run.task, device=device, batch_size=batch_size)
                             for x in batches]) if names else np.zeros((0, len(run.class_names)))
     out = Path(output) if output is not None else Path(f"predictions-{run.run_id}.csv")
@@ -495,7 +419,7 @@ def segment_volume(run: DeployedRun, image: Any, *, device: torch.device | str =
         t = x.as_tensor().float()[None]
         if run.spec.data.channels is not None:
             t = convert_channels(t, run.spec.data.channels)
-        probs = _window(run, run.model, _normalise(t, run), torch.device(device)).softmax(1)[0].cpu()
+        probs = _window(run, run.model, normalise(t, run), torch.device(device)).softmax(1)[0].cpu()
         # Back onto the input's grid: the probabilities (not the labels) are interpolated.
         from monai.data import MetaTensor
 
@@ -506,12 +430,12 @@ def segment_volume(run: DeployedRun, image: Any, *, device: torch.device | str =
 
 def _read_input_volume(run: DeployedRun, path: Path) -> Any:
     """Read a volume file / DICOM folder and check it fits the run (dims, channels, values)."""
-    from ..data.segmentation import _load  # the training reader: same errors, same DICOM checks
+    from ..data.segmentation import load_volume  # the training reader: same errors, same DICOM checks
 
     if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
         raise DataError(f"{path}: a 2D image file, but run {run.run_id} segments "
                         f"{run.spatial_dims}D volumes; give a NIfTI file or a DICOM series folder")
-    x = _load(path, "image", "")
+    x = load_volume(path, "image", "")
     if x.ndim - 1 != run.spatial_dims:
         raise DataError(f"{path}: the image is {x.ndim - 1}D {tuple(x.shape[1:])} but run "
                         f"{run.run_id} segments {run.spatial_dims}D volumes; give a "
@@ -542,13 +466,10 @@ def _out_name(name: str, used: set[str]) -> str:
 def _save_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> None:
     import nibabel as nib
 
-    tmp = path.with_name(path.name + ".tmp.nii.gz")
+    image = nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, dtype=np.float64))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, dtype=np.float64)), tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=".tmp.nii.gz")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write the label map ({e.strerror or e}); pass a writable "
                         "-o/--output folder") from None
 

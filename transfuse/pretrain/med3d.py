@@ -42,7 +42,8 @@ from ..data.base import PreparedData
 from ..errors import DataError
 from ..models.med3d import Med3DEncoder, conv_seg_head
 from ..train.device import autocast, resolve_device, seed_everything
-from ..train.loop import _atomic_write, lr_lambda, make_optimizer
+from ..atomic import atomic_write
+from ..train.loop import lr_lambda, make_optimizer
 from ..train.segment import evaluate_segmentation, segmentation_loss
 from .config import PretrainSpec
 
@@ -192,7 +193,7 @@ def default_out_dir(spec: PretrainSpec, workspace: str | Path = "workspace") -> 
 
 def _save(obj: Any, path: Path) -> None:
     # atomic, and a failed write (full disk) leaves no .tmp and says which file
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def pretrain_med3d(spec: PretrainSpec, *, out_dir: str | Path, device: str | None = None,

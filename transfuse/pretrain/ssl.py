@@ -44,7 +44,8 @@ from ..config import TrainSpec
 from ..errors import ConfigError, DivergedError, ModelError
 from ..models import create_model, get_stages
 from ..train.device import autocast, resolve_device, seed_everything
-from ..train.loop import _atomic_write, lr_lambda, make_optimizer
+from ..atomic import atomic_write
+from ..train.loop import lr_lambda, make_optimizer
 from .ssl_config import SSLSpec
 from .ssl_data import UnlabelledImages, load_unlabelled
 from .ssl_views import Views
@@ -359,11 +360,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _save(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 
 def pretrain_ssl(spec: SSLSpec, *, out_dir: str | Path, device: str | None = None,

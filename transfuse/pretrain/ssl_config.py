@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIMIZERS, DataSpec, _build, check_top_keys, read_yaml_file
+from ..config import OPTIMIZERS, DataSpec, build_dataclass, check_top_keys, read_yaml_file
 from ..config import where as _where
 from ..errors import ConfigError, check_name
 
@@ -185,7 +185,7 @@ def _data(raw: Any, path: str) -> DataSpec | FolderSpec:
         if "label_columns" in raw and isinstance(raw["label_columns"], list):
             raw["label_columns"] = tuple(raw["label_columns"])
     try:
-        spec = _build(cls, raw, "data")  # typed fields, unknown keys named ("data.<key>")
+        spec = build_dataclass(cls, raw, "data")  # typed fields, unknown keys named ("data.<key>")
     except ConfigError as e:
         raise ConfigError(_where(path, str(e))) from None
     if isinstance(spec, DataSpec):

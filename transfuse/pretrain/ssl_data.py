@@ -156,12 +156,12 @@ def _read_3d(files: list[Path], spec: FolderSpec) -> list[torch.Tensor]:
 
     from monai.transforms import Orientation, ScaleIntensityRangePercentiles, Spacing
 
-    from ..data.segmentation import _load, per_axis
+    from ..data.segmentation import load_volume, per_axis
 
     sp = per_axis(spec.spacing, 3, where=str(spec.folder))
     out = []
     for p in files:
-        x = _load(p, "image", "")
+        x = load_volume(p, "image", "")
         if x.ndim != 4:
             raise DataError(f"{p}: the image has shape {tuple(x.shape[1:])}; a NIfTI folder for "
                             "3D pretraining holds 3D volumes")

@@ -17,6 +17,7 @@ import math
 import time
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import TransfuseError
 from ..store import Store
 from ..study.decide import Decisions, Verdict, load_decisions
@@ -279,13 +280,9 @@ def render(title: str, sections: list[Section], *, footer: str = "") -> str:
 
 
 def _write(out: Path, text: str) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
+        write_text(out, text)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise TransfuseError(f"cannot write the report {out}: {e.strerror or e}; free space or "
                              "choose another -o") from None
     return out

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from ..atomic import atomic_write
 from ..config import RunSpec, TrainSpec, run_id, spec_from_dict
 from ..data import PreparedData, load_dataset
 from ..errors import ConfigError, DataError, TransfuseError
 from ..inits import apply_init, init_model_kwargs
 from ..live import live_log
 from ..models import create_model, get_stages
-from ..run import _source, check_compatible, environment, train_run
+from ..run import run_source, check_compatible, environment, train_run
 from ..store import Store
 from ..train.device import resolve_device, seed_everything
 from ..train.loop import FitResult, fit
@@ -189,7 +190,7 @@ def _trainset(sd: _StudentData, pseudo: PseudoLabels, augment: Any) -> Dataset:
 
 def _build_student(spec: RunSpec, noise: NoiseSpec, data: PreparedData, workspace: str | Path
                    ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    source = _source(spec, workspace)  # validates the init spec as train_run does
+    source = run_source(spec, workspace)  # validates the init spec as train_run does
     dims = check_compatible(spec, data)
     seed_everything(spec.seed)
     kwargs = init_model_kwargs(spec.init.name)
@@ -240,9 +241,7 @@ def _fit_phases(model: nn.Module, data: PreparedData, tune: PreparedData, spec: 
     # The fine-tuned model is the generation's: put it where teachers and analysis look.
     shutil.copy2(run_dir / "best.pt", run_dir / "student_best.pt")
     for name in ("best.pt", "test_predictions.npz"):
-        tmp = run_dir / f"{name}.tmp"
-        shutil.copy2(run_dir / "finetune" / name, tmp)
-        tmp.replace(run_dir / name)
+        atomic_write(run_dir / name, lambda tmp, n=name: shutil.copy2(run_dir / "finetune" / n, tmp))
     return res, ft_res, True
 
 

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataSpec, RunSpec, run_id, spec_from_dict
+from ..data.meta import DatasetMeta, dataset_meta
 from ..errors import ConfigError, TransfuseError
-from .spec import (EXTERNAL_PRETRAINS, SMOKE, StudySpec, _is_linked, _overlap, _smoke_set,
+from .spec import (EXTERNAL_PRETRAINS, SMOKE, StudySpec, is_linked, _overlap, _smoke_set,
                    external_sources, grid_cells)
 
 __all__ = ["check_study", "CheckReport", "Problem", "StudyCheckError"]
@@ -153,18 +154,6 @@ class _Cell:
     origin: Callable[[str], str]
 
 
-@dataclass(frozen=True)
-class _Meta:
-    """What a dataset is, without its pixels: enough for the compatibility checks."""
-
-    task: str
-    class_names: tuple[str, ...]
-    spatial_dims: int
-    channels: int
-    shape: tuple[int, ...]
-    available: int | None
-
-
 @dataclass
 class _Probe:
     """Stands in for :class:`~transfuse.data.PreparedData` in ``check_compatible``/``check_sizes``."""
@@ -188,7 +177,7 @@ def _grid_origin(axes: list[tuple[str, list[Any]]], combo: tuple[tuple[int, Any]
                  smoke_keys: set[str]) -> Callable[[str], str]:
     def origin(f: str) -> str:
         for (k, vals), (i, v) in zip(axes, combo):
-            if _is_linked(k, vals):
+            if is_linked(k, vals):
                 for kk in v:
                     if _overlap(f, str(kk)):
                         return f"grid.{k}[{i}].{kk}"
@@ -217,7 +206,7 @@ def _cells(study: StudySpec, *, smoke: bool) -> list[_Cell]:
     for used, d in grid_cells(study, smoke=smoke):
         axes = [(k, vals) for k, vals, _ in used]
         combo = tuple((i, vals[i]) for _, vals, i in used)
-        tags = [f"{k}[{i}]" for k, vals, i in used if _is_linked(k, vals)]
+        tags = [f"{k}[{i}]" for k, vals, i in used if is_linked(k, vals)]
         out.append(_Cell(_label(d, tags), d, _grid_origin(axes, combo, smoke_keys)))
     return out
 
@@ -227,7 +216,7 @@ class _Checker:
     def __init__(self, study: StudySpec, workspace: str | Path | None, smoke: bool) -> None:
         self.study, self.workspace, self.smoke = study, workspace, smoke
         self.found: dict[tuple[str, str], list[str]] = {}
-        self.data: dict[DataSpec, _Meta | str] = {}
+        self.data: dict[DataSpec, DatasetMeta | str] = {}
         self.models: dict[tuple[Any, ...], Any] = {}
         self.forwards: dict[tuple[Any, ...], str | None] = {}
         self.sources: dict[str, Any] = {}
@@ -243,11 +232,11 @@ class _Checker:
             cells.append(cell.label)
 
     # data: one read per distinct dataset (n_train/fraction/normalize do not change what it is)
-    def meta(self, spec: DataSpec) -> _Meta | str:
+    def meta(self, spec: DataSpec) -> DatasetMeta | str:
         key = replace(spec, n_train=None, fraction=None, normalize="data")
         if key not in self.data:
             try:
-                self.data[key] = _medmnist_meta(key) or _read_meta(key)
+                self.data[key] = dataset_meta(key)
             except TransfuseError as e:
                 self.data[key] = str(e)
             except Exception as e:  # noqa: BLE001  (a loader bug: reported, the check goes on)
@@ -395,7 +384,7 @@ def _field_of(message: str, default: str) -> str:
     return m.group(0) if m else default
 
 
-def _probe(spec: DataSpec, meta: _Meta) -> _Probe:
+def _probe(spec: DataSpec, meta: DatasetMeta) -> _Probe:
     """The prepared data's info at this cell's channels, size and training-set size."""
     from ..data.base import DatasetInfo
 
@@ -410,55 +399,6 @@ def _probe(spec: DataSpec, meta: _Meta) -> _Probe:
                        spatial_dims=meta.spatial_dims, in_channels=spec.channels or meta.channels,
                        image_shape=tuple(shape), train_available=have)
     return _Probe(info, range(kept or 0))
-
-
-def _read_meta(spec: DataSpec) -> _Meta:
-    """A dataset's metadata from its loader (in-memory families: arrays only, not prepared)."""
-    from ..data.base import split_indices
-    from ..data.registry import _check_task_options, _lookup
-
-    loader, arg = _lookup(spec.name)
-    raw = loader(spec, arg)
-    _check_task_options(spec, raw.task)
-    if raw.prepared is not None:  # volumes / file-backed data: prepared once (patch shape, counts)
-        info = raw.prepared(spec, None).info
-        return _Meta(info.task, tuple(info.class_names), info.spatial_dims, info.in_channels,
-                     tuple(info.image_shape), info.train_available)
-    if "all" in raw.splits:
-        s = raw.splits["all"]
-        idx = split_indices(s.labels, seed=spec.split_seed, val_fraction=spec.val_fraction,
-                            test_fraction=spec.test_fraction)
-        images, n = s.images, len(idx["train"])
-    else:
-        images = raw.splits["train"].images
-        n = len(raw.splits["train"].labels)
-    return _Meta(raw.task, tuple(raw.class_names), raw.spatial_dims, int(images.shape[1]),
-                 tuple(int(x) for x in images.shape[2:]), n)
-
-
-def _medmnist_meta(spec: DataSpec) -> _Meta | None:
-    """MedMNIST without its pixels: the registry's table and the ``.npz`` array header
-    (``None``: not MedMNIST, or not readable that way — the loader then says why)."""
-    if not spec.name.startswith("medmnist:"):
-        return None
-    import zipfile
-
-    import numpy as np
-
-    from ..data.medmnist import CLASS_NAMES, MEDMNIST_INFO, data_root, medmnist_path, parse_arg
-
-    flag, size = parse_arg(spec.name.split(":", 1)[1])
-    task, k, channels, dims, _ = MEDMNIST_INFO[flag]
-    path = medmnist_path(data_root(spec), flag, size)
-    try:
-        with zipfile.ZipFile(path) as z, z.open("train_labels.npy") as f:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            n = int(reader(f)[0][0])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-    return _Meta(task, CLASS_NAMES.get(flag, tuple(str(i) for i in range(k))), dims, channels,
-                 (size,) * dims, n)
 
 
 def _build(name: str, dims: int, c: int, k: int, kwargs: dict[str, Any]) -> Any:

@@ -33,7 +33,8 @@ from typing import Any
 
 from ..config import spec_from_dict, run_id
 from ..errors import ConfigError, check_name
-from ..store import RunBundle, RunBusyError, RunFinishedError, Store, _write_atomic as _write
+from ..atomic import write_bytes
+from ..store import RunBundle, RunBusyError, RunFinishedError, Store
 from .placement import Placement, ray_resources
 from .task import execute
 
@@ -74,10 +75,10 @@ def run_in_scratch(task: Any, resume: bytes | None, files: dict[str, bytes],
         parts = Path(rel).parts
         if Path(rel).is_absolute() or any(p == ".." for p in parts):
             raise ValueError(f"source file {rel!r} is outside the workspace")
-        _write(ws.joinpath(*parts), data)
+        write_bytes(ws.joinpath(*parts), data, fsync=True)
     ckpt = store.run_dir(rid) / RESUME
     if resume is not None and not ckpt.is_file():  # a resumption on a node that lacks it
-        _write(ckpt, resume)
+        write_bytes(ckpt, resume, fsync=True)
     rid, what, msg = execute(replace(task, workspace=str(ws)))
     bundle = None
     if what in ("finished", "skipped"):
@@ -189,7 +190,7 @@ def _store_result(store: Store, rid: str, ref: Any, ray: Any) -> tuple[str, str,
         return rid, "finished", ""
     if what == "preempted":
         if bundle is not None and RESUME in bundle.files:
-            _write(ckpt, bundle.files[RESUME])  # the next attempt resumes from it, on any node
+            write_bytes(ckpt, bundle.files[RESUME], fsync=True)  # the next attempt resumes from it, on any node
         store.fail_run(rid, f"run {rid} {msg}; the run is stored as failed and resumes when run again")
         return rid, "preempted", msg
     ckpt.unlink(missing_ok=True)

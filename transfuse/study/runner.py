@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .._signals import SigtermGuard, set_flag, share_stop, stop_shared
+from .._signals import SigtermGuard, set_flag, share_stop, stop_others, stop_shared
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError
 from ..store import Store
@@ -108,16 +108,13 @@ def _run_task(task: Any) -> list[tuple[str, str, str]]:
 def _execute_unless_stopped(task: RunTask) -> tuple[str, str, str]:
     """:func:`execute` in a worker, unless the study is stopping (then ``unstarted``); a run that
     was preempted stops the other workers' next runs too."""
-    from .._signals import _shared
-
     if stop_shared():
-        if _shared is not None:  # a signal to this worker alone stops the others' next runs too
-            _shared.set()
+        stop_others()  # a signal to this worker alone stops the others' next runs too
         specs = getattr(task, "specs", None) or (task.spec,)
         return [(run_id(spec_from_dict(s)), UNSTARTED, "the study was stopping") for s in specs]
     res = _run_task(task)
-    if any(r[1] == "preempted" for r in res) and _shared is not None:
-        _shared.set()
+    if any(r[1] == "preempted" for r in res):
+        stop_others()
     return res
 
 

@@ -117,7 +117,7 @@ def check_grid_size(grid: dict[str, Any], *, limit: int, where: str) -> int:
     return n
 
 
-def _check_path(dotted: str, where: str) -> None:
+def check_axis_path(dotted: str, where: str) -> None:
     parts = dotted.split(".")
     if parts[0] in RUN_KEYS and len(parts) == 1:
         return
@@ -186,19 +186,19 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{path}: grid.{k} must be a non-empty list")
-        if _is_linked(str(k), v):
+        if is_linked(str(k), v):
             for item in v:
                 for kk in item:
-                    _check_path(str(kk), f"{path}: grid.{k}")
+                    check_axis_path(str(kk), f"{path}: grid.{k}")
         else:
-            _check_path(str(k), f"{path}: grid")
-    _check_axes_disjoint(grid, str(path))
+            check_axis_path(str(k), f"{path}: grid")
+    check_axes_disjoint(grid, str(path))
     exclude = raw.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
         raise ConfigError(f"{path}: exclude must be a list of mappings of dotted keys to values")
     for e in exclude:
         for kk in e:
-            _check_path(str(kk), f"{path}: exclude")
+            check_axis_path(str(kk), f"{path}: exclude")
     pretrain = raw.get("pretrain") or {}
     if not isinstance(pretrain, dict) or not all(isinstance(v, dict) for v in pretrain.values()):
         raise ConfigError(f"{path}: pretrain must map names to run specs (data, model, init, train)")
@@ -249,7 +249,7 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
         thr[k] = vals
     smoke = raw.get("smoke") or {}
     for k in smoke:
-        _check_path(str(k), f"{path}: smoke")
+        check_axis_path(str(k), f"{path}: smoke")
     study = StudySpec(name=name.strip(), base=base, grid={str(k): list(v) for k, v in grid.items()},
                       smoke=dict(smoke), description=description, max_cells=max_cells,
                       path=str(path), exclude=tuple(dict(e) for e in exclude),
@@ -262,7 +262,7 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
 
 def _axis_fields(key: str, values: list[Any]) -> set[str]:
     """The dotted fields a grid axis sets: its key, or every key of a named axis's mappings."""
-    if _is_linked(key, values):
+    if is_linked(key, values):
         return {str(kk) for item in values for kk in item}
     return {key}
 
@@ -272,7 +272,7 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
-def _check_axes_disjoint(grid: dict[str, Any], path: str) -> None:
+def check_axes_disjoint(grid: dict[str, Any], path: str) -> None:
     """Two axes may not set the same field: the later one would silently win and the product
     would collapse into fewer runs than it has cells.
 
@@ -289,7 +289,7 @@ def _check_axes_disjoint(grid: dict[str, Any], path: str) -> None:
                                   "named axis)")
 
 
-def _is_linked(key: str, values: list[Any]) -> bool:
+def is_linked(key: str, values: list[Any]) -> bool:
     """A linked axis: a name that is no run key, whose values are mappings of dotted keys."""
     head = key.split(".")[0]
     return head not in SECTIONS and head not in RUN_KEYS and all(isinstance(v, dict) for v in values)
@@ -422,7 +422,7 @@ def grid_cells(study: StudySpec, *, smoke: bool = False
     for combo in itertools.product(*indexed) if axes else [()]:
         d = copy.deepcopy(study.base)
         for (k, vals), (_, v) in zip(axes, combo):
-            if _is_linked(k, vals):
+            if is_linked(k, vals):
                 for kk, vv in v.items():
                     _set(d, kk, vv)
             else:

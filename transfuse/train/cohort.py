@@ -47,7 +47,8 @@ from .augment import make_augment
 from .device import autocast, resolve_device
 from .finetune import plan_finetune
 from .clinical import clinical_metrics
-from .loop import (FitResult, LogFn, _atomic_write, _diverged, _fingerprint, _preload,
+from ..atomic import atomic_write
+from .loop import (FitResult, LogFn, _diverged, resume_fingerprint, _preload,
                    _save_predictions, _save_state, _targets, checkpoint_or_stop, loss_fn,
                    lr_lambda, make_optimizer, primary_metric, score_predictions)
 from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, load_resume,
@@ -263,7 +264,7 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
     results: list[FitResult | BaseException | None] = [None] * size
     active = [True] * size
     histories: list[list[tuple[int, str, dict[str, float]]]] = [[] for _ in range(size)]
-    fingerprints = [_fingerprint(spec, mb.seed, 1) for mb in members]
+    fingerprints = [resume_fingerprint(spec, mb.seed, 1) for mb in members]
 
     def record(i: int, step: int, split: str, metrics: dict[str, float]) -> None:
         histories[i].append((step, split, metrics))
@@ -351,7 +352,7 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
                      "loss_acc": float(loss_acc[i]), "first_bad": int(first_bad[i]), "seen": seen,
                      "history": [[st, sp, dict(m)] for st, sp, m in histories[i]],
                      "stream": streams[i].state(), "rng": rng}
-            _atomic_write(Path(mb.run_dir) / RESUME_FILE, lambda tmp, s=state: torch.save(s, tmp))
+            atomic_write(Path(mb.run_dir) / RESUME_FILE, lambda tmp, s=state: torch.save(s, tmp))
 
     from tqdm.auto import tqdm
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import TrainSpec, finetune_parts
 from ..errors import ConfigError
-from ..models._stages import get_stages, stage_of
+from ..models import get_stages, stage_of
 
 __all__ = ["Finetune", "StageGroup", "plan_finetune", "stage_lrs", "trainable_stages"]
 

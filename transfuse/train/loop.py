@@ -14,12 +14,9 @@ rank 0 writes.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from .._progress import step as report_step
 from .._signals import stop_signal
+from ..atomic import atomic_write
 from ..config import TrainSpec
 from ..data.base import ArrayDataset, PreparedData
 from ..errors import ConfigError, DivergedError, PreemptedError
@@ -183,31 +181,7 @@ def _save_predictions(path: Path, data: PreparedData, preds: np.ndarray) -> None
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the name
             np.savez(f, **arrays)
 
-    _atomic_write(path, write)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename onto ``path``: a crash never leaves a half-written file, and a
-    failed write removes its ``.tmp`` (torch reports a full disk as a RuntimeError: it becomes
-    the OSError it is)."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-        return
-    except BaseException as e:
-        if not isinstance(e, RuntimeError):
-            tmp.unlink(missing_ok=True)
-            raise
-        full = tmp.exists() and shutil.disk_usage(tmp.parent).free < 1 << 20
-    # Outside the except block: torch's half-closed writer (referenced by the RuntimeError's
-    # traceback) is released first, so unlinking really frees the space the store needs.
-    import gc
-
-    gc.collect()
-    tmp.unlink(missing_ok=True)
-    code = errno.ENOSPC if full else errno.EIO
-    raise OSError(code, os.strerror(code), str(path))
+    atomic_write(path, write)
 
 
 def _save(model: nn.Module, path: Path, step: int) -> None:
@@ -216,7 +190,7 @@ def _save(model: nn.Module, path: Path, step: int) -> None:
 
 def _save_state(state: dict[str, torch.Tensor], path: Path, step: int) -> None:
     """A checkpoint file (``init.pt``, ``best.pt``, ``last.pt``): ``{"state_dict", "step"}``."""
-    _atomic_write(path, lambda tmp: torch.save({"state_dict": state, "step": step}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"state_dict": state, "step": step}, tmp))
 
 
 def checkpoint_or_stop(step: int, total: int, *, every: int, guard: Any,
@@ -352,7 +326,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
     first_bad = torch.zeros((), dtype=torch.long, device=dev)  # first step with a NaN/inf loss
     seen, start = 0, 1
-    fingerprint = _fingerprint(spec, seed, dist_info.world_size)
+    fingerprint = resume_fingerprint(spec, seed, dist_info.world_size)
     ckpt = load_resume(run_dir, fingerprint)
     if ckpt is not None:  # a killed or preempted attempt left a checkpoint: continue from it
         start = int(ckpt["step"]) + 1
@@ -392,7 +366,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                  "stream": batches.state(), "rng": rng_state()}
         if spec.early_stop is not None:
             state["early_stop"] = [stop_best, stop_wait]
-        _atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
+        atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
 
     from tqdm.auto import tqdm
 
@@ -528,7 +502,7 @@ def _preload(ds: Any, dev: torch.device, mode: str
     return tuple(t.to(dev) for t in tensors)  # type: ignore[return-value]
 
 
-def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
+def resume_fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
     """What a checkpoint must match to be resumed: the training settings (save frequency
     aside), the seed and the number of processes."""
     import dataclasses
@@ -537,9 +511,9 @@ def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
     d = dataclasses.asdict(spec)
     for k in ("checkpoint_every", "compile", "preload", "operating_point"):  # not the training
         d.pop(k, None)
-    from ..config import _FINETUNE_DEFAULTS
+    from ..config import FINETUNE_DEFAULTS
 
     for k in ("early_stop", "min_delta", "class_weights", "sampler"):  # added later: as before
-        if d.get(k) == _FINETUNE_DEFAULTS[k]:
+        if d.get(k) == FINETUNE_DEFAULTS[k]:
             d.pop(k)
     return json.dumps({"train": d, "seed": seed, "world_size": world_size}, sort_keys=True)
