@@ -10,7 +10,7 @@ from transfuse.arms import arm_label, arm_labels
 from transfuse.cli import main
 from transfuse.config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec
 from transfuse.store import Store
-from transfuse.study.results import cell_keys
+from transfuse.decide.results import cell_keys
 
 IMAGENET = "imagenet:efficientnet_lite0"
 SSL = "ssl:/ws/ssl/simclr-abc/encoder.pt"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from transfuse.study.decide import Sequential
-from transfuse.study.verdicts import (BETTER, DIFFERENT, VERDICTS, WORSE, adjust, decide_family,
+from transfuse.decide.decisions import Sequential
+from transfuse.decide.verdicts import (BETTER, DIFFERENT, VERDICTS, WORSE, adjust, decide_family,
                                       decision_p, interval, look_levels, obrien_fleming_spent,
                                       seeds_needed, sequential_decisions)
 

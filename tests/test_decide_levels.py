@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from transfuse.study.convergence import convergence
-from transfuse.study.decide import Evaluation, Sequential, decide, frozen_records, questions
-from transfuse.study.results import RunRow, StudyResults, _cell
-from transfuse.study.verdicts import DIFFERENT, LABELS, WORSE, decide_family
+from transfuse.decide.convergence import convergence
+from transfuse.decide.decisions import Evaluation, Sequential, decide, frozen_records, questions
+from transfuse.decide.results import RunRow, StudyResults, _cell
+from transfuse.decide.verdicts import DIFFERENT, LABELS, WORSE, decide_family
 
 STEPS = (0, 10, 20, 30)
 

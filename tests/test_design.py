@@ -1,10 +1,10 @@
-"""The margins a number of seeds decides (transfuse.study.design): the boundary where the verdict flips."""
+"""The margins a number of seeds decides (transfuse.decide.design): the boundary where the verdict flips."""
 
 import numpy as np
 import pytest
 
-from transfuse.study.design import decidable_margin, margin_for_seeds
-from transfuse.study.verdicts import decide_family, power_decisive, seeds_needed
+from transfuse.decide.design import decidable_margin, margin_for_seeds
+from transfuse.decide.verdicts import decide_family, power_decisive, seeds_needed
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

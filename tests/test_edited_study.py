@@ -16,7 +16,7 @@ import pytest
 
 from transfuse.cli import main
 from transfuse.store import Store
-from transfuse.study.evaluation import Sequential
+from transfuse.decide.evaluation import Sequential
 
 STUDY = """
 name: edited

@@ -10,10 +10,10 @@ import pytest
 
 from transfuse.cli import main
 from transfuse.report.study import build_report
-from transfuse.study.verdicts import VERDICTS
+from transfuse.decide.verdicts import VERDICTS
 from transfuse.study import load_study
 from transfuse.study.check import check_study
-from transfuse.study.results import arm_label, cell_keys
+from transfuse.decide.results import arm_label, cell_keys
 
 
 def _spec(init: str = "pretrained", source: str | None = "run:abc", **train) -> dict:

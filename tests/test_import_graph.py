@@ -184,3 +184,23 @@ def test_one_atomic_write_helper():
     found = [f"{p.relative_to(ROOT.parent)}:{i}" for p in ROOT.rglob("*.py") if p.name != "atomic.py"
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert not found, f"write through transfuse.atomic.atomic_write instead: {found}"
+
+
+#: What the statistics (transfuse.decide) may import: the store and what the store stands on.
+BELOW_THE_STORE = ("transfuse.decide", "transfuse.store", "transfuse.config", "transfuse.errors",
+                   "transfuse.arms", "transfuse.yaml_files", "transfuse.atomic")
+
+
+def test_statistics_import_nothing_above_the_store():
+    g = import_graph()
+    above = {m: sorted(t for t in ts if not t.startswith(BELOW_THE_STORE))
+             for m, ts in g.items() if m.startswith("transfuse.decide")}
+    assert "transfuse.decide.verdicts" in g and not any(above.values()), above
+
+
+def test_reports_never_import_the_runner():
+    g = import_graph()
+    runner = {m: sorted(t for t in ts if t.startswith(("transfuse.study.runner", "transfuse.study.remote",
+                                                       "transfuse.study.task", "transfuse.run")))
+              for m, ts in g.items() if m.startswith("transfuse.report")}
+    assert not any(runner.values()), runner

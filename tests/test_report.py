@@ -12,7 +12,7 @@ from transfuse.cli import main
 from transfuse.config import spec_from_dict
 from transfuse.report.study import build_report
 from transfuse.store import Store
-from transfuse.study.results import load_results
+from transfuse.decide.results import load_results
 
 EVIL = "<script>alert(1)</script>"
 STEPS = [0, 10, 20, 30, 40]
@@ -66,7 +66,7 @@ def test_results_cells_comparisons_and_speedup(study_ws):
     assert c.final.mean_diff == pytest.approx(np.mean([0.05, 0.052, 0.058]))
     assert np.exp(c.speedup[0.9].mean) == pytest.approx(2.0)
     assert all(d.p < 0.001 and d.diff > 0 for d in c.delong.values())
-    from transfuse.study.decide import decide
+    from transfuse.decide.decisions import decide
 
     dec = decide(res)
     v = {q.question.endpoint: q for q in dec.verdicts}
@@ -78,7 +78,7 @@ def test_results_cells_comparisons_and_speedup(study_ws):
 
 
 def test_not_significant_is_undecided(tmp_path):
-    from transfuse.study.decide import decide
+    from transfuse.decide.decisions import decide
 
     store = Store(tmp_path)
     for seed, (a, b) in enumerate([(0.80, 0.81), (0.82, 0.80), (0.79, 0.80)]):

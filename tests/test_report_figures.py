@@ -18,7 +18,7 @@ from transfuse.analysis.results import (KINDS, AnalysisMeta, FilterSnapshot, Lay
 from transfuse.config import spec_from_dict
 from transfuse.report.html import check_legends, figure_img, mark_key, new_figure
 from transfuse.store import Store
-from transfuse.study.results import load_results
+from transfuse.decide.results import load_results
 
 from .test_report import STEPS
 

@@ -185,7 +185,7 @@ def test_cli_trains_builtin_brain_seg3d(tmp_path, capsys):
 
 def test_study_results_score_segmentation_runs_by_dice(tmp_path):
     """What a study sees: runs stored under a study name are compared on Dice, not AUC."""
-    from transfuse.study.results import load_results
+    from transfuse.decide.results import load_results
 
     for seed in (0, 1):
         spec = RunSpec(data=DataSpec(name="builtin:brain_seg3d", patch_size=16),
@@ -220,7 +220,7 @@ def test_study_results_score_segmentation_runs_by_dice(tmp_path):
 def test_study_run_on_builtin_brain_seg3d(tmp_path):
     """The whole study runner (spawned worker process) on segmentation: about 30 s."""
     from transfuse.study import load_study, run_study
-    from transfuse.study.results import load_results
+    from transfuse.decide.results import load_results
 
     f = tmp_path / "seg.yaml"
     f.write_text("""

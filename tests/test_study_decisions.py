@@ -16,8 +16,8 @@ from transfuse.report.export import schema
 from transfuse.report.study import VERDICT_HEADERS, build_report
 from transfuse.store import Store
 from transfuse.study import load_study
-from transfuse.study.decide import Evaluation, decide, load_decisions
-from transfuse.study.results import load_results
+from transfuse.decide.decisions import Evaluation, decide, load_decisions
+from transfuse.decide.results import load_results
 
 STEPS = [0, 10, 20, 30, 40]
 
@@ -273,7 +273,7 @@ def test_until_decided_adds_seeds_only_to_undecided_cells_and_resumes(tmp_path, 
     final = {v.question.arm: v for v in out.decisions.verdicts if v.question.endpoint == "final"}
     assert final["meanvar"].verdict == "better_beyond_margin" and final["meanvar"].look == 1
     # each decided question is recorded in the store at the look that decided it
-    from transfuse.study.decide import FROZEN
+    from transfuse.decide.decisions import FROZEN
 
     rec = {r["id"]: r for r in Store(tmp_path / "a").get_results(FROZEN, study="adapt").values()}
     assert rec[final["meanvar"].question.id]["look"] == 1
@@ -489,7 +489,7 @@ def _flip_trainer(task):
 def test_until_decided_keeps_a_decided_speedup_when_later_seeds_miss_it(tmp_path, monkeypatch):
     from transfuse.study import runner
     from transfuse.study.adaptive import run_until_decided
-    from transfuse.study.decide import FROZEN, questions
+    from transfuse.decide.decisions import FROZEN, questions
 
     f = tmp_path / "flip.yaml"
     f.write_text(FLIP)

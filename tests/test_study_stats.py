@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from transfuse.study.convergence import convergence, curve_area, steps_to_threshold
-from transfuse.study.stats import delong, paired_test, summarize
+from transfuse.decide.convergence import convergence, curve_area, steps_to_threshold
+from transfuse.decide.stats import delong, paired_test, summarize
 
 
 def test_steps_to_threshold_first_crossing_and_never():

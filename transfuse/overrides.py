@@ -4,7 +4,7 @@
 
 A value is read with ``yaml.safe_load`` and then checked against the annotation of the field it
 sets (:class:`~transfuse.config.RunSpec` and its sections, the study's
-:class:`~transfuse.study.evaluation.Evaluation`, the chain's ``PseudoSpec``/``NoiseSpec``, the
+:class:`~transfuse.decide.evaluation.Evaluation`, the chain's ``PseudoSpec``/``NoiseSpec``, the
 pretraining file's fields):
 
 ========================= =====================================================================
@@ -478,7 +478,7 @@ def override_study(study: Any, *, sets: Sequence[str]) -> Any:
         ConfigError: one line naming the ``--set``.
     """
     from .errors import check_name
-    from .study.evaluation import Evaluation
+    from .decide.evaluation import Evaluation
 
     base_schema = {**_run_sections(), "seed": int}
     for text in sets:

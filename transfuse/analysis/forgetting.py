@@ -178,7 +178,7 @@ class ArmCurve:
 
 
 def _summaries(values: Sequence[float]) -> tuple[float, float | None, float | None]:
-    from ..study.stats import summarize
+    from ..decide.stats import summarize
 
     s = summarize(list(values))
     return (s.mean, s.ci_low, s.ci_high) if s is not None else (float("nan"), None, None)
@@ -191,11 +191,11 @@ def study_forgetting(store: Any, study: str, *, device: Any = None, max_examples
 
     The arm label is the study report's (init and fine-tuning strategy). Each arm whose label
     differs from the full fine-tuning arm of the same init only by its strategy is compared with
-    it on the last point, paired by seed (:func:`~transfuse.study.verdicts.decide_family`, Holm
+    it on the last point, paired by seed (:func:`~transfuse.decide.verdicts.decide_family`, Holm
     over those questions, ``margin`` in source-task AUC).
     """
-    from ..study.results import load_results
-    from ..study.verdicts import decide_family
+    from ..decide.results import load_results
+    from ..decide.verdicts import decide_family
 
     res = load_results(store, study)
     cache: dict[str, Any] = {}

@@ -95,7 +95,7 @@ def _print_outcome(out, a: argparse.Namespace) -> None:
 
 def _plan(a: argparse.Namespace, study) -> int:
     from ..store import Store
-    from ..study.decide import load_decisions
+    from ..decide.decisions import load_decisions
 
     name = f"{study.name}-smoke" if a.smoke else study.name
     ws = Path(workspace_of(a))
@@ -144,7 +144,7 @@ def _print_left_out(workspace: str, name: str, ids: set[str]) -> None:
     if not (Path(workspace) / "transfuse.db").is_file():
         return
     from ..store import Store
-    from ..study.selection import select_runs
+    from ..decide.selection import select_runs
 
     records = [r for r in Store(workspace).list_runs(study=name) if not r.spec.get("parent")]
     _, left = select_runs(records, current=ids)

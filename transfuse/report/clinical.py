@@ -16,7 +16,7 @@ from collections import defaultdict
 
 from ..arms import arm_labels
 from ..store import Store
-from ..study.stats import paired_test, summarize
+from ..decide.stats import paired_test, summarize
 from .html import Section, register_section, table
 
 __all__ = ["clinical_section", "clinical_questions", "METRICS"]

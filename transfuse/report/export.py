@@ -3,7 +3,7 @@
 Every cell, comparison (question), verdict, reason, margin, adjusted p-value and interval, in the
 documented schema ``transfuse.study-results/2`` (:data:`SCHEMA`, the file
 ``transfuse/report/results.schema.json``; fields in docs/STUDIES.md). The HTML report's verdict
-table is built from the same :class:`~transfuse.study.decide.Decisions`, so the two agree.
+table is built from the same :class:`~transfuse.decide.decisions.Decisions`, so the two agree.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from ..study.decide import Decisions, Verdict
-from ..study.results import StudyResults
-from ..study.verdicts import LABELS, VERDICTS
+from ..decide.decisions import Decisions, Verdict
+from ..decide.results import StudyResults
+from ..decide.verdicts import LABELS, VERDICTS
 
 __all__ = ["results_dict", "schema", "SCHEMA_ID"]
 

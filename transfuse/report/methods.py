@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from ..study.decide import CHANCE_BAND, FLAT, Decisions
-from ..study.results import StudyResults
+from ..decide.decisions import CHANCE_BAND, FLAT, Decisions
+from ..decide.results import StudyResults
 from .html import Section, esc
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from ..study.results import StudyResults
+from ..decide.results import StudyResults
 from .html import esc, figure_img, new_figure
 
 if TYPE_CHECKING:

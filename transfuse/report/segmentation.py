@@ -11,8 +11,8 @@ import math
 from collections import defaultdict
 
 from ..store import Store
-from ..study.results import RunRow, load_results
-from ..study.stats import summarize
+from ..decide.results import RunRow, load_results
+from ..decide.stats import summarize
 from .html import Section, esc, figure_img, new_figure, register_section, table
 from .pretrained import pretrain_records
 

@@ -1,7 +1,7 @@
 """The study report: decisions first, then the numbers and figures behind them, as one HTML file.
 
 ``build_report(workspace=..., study=..., out=...)`` reads the finished runs of a study
-(:func:`transfuse.study.decide.load_decisions`) and writes: a summary that opens with one line per
+(:func:`transfuse.decide.decisions.load_decisions`) and writes: a summary that opens with one line per
 model × training-set size (what to use, with its verdict or what is missing), the verdict of every
 question with its interval, adjusted p-value and reason, a forest plot and test scores per model,
 the cell table, learning curves, steps to threshold, score vs training-set size, first-layer
@@ -20,9 +20,10 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import TransfuseError
 from ..store import Store
-from ..study.decide import Decisions, Verdict, load_decisions
-from ..study.results import StudyResults
-from ..study.stats import Summary
+from ..decide.decisions import Decisions, Verdict, load_decisions
+from ..decide.results import StudyResults
+from ..decide.selection import study_progress
+from ..decide.stats import Summary
 from .export import results_dict
 from .html import SECTIONS, Section, esc, figure_img, table
 from .methods import methods_section
@@ -120,7 +121,7 @@ def verdict_rows(res: StudyResults, dec: Decisions) -> list[list[str]]:
 
 def _runs_notes(res: StudyResults) -> str:
     """Warnings about runs not counted (an earlier version of the study) or lacking files."""
-    from ..study.selection import FILE_USES
+    from ..decide.selection import FILE_USES
 
     html = ""
     if res.left_out:
@@ -310,19 +311,17 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
     if not (ws / "transfuse.db").is_file():
         raise TransfuseError(f"no run store in {ws}; pass the workspace a study ran in")
     store = Store(ws)
-    res, dec, info = load_decisions(store, study, study_spec=study_spec)
-    if not res.rows:
-        raise TransfuseError(f"study {study!r} has no finished runs yet in {ws}; "
-                             f"run `transfuse study run FILE --workspace {ws}` first")
-    from ..study.runner import study_progress
-
-    ids = None
+    current = None
     if study_spec is not None:
         from ..config import run_id
         from ..study.spec import expand
 
-        ids = [run_id(s) for s in expand(study_spec)]  # type: ignore[arg-type]
-    progress = study_progress(store=store, study=study, run_ids=ids)
+        current = {run_id(s): s.to_dict() for s in expand(study_spec)}  # type: ignore[arg-type]
+    res, dec, info = load_decisions(store, study, study_spec=study_spec, current_specs=current)
+    if not res.rows:
+        raise TransfuseError(f"study {study!r} has no finished runs yet in {ws}; "
+                             f"run `transfuse study run FILE --workspace {ws}` first")
+    progress = study_progress(store=store, study=study, run_ids=None if current is None else list(current))
     if format == "json":
         data = results_dict(res, dec)
         data["runs"]["progress"] = progress

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..study.decide import Decisions, Verdict
-from ..study.results import StudyResults
+from ..decide.decisions import Decisions, Verdict
+from ..decide.results import StudyResults
 from .html import new_figure
 
 if TYPE_CHECKING:

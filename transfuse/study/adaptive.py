@@ -4,9 +4,9 @@ The study's grid is run once (look 1, at its own seeds). Then, look by look, onl
 undecided comparison (the arm and its reference) get ``batch`` more seeds, until every
 comparison is decided or ``max_seeds`` is reached. The look schedule is fixed before the first run
 (``Sequential.plan``: the grid's seed count, then ``+ batch`` … up to ``max_seeds``) and recorded
-with the study, so the report replays exactly the same looks (:func:`transfuse.study.decide.decide`)
+with the study, so the report replays exactly the same looks (:func:`transfuse.decide.decisions.decide`)
 and each look only spends its share of alpha (O'Brien–Fleming-type spending, union bound over
-looks; :func:`transfuse.study.verdicts.look_levels`).
+looks; :func:`transfuse.decide.verdicts.look_levels`).
 
 A question decided at a look keeps that look's verdict, interval, seeds and family: the report
 replays each look on the seeds it had (gates included), and each decided question is recorded in
@@ -27,8 +27,8 @@ from typing import Any
 from ..config import RunSpec
 from ..errors import ConfigError
 from ..store import Store
-from .decide import FROZEN, Decisions, Sequential, decide, frozen_records
-from .results import cell_keys, load_results
+from ..decide.decisions import FROZEN, Decisions, Sequential, decide, frozen_records
+from ..decide.results import cell_keys, load_results
 from .runner import StudyOutcome, run_study
 from .spec import StudySpec, expand
 

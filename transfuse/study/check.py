@@ -526,7 +526,7 @@ def _check_reference(ch: _Checker, study: StudySpec, specs: list[dict[str, Any]]
     """Every verdict compares an arm with ``evaluation.reference``: a study of several arms
     without that one would train everything and decide nothing (one arm alone is a study of
     seeds, not of arms, and passes)."""
-    from .results import cell_keys
+    from ..decide.results import cell_keys
 
     ref = study.evaluation.reference
     arms = list(dict.fromkeys(arm for _, arm, _ in cell_keys(specs)))

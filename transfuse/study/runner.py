@@ -20,6 +20,7 @@ from typing import Any
 from .._signals import SigtermGuard, set_flag, share_stop, stop_others, stop_shared
 from ..config import RunSpec, run_id, spec_from_dict
 from ..errors import ConfigError
+from ..decide.selection import study_progress
 from ..store import Store
 from .cohorts import group_cohorts, parse_cohort, resolve_cohort
 from .placement import Placement, local_slots
@@ -444,28 +445,3 @@ def study_status(study: StudySpec, *, workspace: str | Path, smoke: bool = False
     return [(s, run_id(s), statuses.get(run_id(s), "missing")) for s in [*specs, *extra]]
 
 
-def study_progress(*, store: Store, study: str, run_ids: list[str] | None = None) -> dict[str, int]:
-    """How complete a study is in this store: run counts by state.
-
-    The grid's run ids are recorded by the last :func:`run_study` of ``study`` (the ``study``
-    result's ``run_ids``), so runs no process has started yet count as ``missing``; runs
-    stored under the study's name but not in its current cells are not counted, as in the report
-    (:func:`~transfuse.study.selection.select_runs`).
-
-    Returns:
-        ``{"finished": n, "running": n, "stale": n, "failed": n, "missing": n}`` (every key
-        present); ``running + stale + failed + missing > 0`` means the study is incomplete.
-    """
-    from .selection import select_runs
-
-    info = store.get_results("study", study=study).get(study, {})
-    if run_ids is None:
-        run_ids = info.get("run_ids")
-    records = [r for r in store.list_runs(study=study) if not r.spec.get("parent")]
-    kept, _ = select_runs(records, current=run_ids,
-                          adaptive=bool(info.get("sequential")))  # the report's cells
-    states = {r.run_id: r.state for r in kept}
-    counts = dict.fromkeys(("finished", "running", "stale", "failed", "missing"), 0)
-    for rid in dict.fromkeys([*(run_ids or []), *states]):
-        counts[states.get(rid, "missing")] += 1
-    return counts

@@ -51,7 +51,7 @@ from typing import Any
 from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_spec_keys, check_top_keys,
                       read_yaml_file, spec_from_dict)
 from ..errors import ConfigError, check_name, did_you_mean
-from .evaluation import Evaluation
+from ..decide.evaluation import Evaluation
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "ssl_pretrains",
            "external_sources", "EXTERNAL_PRETRAINS", "SMOKE"]
@@ -83,7 +83,7 @@ class StudySpec:
         smoke: dotted overrides applied by ``--smoke``.
         path: the file it was read from.
         evaluation: how verdicts are reached (margins, reference arm, multiplicity; see
-            :class:`transfuse.study.decide.Evaluation`).
+            :class:`transfuse.decide.decisions.Evaluation`).
     """
 
     name: str

@@ -240,7 +240,7 @@ def check_ranking(scores: Mapping[tuple[str, str, str], SourceScores],
 
 def _cell_specs(specs: Sequence[Any]) -> dict[tuple[str, str, str], Any]:
     """The lowest-seed spec of every (model, arm, size) cell, keyed as the study report keys it."""
-    from ..study.results import cell_keys
+    from ..decide.results import cell_keys
 
     out: dict[tuple[str, str, str], Any] = {}
     for spec, key in zip(specs, cell_keys([s.to_dict() for s in specs])):
@@ -276,7 +276,7 @@ def check_against(path: str | Path, *, study: str | None = None, study_file: str
     outcomes: dict[tuple[str, str, str], dict[int, float]] = {}
     if p.is_dir():
         from ..store import Store
-        from ..study.results import load_results
+        from ..decide.results import load_results
 
         name = study or (spec_file.name if spec_file else None)
         if name is None:

@@ -230,7 +230,7 @@ def load_results(store: Store, study: str, *, thresholds: tuple[float, ...] = (0
                  current_specs: Mapping[str, Mapping[str, Any]] | None = None,
                  adaptive: bool | None = None) -> StudyResults:
     """Rows, cells and comparisons (each arm vs ``reference``) of the finished runs of ``study``'s
-    current cells (:mod:`transfuse.study.selection`).
+    current cells (:mod:`transfuse.decide.selection`).
 
     Args:
         run_ids: the current cells' run ids; default: those the study's last ``study run``

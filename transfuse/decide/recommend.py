@@ -2,7 +2,7 @@
 
 Every sentence is built from the verdict it states, so words never claim more than the verdict:
 ``better_beyond_margin`` reads "better … by more than the margin", ``better_within_margin``
-"better … by less than the margin", and so on (:data:`~transfuse.study.verdicts.LABELS`).
+"better … by less than the margin", and so on (:data:`~transfuse.decide.verdicts.LABELS`).
 A recommendation is made only on a difference beyond the margin or on equivalence; an arm that is
 better by less than the margin is named as such and not recommended.
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .verdicts import BETTER, LABELS, Decision
 
 if TYPE_CHECKING:
-    from .decide import Question, Verdict
+    from .decisions import Question, Verdict
     from .evaluation import Evaluation
     from .results import StudyResults
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..store import RUN_FILES, RunRecord, Store
 
-__all__ = ["LeftOut", "select_runs", "missing_files", "FILE_USES", "cell_id", "spec_changes"]
+__all__ = ["LeftOut", "select_runs", "missing_files", "FILE_USES", "cell_id", "spec_changes", "study_progress"]
 
 #: What the study report draws from each file of a finished run's folder.
 FILE_USES: dict[str, str] = {
@@ -134,3 +134,28 @@ def missing_files(store: Store, records: list[RunRecord]) -> dict[str, tuple[str
         if lacking:
             out[r.run_id] = lacking
     return out
+
+
+def study_progress(*, store: Store, study: str, run_ids: list[str] | None = None) -> dict[str, int]:
+    """How complete a study is in this store: run counts by state.
+
+    The grid's run ids are recorded by the last :func:`~transfuse.study.runner.run_study` of ``study`` (the ``study``
+    result's ``run_ids``), so runs no process has started yet count as ``missing``; runs
+    stored under the study's name but not in its current cells are not counted, as in the report
+    (:func:`select_runs`).
+
+    Returns:
+        ``{"finished": n, "running": n, "stale": n, "failed": n, "missing": n}`` (every key
+        present); ``running + stale + failed + missing > 0`` means the study is incomplete.
+    """
+    info = store.get_results("study", study=study).get(study, {})
+    if run_ids is None:
+        run_ids = info.get("run_ids")
+    records = [r for r in store.list_runs(study=study) if not r.spec.get("parent")]
+    kept, _ = select_runs(records, current=run_ids,
+                          adaptive=bool(info.get("sequential")))  # the report's cells
+    states = {r.run_id: r.state for r in kept}
+    counts = dict.fromkeys(("finished", "running", "stale", "failed", "missing"), 0)
+    for rid in dict.fromkeys([*(run_ids or []), *states]):
+        counts[states.get(rid, "missing")] += 1
+    return counts

@@ -1,6 +1,6 @@
 """From a study's results to decisions: questions, sanity gates, verdicts, seed plans, recommendations.
 
-This is the "numbers → answers" stage between :func:`transfuse.study.results.load_results` and the
+This is the "numbers → answers" stage between :func:`transfuse.decide.results.load_results` and the
 report. For every arm (an init label) compared with the reference arm (``evaluation.reference``,
 default ``random``) on the same model and training-set size, paired by seed, three kinds of
 *question* are asked, all in one multiplicity family per report:
@@ -13,7 +13,7 @@ default ``random``) on the same model and training-set size, paired by seed, thr
 Sanity gates force ``undecided`` before any statistics: a pilot study (``--smoke`` or a single
 seed), a cell that did not learn (every run's test score within 0.02 of chance, or a validation
 curve that never moved), a threshold some run never reached, fewer than two paired seeds. The
-rest get verdicts from :mod:`transfuse.study.verdicts`, in one look (a fixed design) or replayed
+rest get verdicts from :mod:`transfuse.decide.verdicts`, in one look (a fixed design) or replayed
 look by look with O'Brien–Fleming-type alpha spending (an adaptive ``--until-decided`` study).
 """
 
@@ -72,8 +72,8 @@ class Question:
 class Verdict:
     """A question's answer: the verdict, why, the numbers it was read from, and a seed plan.
 
-    ``verdict`` is a code of :data:`~transfuse.study.verdicts.VERDICTS`; ``sentence`` says it in
-    words with its numbers (:func:`~transfuse.study.recommend.sentence`). ``look`` is the
+    ``verdict`` is a code of :data:`~transfuse.decide.verdicts.VERDICTS`; ``sentence`` says it in
+    words with its numbers (:func:`~transfuse.decide.recommend.sentence`). ``look`` is the
     (1-based) look whose interval is shown; ``seeds_needed`` is the seed count a fixed design
     would need for a decisive verdict with ``evaluation.power`` at the family's first-step level,
     assuming the observed mean and spread (``None``: over 1000, or unknown).
@@ -272,7 +272,7 @@ def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
     and family — seeds added later for other questions of the same arm are not read for it.
 
     Args:
-        res: the study's results (:func:`~transfuse.study.results.load_results`).
+        res: the study's results (:func:`~transfuse.decide.results.load_results`).
         evaluation: margins, reference, multiplicity (default :class:`Evaluation`).
         sequential: the look schedule of an adaptive study; ``None`` for a fixed design.
         smoke: the study ran with ``--smoke`` (pilot only).
@@ -362,13 +362,16 @@ def decide(res: StudyResults, *, evaluation: Evaluation | None = None,
 
 
 def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = None,
-                   study_spec: Any = None) -> tuple[StudyResults, Decisions, dict[str, Any]]:
+                   study_spec: Any = None, current_specs: dict[str, dict[str, Any]] | None = None,
+                   ) -> tuple[StudyResults, Decisions, dict[str, Any]]:
     """A stored study's results and decisions, judged as the study recorded (or ``evaluation``).
 
     Args:
         study_spec: a :class:`~transfuse.study.spec.StudySpec` to judge instead of what the last
             ``study run`` recorded: its cells, thresholds and evaluation (another version of the
             study file, ``transfuse report --study-file``).
+        current_specs: with ``study_spec``, its cells as ``{run id: spec dict}`` (the study
+            package expands a study file; the statistics never read one).
 
     Returns:
         ``(results, decisions, study_info)``; ``study_info`` is what ``study run`` recorded.
@@ -381,11 +384,9 @@ def load_decisions(store: Any, study: str, *, evaluation: Evaluation | None = No
     info = store.get_results("study", study=study).get(study, {})
     current = None
     if study_spec is not None:
-        from ..config import run_id
-        from .spec import expand
-
-        specs = expand(study_spec)
-        current = {run_id(s): s.to_dict() for s in specs}
+        if current_specs is None:
+            raise ValueError("load_decisions: give the study file's cells (current_specs) with study_spec")
+        current = dict(current_specs)
         info = {**info, "auc_thresholds": list(study_spec.auc_thresholds),
                 "relative_thresholds": list(study_spec.relative_thresholds),
                 "evaluation": study_spec.evaluation.to_dict(), "path": study_spec.path}
