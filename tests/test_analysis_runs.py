@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transfuse import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, train_run
-from transfuse.analysis.report import analysis_section
+from transfuse.report.analysis import analysis_section
 from transfuse.analysis.results import KINDS, LayerGrid, StageChange, from_payload
 from transfuse.analysis.runs import (AnalysisOptions, Pair, _checkpoint_path, default_pairs,
                                      load_checkpoint, weight_change)

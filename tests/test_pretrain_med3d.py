@@ -248,7 +248,7 @@ base:
     best = torch.load(Path(rec.run_dir) / "init.pt", weights_only=True)
     best = best.get("state_dict", best) if isinstance(best, dict) else best
     assert torch.equal(best["layer4.0.conv1.weight"], enc["layer4.0.conv1.weight"])
-    from transfuse.report.segmentation import med3d_section
+    from transfuse.report.med3d import med3d_section
 
     sec = med3d_section(Store(ws), "m3d-study-smoke")
     assert sec.title == "Med3D pretraining"

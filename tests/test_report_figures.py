@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import transfuse.analysis.report as areport
+import transfuse.report.analysis as areport
 import transfuse.report.plots as plots
-from transfuse.analysis.report import analysis_section
+from transfuse.report.analysis import analysis_section
 from transfuse.analysis.results import (KINDS, AnalysisMeta, FilterSnapshot, LayerGrid, RunInfo,
                                         StageChange, WeightChange, to_payload)
 from transfuse.config import spec_from_dict
@@ -290,7 +290,7 @@ def test_segmentation_dice_figure_has_a_legend(tmp_path):
 
 
 def test_selftrain_figure_has_a_legend():
-    from transfuse.selftrain.report import ChainRow, _figure
+    from transfuse.report.selftrain import ChainRow, _figure
 
     rows = [ChainRow("teacher (generation 0)", 0, {0: 0.7, 1: 0.72}, {}, {}),
             ChainRow("student generation 1", 1, {0: 0.74, 1: 0.73}, {0: 0.9, 1: 0.8}, {0: 10, 1: 12}),

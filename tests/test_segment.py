@@ -199,7 +199,8 @@ def test_study_results_score_segmentation_runs_by_dice(tmp_path):
     # The report's Dice-per-class section: the mean of the stored per-class test Dice.
     import numpy as np
 
-    from transfuse.report.segmentation import class_dice, dice_section, med3d_section
+    from transfuse.report.med3d import med3d_section
+    from transfuse.report.segmentation import class_dice, dice_section
 
     names, groups = class_dice(store, list(res.rows))
     assert names == ["csf", "grey_matter", "white_matter"]

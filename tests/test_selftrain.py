@@ -19,7 +19,7 @@ from transfuse.selftrain import (PseudoSpec, apply_stochastic_depth, baseline_sp
                                  teacher_probs, teacher_spec)
 from transfuse.selftrain import chain as chain_mod
 from transfuse.selftrain.noise import _Renormalised
-from transfuse.selftrain.report import chain_rows, chain_verdict, selftrain_section
+from transfuse.report.selftrain import chain_rows, chain_verdict, selftrain_section
 
 
 # -- tiny real-shaped data: class-dependent bright regions plus noise ------------------------------

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _selftrain(a: argparse.Namespace) -> int:
     from ..selftrain import chain_status, load_chain, run_chain
-    from ..selftrain.report import chain_rows, chain_verdict, format_rows
+    from ..report.selftrain import chain_rows, chain_verdict, format_rows
     from ..store import Store
 
     if a.set:

@@ -4,8 +4,9 @@ Everything the report shows goes through these helpers, so every user string is 
 (:func:`esc`) and every figure is an inline PNG (``data:`` URI) — the report is one self-contained
 file that opens with no network.
 
-Later stages (representation analysis, 3D segmentation, self-training) add report sections by
-registering a provider in :data:`SECTIONS`::
+Sections beyond the verdicts (representation analysis, 3D segmentation, self-training, ...) each
+live in a module of ``transfuse/report/`` that registers a provider in :data:`SECTIONS` and is
+imported by name in :mod:`transfuse.report.sections`::
 
     @register_section("analysis", order=50)
     def analysis_section(store: Store, study: str) -> Section | None:

@@ -11,7 +11,6 @@ filters, every registered extra section (representation analysis, 3D, self-train
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
@@ -25,19 +24,15 @@ from ..decide.results import StudyResults
 from ..decide.selection import study_progress
 from ..decide.stats import Summary
 from .export import results_dict
-from .html import SECTIONS, Section, esc, figure_img, table
+from .sections import extra_sections
+from .html import Section, esc, figure_img, table
 from .methods import methods_section
 from .plots import conv1_section, curves_figure, size_figure, steps_figure
 from .verdict_plots import forest_figure, scores_figure
 
-__all__ = ["build_report", "verdict_rows", "VERDICT_HEADERS", "EXTRA_SECTION_MODULES", "FORMATS"]
+__all__ = ["build_report", "verdict_rows", "VERDICT_HEADERS", "FORMATS"]
 
 FORMATS = ("html", "json")
-# Modules of later stages that register report sections; missing ones are simply not there yet.
-EXTRA_SECTION_MODULES = ("transfuse.analysis.report", "transfuse.report.segmentation",
-                         "transfuse.selftrain.report", "transfuse.pretrain.report",
-                         "transfuse.report.clinical")
-
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
@@ -253,22 +248,6 @@ def _figures(res: StudyResults) -> list[Section]:
     return out
 
 
-def _extra_sections(store: Store, study: str) -> list[Section]:
-    for mod in EXTRA_SECTION_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and mod.startswith(e.name):
-                continue  # that stage is not part of this installation / not built yet
-            raise
-    out = []
-    for entry in sorted(SECTIONS, key=lambda e: e.meta.get("order", 100)):
-        sec = entry.fn(store, study)
-        if sec is not None:
-            out.append(sec)
-    return out
-
-
 def render(title: str, sections: list[Section], *, footer: str = "") -> str:
     """The whole page: escaped title, a table of contents and the sections."""
     nav = "".join(f'<a href="#{esc(s.anchor or i)}">{esc(s.title)}</a>' for i, s in enumerate(sections))
@@ -325,7 +304,7 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
     if format == "json":
         data = results_dict(res, dec)
         data["runs"]["progress"] = progress
-        from ..pretrain.report import ssl_costs
+        from .ssl import ssl_costs
 
         costs, _ = ssl_costs(store, study)
         if costs:  # what each ssl: source of the study cost to pretrain
@@ -334,7 +313,7 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
     sections = [_summary_section(res, dec, info, progress), _verdicts_section(res, dec)]
     forest = _forest_section(res, dec)
     sections += [forest] if forest else []
-    sections += [_cells_section(res), *_figures(res), *_extra_sections(store, study),
+    sections += [_cells_section(res), *_figures(res), *extra_sections(store, study),
                  methods_section(res, dec)]
     from .. import __version__
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..report.html import Section, esc, figure_img, new_figure, register_section, table
-from .results import (KINDS, AnalysisMeta, FilterSnapshot, LayerGrid, StageChange, WeightChange,
+from .html import Section, esc, figure_img, new_figure, register_section, table
+from ..analysis.results import (KINDS, AnalysisMeta, FilterSnapshot, LayerGrid, StageChange, WeightChange,
                       from_payload)
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def filter_snapshots_figure(*, snaps: list[FilterSnapshot]) -> Figure:
     Returns:
         A matplotlib Figure (:func:`transfuse.report.plots.filters_figure`, with its text key).
     """
-    from ..report.plots import FilterColumn, filters_figure
+    from .plots import FilterColumn, filters_figure
 
     chosen: dict[str, FilterSnapshot] = {}
     for s in sorted(snaps, key=lambda s: s.run.seed):

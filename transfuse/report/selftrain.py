@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..report.html import Section, esc, figure_img, new_figure, register_section, table
+from .html import Section, esc, figure_img, new_figure, register_section, table
 from ..store import Store
 
 __all__ = ["ChainRow", "chain_rows", "chain_verdict", "format_rows", "selftrain_section"]

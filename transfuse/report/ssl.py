@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..report.html import Section, esc, register_section, table
-from ..report.pretrained import pretrain_records
+from .html import Section, esc, register_section, table
+from .pretrained import pretrain_records
 from ..store import Store
 
 __all__ = ["ssl_section", "ssl_costs"]
