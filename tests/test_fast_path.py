@@ -12,7 +12,8 @@ from transfuse.data import load_dataset
 from transfuse.errors import ConfigError
 from transfuse.models import create_model
 from transfuse.train import loop
-from transfuse.train.loop import _preload, fit
+from transfuse.train.loop import fit
+from transfuse.train.parts import preload as _preload
 
 
 @pytest.fixture(scope="module")

@@ -204,3 +204,14 @@ def test_reports_never_import_the_runner():
                                                        "transfuse.study.task", "transfuse.run")))
               for m, ts in g.items() if m.startswith("transfuse.report")}
     assert not any(runner.values()), runner
+
+
+def test_fit_reads_in_one_sitting():
+    """``fit()`` stays at most 120 lines (docstring included): new behaviour goes into a named part
+    (transfuse/train/parts.py), not into the loop."""
+    import inspect
+
+    from transfuse.train.loop import fit
+
+    n = len(inspect.getsource(fit).splitlines())
+    assert n <= 120, f"fit() is {n} lines; move the new work into transfuse.train.parts"

@@ -108,11 +108,11 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(brain, tmp_path):
         _fit(brain, spec, tmp_path / "cut", stop_at=8)
     ck = tmp_path / "cut" / RESUME_FILE
     before = ck.read_bytes()
-    writer = ("import sys, torch; from pathlib import Path; from transfuse.train.loop import "
-              "_atomic_write; _atomic_write(Path(sys.argv[1]), lambda t: torch.save("
+    writer = ("import sys, torch; from pathlib import Path; from transfuse.atomic import "
+              "atomic_write; atomic_write(Path(sys.argv[1]), lambda t: torch.save("
               "{'x': torch.ones(100_000_000)}, t))")  # 400 MB: long enough to be caught
     proc = subprocess.Popen([sys.executable, "-c", writer, str(ck)])
-    tmp = ck.with_suffix(".tmp")
+    tmp = ck.with_name(ck.name + ".tmp")
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp.exists() and tmp.stat().st_size > 1 << 20):
         time.sleep(0.002)

@@ -48,7 +48,8 @@ from .device import autocast, resolve_device
 from .finetune import plan_finetune
 from .clinical import clinical_metrics
 from ..atomic import atomic_write
-from .loop import (FitResult, LogFn, _diverged, resume_fingerprint, _preload,
+from .parts import preload as _preload
+from .loop import (FitResult, LogFn, _diverged, resume_fingerprint,
                    _save_predictions, _save_state, _targets, checkpoint_or_stop, loss_fn,
                    lr_lambda, make_optimizer, primary_metric, score_predictions)
 from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, load_resume,

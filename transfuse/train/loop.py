@@ -31,17 +31,14 @@ from .._progress import step as report_step
 from .._signals import stop_signal
 from ..atomic import atomic_write
 from ..config import TrainSpec
-from ..data.base import ArrayDataset, PreparedData
-from ..errors import ConfigError, DivergedError, PreemptedError
+from ..data.base import PreparedData
+from ..errors import PreemptedError
 from .augment import make_augment
 from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
-from .finetune import plan_finetune
-from .imbalance import (SkipBalancedSampler, balanced_class_weights, balanced_sample_weights,
-                        training_targets)
 from .metrics import classification_metrics
-from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipDistributedSampler,
-                     SkipRandomSampler, load_resume, rng_state, set_rng_state)
+from .resume import RESUME_FILE, BatchStream, SigtermGuard, load_resume, rng_state, set_rng_state
+from .parts import FitState, diverged as _diverged, make_loaders, place_model, train_step
 from .segment import evaluate_segmentation, segmentation_loss
 
 __all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn", "primary_metric"]
@@ -212,12 +209,6 @@ def checkpoint_or_stop(step: int, total: int, *, every: int, guard: Any,
     return time.perf_counter() - t
 
 
-def _diverged(what: str, step: int, spec: TrainSpec) -> DivergedError:
-    return DivergedError(f"{what} at step {step} (train.lr={spec.lr}); lower train.lr (e.g. --lr "
-                         f"{spec.lr / 10:g}), add train.warmup_steps, or check the inputs for "
-                         "extreme values")
-
-
 def _evaluate(model: nn.Module, loader: DataLoader, *, data: PreparedData, device: torch.device,
               spec: TrainSpec, step: int) -> tuple[dict[str, float], np.ndarray]:
     """:func:`evaluate`, with NaN/inf predictions reported as a divergence at ``step``."""
@@ -247,220 +238,142 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     """
     dev = resolve_device(device)
     dist_info = init_distributed(dev)
-    task = data.info.task
+    task, main = data.info.task, dist_info.is_main
     run_dir = Path(run_dir) if run_dir is not None else None
-    main = dist_info.is_main
     if run_dir is not None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
-
-    model.to(dev)
-    raw_model = model  # checkpoints always hold the unwrapped model's keys
-    # Which stages train, at which lr (train.finetune); frozen ones must be set before DDP wraps
-    # the model, since DDP only reduces the gradients of parameters that require them then.
-    finetune = plan_finetune(raw_model, spec)
-    if finetune.switch_step is not None and dist_info.world_size > 1:
-        raise ConfigError(f"train.finetune={spec.finetune!r} unfreezes parameters during training, "
-                          "which DDP cannot follow; run it on one process or use "
-                          "linear_probe/freeze:<stage>")
-    finetune.apply(raw_model)
-    # GPU fast path: NHWC memory layout for 2D convnets (tensor cores prefer it); same weights
-    channels_last = dev.type == "cuda" and data.info.spatial_dims == 2
-    if channels_last:
-        raw_model.to(memory_format=torch.channels_last)
-    if dist_info.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if spec.compile:
-        model = torch.compile(model)  # checkpoints keep raw_model's keys (no "_orig_mod.")
-
-    gen = torch.Generator().manual_seed(seed)
-    # The samplers draw exactly as RandomSampler/DistributedSampler do and can skip ahead, so a
-    # resumed run continues the same data order without loading the batches it skips.
-    sampler = (SkipDistributedSampler(data.train, shuffle=True, seed=seed, drop_last=True)
-               if dist_info.world_size > 1 else SkipRandomSampler(data.train, generator=gen))
-    if spec.sampler == "balanced":  # each class drawn equally often, from the same generator
-        if dist_info.world_size > 1:
-            raise ConfigError("train.sampler=balanced runs on one process; use "
-                              "train.class_weights=balanced under DDP")
-        sampler = SkipBalancedSampler(balanced_sample_weights(
-            training_targets(data.train, what="train.sampler"), task=task), generator=gen)
-    class_weight = None
-    if spec.class_weights == "balanced":
-        class_weight = balanced_class_weights(
-            training_targets(data.train, what="train.class_weights"),
-            num_classes=data.info.num_classes, task=task).to(dev)
-    bs = min(spec.batch_size, len(data.train) // dist_info.world_size)
-    pin = dev.type == "cuda"
-    preloaded = _preload(data.train, dev, spec.preload)
-    if preloaded is not None:  # batches of indices into the training set on the device
-        train_loader = DataLoader(range(len(data.train)), batch_size=bs, sampler=sampler,
-                                  generator=gen, drop_last=True)
-    else:
-        train_loader = DataLoader(data.train, batch_size=bs, sampler=sampler,
-                                  generator=gen, drop_last=True, num_workers=spec.num_workers,
-                                  pin_memory=pin, persistent_workers=spec.num_workers > 0)
-    eval_bs = 1 if task == "segmentation" else max(bs, 256)  # whole volumes differ in shape
-    eval_loader = lambda ds: DataLoader(ds, batch_size=eval_bs, num_workers=spec.num_workers,  # noqa: E731
-                                        pin_memory=pin)
-    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
-    total = spec.steps or spec.epochs * len(train_loader)
-
-    # train.augment: training batches only, seeded by (seed, step, rank); evaluation never sees it
+    placed = place_model(model, spec, device=dev, world_size=dist_info.world_size,
+                         spatial_dims=data.info.spatial_dims)
+    model, raw_model, finetune = placed.model, placed.raw, placed.finetune
+    loaders = make_loaders(data, spec, device=dev, world_size=dist_info.world_size, seed=seed)
+    total = spec.steps or spec.epochs * len(loaders.train)
     augment = make_augment(spec.augment, spatial_dims=data.info.spatial_dims,
                            channels=data.info.in_channels, task=task,
                            norm_mean=tuple(data.info.norm_mean), norm_std=tuple(data.info.norm_std))
     opt = make_optimizer(raw_model, spec, groups=finetune.param_groups())
     # One LambdaLR multiplier for every group: each group keeps its own (per-stage) base lr.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec, total))
-    history: list[tuple[int, str, dict[str, float]]] = []
+    st = FitState.start(dev)
 
     def record(step: int, split: str, metrics: dict[str, float]) -> None:
-        history.append((step, split, metrics))
+        st.history.append((step, split, metrics))
         if log is not None and main:
             log(step, split, metrics)
 
+    def evaluate_on(loader: DataLoader, step: int) -> tuple[dict[str, float], np.ndarray]:
+        return _evaluate(model, loader, data=data, device=dev, spec=spec, step=step)
+
     primary = primary_metric(task)
-    best_score, best_step, best_state, best_val_probs = -math.inf, 0, None, None
-    # train.early_stop: the best score by more than min_delta, and evaluations since it
-    stop_best, stop_wait, stopped_step = -math.inf, 0, None
-    batches = BatchStream(train_loader, gen)
-    loss_acc = torch.zeros((), device=dev)  # summed on device: .item() every step would sync
-    first_bad = torch.zeros((), dtype=torch.long, device=dev)  # first step with a NaN/inf loss
-    seen, start = 0, 1
+    batches = BatchStream(loaders.train, loaders.generator)
     fingerprint = resume_fingerprint(spec, seed, dist_info.world_size)
     ckpt = load_resume(run_dir, fingerprint)
+    start = 1 if ckpt is None else int(ckpt["step"]) + 1
     if ckpt is not None:  # a killed or preempted attempt left a checkpoint: continue from it
-        start = int(ckpt["step"]) + 1
         if finetune.switch_step is not None and start > finetune.switch_step:
             finetune.on_step(finetune.switch_step, raw_model, opt, sched)  # the groups, first
-        raw_model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        best_score, best_step = float(ckpt["best_score"]), int(ckpt["best_step"])
-        if best_step and run_dir is not None and (run_dir / "best.pt").is_file():
-            best = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)
-            # a best.pt newer than the checkpoint is reached (and rewritten) again on the way
-            best_state = best["state_dict"] if int(best["step"]) == best_step else None
-        loss_acc.fill_(ckpt["loss_acc"]), first_bad.fill_(int(ckpt["first_bad"]))
-        seen = int(ckpt["seen"])
-        if "early_stop" in ckpt:
-            stop_best, stop_wait = float(ckpt["early_stop"][0]), int(ckpt["early_stop"][1])
-        for step_, split_, metrics_ in ckpt["history"]:
-            record(int(step_), split_, dict(metrics_))  # the store restarted the run's rows
+        for part, key in ((raw_model, "model"), (opt, "optimizer"), (sched, "scheduler")):
+            part.load_state_dict(ckpt[key])
+        st.restore(ckpt, record=record)
+        st.best_state = _best_state(run_dir, st.best_step, dev)
         batches.restore(ckpt["stream"])
         set_rng_state(ckpt["rng"])
     else:
         if run_dir is not None and main:
             _save(raw_model, run_dir / "init.pt", 0)
-        val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=0)
-        record(0, "val", val_metrics)
-    every = spec.checkpoint_every or spec.eval_every
+        record(0, "val", evaluate_on(loaders.val, 0)[0])
 
     def checkpoint(step: int) -> None:
-        if run_dir is None or not main:
-            return
-        state = {"fingerprint": fingerprint, "step": step, "model": raw_model.state_dict(),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "best_score": best_score, "best_step": best_step,
-                 "loss_acc": float(loss_acc), "first_bad": int(first_bad), "seen": seen,
-                 "history": [[st, sp, dict(m)] for st, sp, m in history],
-                 "stream": batches.state(), "rng": rng_state()}
-        if spec.early_stop is not None:
-            state["early_stop"] = [stop_best, stop_wait]
-        atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
+        if run_dir is not None and main:
+            state = {"fingerprint": fingerprint, "step": step, "model": raw_model.state_dict(),
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     **st.saved(early_stop=spec.early_stop is not None),
+                     "stream": batches.state(), "rng": rng_state()}
+            atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
 
-    from tqdm.auto import tqdm
-
-    import sys
-
-    # On a terminal the bar redraws 10×/s; in logs (CI, nohup) one line every 10 s is enough.
-    bar = tqdm(total=total, initial=start - 1, disable=not (progress and main), desc="train",
-               unit="step", leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    bar = _progress_bar(total, start, enabled=progress and main)
     t0, eval_seconds = time.perf_counter(), 0.0
     model.train()
     with SigtermGuard() as sigterm:
         for step in range(start, total + 1):
             finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
-            batch = next(batches)
-            if preloaded is not None:
-                idx = batch.to(preloaded[0].device)
-                x, y, m = (t[idx] for t in preloaded)
-            else:
-                x, y, m = batch
-            if augment is not None:
-                x, y = augment(x, y, seed=seed, step=step, rank=dist_info.rank)
-            x, y, m = (x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
-                       m.to(dev, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, spec.amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, m, task, class_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_acc += loss.detach()
-            first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
-            seen += len(x)
+            loss, n = train_step(model, next(batches), step=step, seed=seed, rank=dist_info.rank,
+                                 spec=spec, task=task, loaders=loaders, placed=placed,
+                                 augment=augment, opt=opt, sched=sched, loss_fn=loss_fn, device=dev)
+            st.after_step(loss, n, step)
             bar.update(1)
             report_step(step)  # a study's progress bar, if one listens (transfuse._progress)
-
             if step % spec.eval_every == 0 or step == total:
-                n_since = step - (step - 1) // spec.eval_every * spec.eval_every
-                train_loss = loss_acc.item() / n_since  # waits for the queued steps to finish
                 t_eval = time.perf_counter()
-                if not math.isfinite(train_loss):
-                    raise _diverged(f"the training loss became {train_loss}", int(first_bad) or step, spec)
+                train_loss = st.train_loss(step, spec)  # waits for the queued steps to finish
                 # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
                 record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
-                loss_acc.zero_()
-                val_metrics, val_probs = _evaluate(model, val_loader, data=data, device=dev,
-                                                   spec=spec, step=step)
+                val_metrics, val_probs = evaluate_on(loaders.val, step)
                 record(step, "val", val_metrics)
                 val_score = val_metrics[primary]
                 score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
-                if score > best_score:
-                    best_score, best_step, best_val_probs = score, step, val_probs
-                    best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+                if score > st.best_score:
+                    st.best_score, st.best_step, st.best_val_probs = score, step, val_probs
+                    st.best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
                     if run_dir is not None and main:
                         _save(raw_model, run_dir / "best.pt", step)
                 bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
                 eval_seconds += time.perf_counter() - t_eval
-                if spec.early_stop is not None:
-                    if score > stop_best + spec.min_delta:
-                        stop_best, stop_wait = score, 0
-                    else:
-                        stop_wait += 1
-                    if stop_wait >= spec.early_stop and step < total:
-                        stopped_step = step
-                        break
-            eval_seconds += checkpoint_or_stop(step, total, every=every, guard=sigterm,
-                                               checkpoint=checkpoint, bar=bar)
+                if st.early_stop(score, spec, step, total):
+                    break
+            eval_seconds += checkpoint_or_stop(step, total, every=spec.checkpoint_every or spec.eval_every,
+                                               guard=sigterm, checkpoint=checkpoint, bar=bar)
     bar.close()
     finetune.release()
     seconds = time.perf_counter() - t0 - eval_seconds
-    steps_done = stopped_step or total
+    steps_done = st.stopped_step or total
     if run_dir is not None and main:
         _save(raw_model, run_dir / "last.pt", steps_done)
 
-    if best_state is not None:  # else: no evaluation scored (cannot happen with finite losses)
-        raw_model.load_state_dict(best_state)
-    test_metrics, test_probs = _evaluate(model, test_loader, data=data, device=dev, spec=spec,
-                                         step=best_step)
-    if task == "multiclass":  # calibration; two classes: the operating point chosen on val
-        if best_val_probs is None:  # resumed after its best evaluation: score val again
-            _, best_val_probs = _evaluate(model, val_loader, data=data, device=dev, spec=spec,
-                                          step=best_step)
-        test_metrics.update(clinical_metrics(best_val_probs, _targets(data.val), test_probs,
+    test_metrics = _final_test(raw_model, st, evaluate_on=evaluate_on, loaders=loaders, data=data,
+                               spec=spec, run_dir=run_dir if main else None)
+    return FitResult(test=test_metrics, best_step=st.best_step, steps=steps_done, history=st.history,
+                     train_seconds=seconds,
+                     examples_per_second=(st.seen * dist_info.world_size / seconds) if seconds else 0.0,
+                     resumed_from=start - 1 if ckpt is not None else None,
+                     stopped_step=st.stopped_step)
+
+
+def _final_test(raw_model: nn.Module, st: FitState, *, evaluate_on: Callable[..., Any], loaders: Any,
+                data: PreparedData, spec: TrainSpec, run_dir: Path | None) -> dict[str, float]:
+    """Test metrics of the best-on-validation weights (loaded into ``raw_model``), with the
+    clinical metrics at the operating point chosen on validation; ``test_predictions.npz`` and
+    the end of ``resume.pt`` when ``run_dir`` is given."""
+    if st.best_state is not None:  # else: no evaluation scored (cannot happen with finite losses)
+        raw_model.load_state_dict(st.best_state)
+    test_metrics, test_probs = evaluate_on(loaders.test, st.best_step)
+    if data.info.task == "multiclass":  # calibration; two classes: the operating point on val
+        if st.best_val_probs is None:  # resumed after its best evaluation: score val again
+            st.best_val_probs = evaluate_on(loaders.val, st.best_step)[1]
+        test_metrics.update(clinical_metrics(st.best_val_probs, _targets(data.val), test_probs,
                                              _targets(data.test), rule=spec.operating_point))
-    if run_dir is not None and main:
+    if run_dir is not None:
         _save_predictions(run_dir / "test_predictions.npz", data, test_probs)
         (run_dir / RESUME_FILE).unlink(missing_ok=True)  # done: nothing to resume
-    return FitResult(test=test_metrics, best_step=best_step, steps=steps_done, history=history,
-                     train_seconds=seconds,
-                     examples_per_second=(seen * dist_info.world_size / seconds) if seconds else 0.0,
-                     resumed_from=start - 1 if ckpt is not None else None,
-                     stopped_step=stopped_step)
+    return test_metrics
+
+
+def _best_state(run_dir: Path | None, best_step: int, dev: torch.device) -> dict[str, torch.Tensor] | None:
+    """The weights of a resumed run's best evaluation, from ``best.pt``; ``None`` when that file
+    is newer than the checkpoint (the run reaches, and rewrites, it again on the way)."""
+    if not best_step or run_dir is None or not (run_dir / "best.pt").is_file():
+        return None
+    best = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)
+    return best["state_dict"] if int(best["step"]) == best_step else None
+
+
+def _progress_bar(total: int, start: int, *, enabled: bool) -> Any:
+    """The training bar: redrawn 10×/s on a terminal; in logs (CI, nohup) one line every 10 s."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start - 1, disable=not enabled, desc="train", unit="step",
+                leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
 
 def _targets(ds: Any) -> np.ndarray:
@@ -469,37 +382,6 @@ def _targets(ds: Any) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         return t.numpy()
     return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))]).numpy()
-
-
-def _preload(ds: Any, dev: torch.device, mode: str
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(images, targets, mask)`` of an in-memory training set on ``dev`` (``train.preload``),
-    or ``None`` for the data loader.
-
-    On the CPU an in-memory set is used where it is; on CUDA it is copied once when it takes at
-    most a quarter of the free device memory.
-
-    Raises:
-        ConfigError: ``preload: always`` where the data is not in memory or does not fit.
-    """
-    if mode == "never":
-        return None
-    if not isinstance(ds, ArrayDataset):
-        if mode == "always":
-            raise ConfigError("train.preload=always: this training set is not held in memory "
-                              "(it is drawn per example, e.g. random 3D patches); use auto or never")
-        return None
-    tensors = (ds.images, ds.targets, torch.as_tensor(ds.mask))
-    if dev.type == "cuda":
-        need = sum(t.numel() * t.element_size() for t in tensors)
-        free, _ = torch.cuda.mem_get_info(dev)
-        if need > free // 4:
-            if mode == "always":
-                raise ConfigError(f"train.preload=always: the training set needs {need / 2**30:.1f} "
-                                  f"GiB, more than a quarter of the {free / 2**30:.1f} GiB free on "
-                                  f"{dev}; use auto or never")
-            return None
-    return tuple(t.to(dev) for t in tensors)  # type: ignore[return-value]
 
 
 def resume_fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
