@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ss = study.add_subparsers(dest="study_cmd", required=True)
     for name, what in (("run", "run every missing run of the study (rerun resumes)"),
                        ("status", "which runs are finished, running, stale, failed or missing"),
-                       ("plan", "per comparison: paired SD, current verdict, seeds needed"),
+                       ("plan", "per comparison: paired SD, verdict, seeds needed; before the first run from "
+                                "earlier studies, --pilot N or --sd X, with cost and design advice"),
                        ("check", "build every cell, resolve every source, check every size; "
                                  "train nothing (exit 2 listing every problem)")):
         q = ss.add_parser(name, help=what, formatter_class=HelpFormatter)
@@ -70,6 +69,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            help="--until-decided: most seeds per cell (default 10)")
             q.add_argument("--seed-batch", type=int, default=2,
                            help="--until-decided: seeds added per look (default 2)")
+        elif name == "plan":
+            q.add_argument("--pilot", type=int, default=None, metavar="N",
+                           help="first run N seeds of every cell (real runs of the study, as "
+                                "`study run` with the same --smoke/--set would run them), then "
+                                "plan from their paired SDs (default: plan from the study's runs, "
+                                "else from finished studies on the same data and model)")
+            q.add_argument("--sd", type=float, default=None, metavar="X",
+                           help="plan the final-score questions from this paired SD of the "
+                                "difference (default: from runs, as above)")
+            q.add_argument("--max-seeds", type=int, default=10,
+                           help="the seeds per cell you can afford: the plan gives the margin "
+                                "they decide (default 10)")
+            add_device(q)
+            add_progress(q)
         elif name == "status":
             q.add_argument("-v", "--verbose", action="store_true",
                            help="one line per run (default: counts only)")
@@ -95,43 +108,25 @@ def _print_outcome(out, a: argparse.Namespace) -> None:
 
 def _plan(a: argparse.Namespace, study) -> int:
     from ..store import Store
-    from ..decide.decisions import load_decisions
+    from ..study.plan import plan_lines, plan_study, verdict_plan
+    from ..study.plan_advice import advice_lines, cost_lines
 
     name = f"{study.name}-smoke" if a.smoke else study.name
     ws = Path(workspace_of(a))
-    if not (ws / "transfuse.db").is_file():
-        raise TransfuseError(f"no run store in {ws}; run `transfuse study run {a.file} -w {ws}` first")
-    res, dec, _ = load_decisions(Store(ws), name, evaluation=study.evaluation)
-    ev = dec.evaluation
-    unit = "AUC" if res.metric == "auc" else "Dice"
-    print(f"study {name}: {len(dec.verdicts)} questions, {dec.family_size} in the family "
-          f"({ev.multiplicity}, α = {ev.alpha:g}, power {ev.power:g}); reference {ev.reference}; "
-          f"margin ±{ev.margins(res.metric)[0]:g} {unit}")
-    if dec.pilot:
-        print(f"  {dec.pilot}")
-    headers = ["model", "n_train", "arm", "question", "seeds", "Δ mean", "paired SD", "verdict",
-               "seeds needed"]
-    rows = []
-    for v in dec.verdicts:
-        q, d = v.question, v.decision
-        vals = [x for x in q.diffs if x is not None and math.isfinite(x)]
-        mean = d.mean if d else (sum(vals) / len(vals) if vals else math.nan)
-        sd = d.sd if d else (statistics.stdev(vals) if len(vals) > 1 else math.nan)
-        if v.verdict != "undecided":
-            need = f"decided (look {v.look})" if v.look else "decided"
-        elif v.seeds_needed is not None:
-            need = str(v.seeds_needed)
-        elif q.gate:
-            need = f"– ({q.gate})"
-        else:
-            need = "> 1000 (the difference sits near the margin)"
-        rows.append([q.model, q.size, q.arm, q.endpoint, str(v.n),
-                     "–" if not math.isfinite(mean) else f"{mean:+.4f}",
-                     "–" if not math.isfinite(sd) else f"{sd:.4f}", v.verdict, need])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-    return 0
+    store = Store(ws) if (ws / "transfuse.db").is_file() else None
+    own = store is not None and any(store.list_runs(study=name, status="finished"))
+    if own and a.pilot is None and a.sd is None:  # the study's own runs: its verdicts
+        for line in verdict_plan(store, name, evaluation=study.evaluation, max_seeds=a.max_seeds):
+            print(line)
+        return 0
+    plan, ran, ok = plan_study(study, workspace=ws, file=a.file, smoke=a.smoke, pilot=a.pilot,
+                               sd=a.sd, max_seeds=a.max_seeds, sets=a.set or (), device=a.device,
+                               progress=not a.no_progress)
+    store = Store(ws) if (ws / "transfuse.db").is_file() else None
+    for line in [*ran, *plan_lines(plan), *(f"  {x}" for x in cost_lines(plan, store)),
+                 *(f"  {x}" for x in advice_lines(plan, store))]:
+        print(line)
+    return 0 if ok else 1
 
 
 def _train_size(spec) -> str:
