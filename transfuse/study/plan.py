@@ -396,7 +396,7 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
         studies = list(dict.fromkeys(s for x in used for s in x.studies))
         comps = {(o.study, o.model, o.size, o.arm, o.reference) for x in used for o in x.of}
         lines = [f"source: paired SDs of finished studies in {ws} on the same data and model: "
-                 f"{', '.join(studies)} ({len(comps)} comparison{"s" if len(comps) != 1 else ""}; rule: same arms and n_train, "
+                 f"{', '.join(studies)} ({len(comps)} comparison{'s' if len(comps) != 1 else ''}; rule: same arms and n_train, "
                  f"else same arms, else pooled over that model and data)"]
     rows = [_row(q, sds[q], a=a, power=ev.power, max_seeds=max_seeds) for q in qs]
     plan = Plan(name, metric, ev, k, a, max_seeds, source, lines, rows, cells, pool)
