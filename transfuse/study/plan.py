@@ -399,6 +399,8 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
                  f"{', '.join(studies)} ({len(comps)} comparison{'s' if len(comps) != 1 else ''}; rule: same arms and n_train, "
                  f"else same arms, else pooled over that model and data)"]
     rows = [_row(q, sds[q], a=a, power=ev.power, max_seeds=max_seeds) for q in qs]
+    alike = {(q.model, q.data) for q in qs}  # what the advice reads: this study's models and data
+    pool = [o for o in pool if (o.model, o.data) in alike]
     plan = Plan(name, metric, ev, k, a, max_seeds, source, lines, rows, cells, pool)
     return plan, pilot_lines, ok
 
