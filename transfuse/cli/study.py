@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, TransfuseError, check_name
+from ..errors import ConfigError, check_name
 from ._common import (HelpFormatter, add_device, add_mlflow, add_overrides, add_progress,
                       add_tensorboard, add_workspace, workspace_of)
 

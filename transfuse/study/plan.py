@@ -315,6 +315,31 @@ def _no_source(file: str, workspace: str, name: str) -> TransfuseError:
         f"every cell, stored as real runs) or give a paired SD with `--sd 0.03`")
 
 
+def _pilot_lines(study: StudySpec, out: Any, seeds: list[int], n_cells: int, n_runs: int, *,
+                 name: str, ws: Path, file: str, smoke: bool, sets: Sequence[str]) -> list[str]:
+    """What a pilot ran, with which settings, and when its runs count."""
+    how = " ".join([*(["--smoke"] if smoke else []), *(f"--set {s}" for s in sets)])
+    beyond = set(seeds) - {s.seed for s in expand(study, smoke=smoke)}
+    lines = [f"pilot: {n_cells} cells × seeds {', '.join(map(str, seeds))} = {n_runs} runs of "
+             f"study {name} — {len(out.finished)} trained now, {len(out.skipped)} already "
+             f"finished, {len(out.failed)} failed",
+             f"  settings: {'the study file with ' + how if how else 'the study file as is'}; "
+             f"real runs in {ws / 'transfuse.db'}: they count when `transfuse study run {file}` "
+             "runs with the same settings"
+             + (f" and grid.seed includes seed(s) {', '.join(map(str, sorted(beyond)))}"
+                if beyond else "")]
+    return lines + [f"  run {rid} failed: {msg}" for rid, msg in out.failed.items()]
+
+
+def _prior_line(used: list[Sd], ws: Path) -> str:
+    studies = list(dict.fromkeys(s for x in used for s in x.studies))
+    comps = {(o.study, o.model, o.size, o.arm, o.reference) for x in used for o in x.of}
+    many = "s" if len(comps) != 1 else ""
+    return (f"source: paired SDs of finished studies in {ws} on the same data and model: "
+            f"{', '.join(studies)} ({len(comps)} comparison{many}; rule: same arms and n_train, "
+            "else same arms, else pooled over that model and data)")
+
+
 def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: bool = False,
                pilot: int | None = None, sd: float | None = None, max_seeds: int = 10,
                sets: Sequence[str] = (), device: str | None = None,
@@ -361,19 +386,9 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
         out, ids = _run_pilot(study, cells, seeds, workspace=str(ws), smoke=smoke, device=device,
                               progress=progress)
         ok = out.ok
-        how = " ".join([*(["--smoke"] if smoke else []), *(f"--set {s}" for s in sets)])
-        pilot_lines = [
-            f"pilot: {len(cells)} cells × seeds {', '.join(map(str, seeds))} = {len(ids)} runs of "
-            f"study {name} — {len(out.finished)} trained now, {len(out.skipped)} already finished, "
-            f"{len(out.failed)} failed",
-            f"  settings: {'the study file as is' if not how else 'the study file with ' + how}; "
-            f"real runs in {ws / 'transfuse.db'}: they count when `transfuse study run {file}` "
-            f"runs with the same settings" + ("" if not set(seeds) - {s.seed for s in expand(study, smoke=smoke)}
-                                             else " and grid.seed includes these seeds")]
-        for rid, msg in out.failed.items():
-            pilot_lines.append(f"  run {rid} failed: {msg}")
-        store = Store(ws)
-        pool = observed(store, name, run_ids=ids)
+        pilot_lines = _pilot_lines(study, out, seeds, len(cells), len(ids), name=name, ws=ws,
+                                   file=file, smoke=smoke, sets=sets)
+        pool = observed(Store(ws), name, run_ids=ids)
         exact = {(o.model, o.size, o.arm, o.reference, o.endpoint): o for o in pool}
         sds = {}
         for q in qs:
@@ -393,11 +408,7 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
         used = [x for x in sds.values() if x is not None]
         if not used:
             raise _no_source(file, str(ws), name)
-        studies = list(dict.fromkeys(s for x in used for s in x.studies))
-        comps = {(o.study, o.model, o.size, o.arm, o.reference) for x in used for o in x.of}
-        lines = [f"source: paired SDs of finished studies in {ws} on the same data and model: "
-                 f"{', '.join(studies)} ({len(comps)} comparison{'s' if len(comps) != 1 else ''}; rule: same arms and n_train, "
-                 f"else same arms, else pooled over that model and data)"]
+        lines = [_prior_line(used, ws)]
     rows = [_row(q, sds[q], a=a, power=ev.power, max_seeds=max_seeds) for q in qs]
     alike = {(q.model, q.data) for q in qs}  # what the advice reads: this study's models and data
     pool = [o for o in pool if (o.model, o.data) in alike]
