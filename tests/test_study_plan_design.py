@@ -223,3 +223,24 @@ def test_pilot_runs_two_seeds_per_cell_and_plans_from_them(tmp_path, capsys):
     # the pilot's runs are the study's own now: a plain `study plan` reads their verdicts
     assert main(["study", "plan", str(f), "-w", str(ws)]) == 0
     assert "study pilot: 3 questions" in capsys.readouterr().out
+
+
+def test_study_with_runs_keeps_its_verdict_table_with_design_columns(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    _prior(ws, name="fresh")  # the study's own runs (its file names it "fresh")
+    f = _study(tmp_path)
+    assert main(["study", "plan", str(f), "-w", str(ws), "--max-seeds", "6"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study fresh: ") and "planned before its runs" not in out
+    from transfuse.study.decide import load_decisions
+
+    _, dec, _ = load_decisions(Store(ws), "fresh", evaluation=load_study(f).evaluation)
+    a = 0.05 / dec.family_size
+    v = next(v for v in dec.verdicts if v.question.arm == "gabor" and v.question.endpoint == "final")
+    assert v.verdict == "undecided"
+    line = next(ln for ln in out.splitlines() if " gabor " in ln and " final " in ln)
+    cols = re.split(r"\s{2,}", line.strip())
+    assert cols[-3] == str(v.seeds_needed)
+    d = v.decision
+    assert cols[-2] == str(seeds_needed(delta=d.mean, sd=d.sd, margin=0.02, a=a, at_least=d.n))
+    assert float(cols[-1].lstrip("±")) == pytest.approx(margin_for_seeds(n=6, sd=d.sd, a=a), abs=5e-5)

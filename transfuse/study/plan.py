@@ -144,7 +144,7 @@ class Plan:
     source_lines: list[str]
     rows: list[PlanRow]
     cells: dict[Cell, RunSpec]
-    observed: list[Observed] = field(default_factory=list)  # what the SDs were read from
+    observed: list[Observed] = field(default_factory=list)  # read comparisons on its models and data
 
     @property
     def unit(self) -> str:
