@@ -14,10 +14,10 @@ from transfuse.cli import main
 from transfuse.config import run_id, spec_from_dict
 from transfuse.store import Store
 from transfuse.study import load_study
-from transfuse.study.design import margin_for_seeds
+from transfuse.decide.design import margin_for_seeds
 from transfuse.study.plan import Observed, Plan, PlanQuestion, PlanRow, Sd, pilot_seeds
 from transfuse.study.plan_advice import advice_lines, duration
-from transfuse.study.verdicts import seeds_needed
+from transfuse.decide.verdicts import seeds_needed
 
 DATA = "builtin:brain_tissue"
 NEW = """
@@ -174,7 +174,7 @@ def test_averaging_measured_when_both_were_run():
     plain, ema = obs("plain", (0.0, 0.04, -0.04)), obs("ema", (0.0, 0.02, -0.02))
     sd = Sd(0.04, 2, "same arms")
     row = PlanRow(q, sd, seeds_needed(delta=0.0, sd=0.04, margin=0.01, a=0.05), None, None)
-    from transfuse.study.evaluation import Evaluation
+    from transfuse.decide.evaluation import Evaluation
 
     plan = Plan("x", "auc", Evaluation(), 1, 0.05, 10, "prior", [], [row], {}, [plain, ema])
     line = next(x for x in advice_lines(plan, None) if x.startswith("averaging"))
@@ -232,7 +232,7 @@ def test_study_with_runs_keeps_its_verdict_table_with_design_columns(tmp_path, c
     assert main(["study", "plan", str(f), "-w", str(ws), "--max-seeds", "6"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("study fresh: ") and "planned before its runs" not in out
-    from transfuse.study.decide import load_decisions
+    from transfuse.decide.decisions import load_decisions
 
     _, dec, _ = load_decisions(Store(ws), "fresh", evaluation=load_study(f).evaluation)
     a = 0.05 / dec.family_size

@@ -18,8 +18,8 @@ question the paired SD, the verdict and the seeds a fixed design needs. Before t
 
 With none of them the command fails with one line naming ``--pilot`` and ``--sd``. A plan assumes
 no true difference (δ = 0, the equivalence a plan hopes to show) and gives per question the seeds
-needed at the margin and at twice it (:func:`~transfuse.study.verdicts.seeds_needed`) and the
-margin ``--max-seeds`` seeds decide (:func:`~transfuse.study.design.margin_for_seeds`), all at
+needed at the margin and at twice it (:func:`~transfuse.decide.verdicts.seeds_needed`) and the
+margin ``--max-seeds`` seeds decide (:func:`~transfuse.decide.design.margin_for_seeds`), all at
 ``alpha / K`` (Holm's first step over the ``K`` questions of the study). The cost and the design
 advice (weight averaging, the validation split) are in :mod:`.plan_advice`.
 """
