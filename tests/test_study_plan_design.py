@@ -232,6 +232,7 @@ def test_study_with_runs_keeps_its_verdict_table_with_design_columns(tmp_path, c
     assert main(["study", "plan", str(f), "-w", str(ws), "--max-seeds", "6"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("study fresh: ") and "planned before its runs" not in out
+    assert "source: the study's own 12 finished runs" in out
     from transfuse.decide.decisions import load_decisions
 
     _, dec, _ = load_decisions(Store(ws), "fresh", evaluation=load_study(f).evaluation)

@@ -472,7 +472,9 @@ def verdict_plan(store: Store, name: str, *, evaluation: Evaluation | None = Non
     a = ev.alpha / max(dec.family_size, 1) if ev.multiplicity != "none" else ev.alpha
     lines = [f"study {name}: {len(dec.verdicts)} questions, {dec.family_size} in the family "
              f"({ev.multiplicity}, α = {ev.alpha:g}, power {ev.power:g}); reference {ev.reference}; "
-             f"margin ±{ev.margins(res.metric)[0]:g} {unit}"]
+             f"margin ±{ev.margins(res.metric)[0]:g} {unit}",
+             f"  source: the study's own {len(res.rows)} finished runs (the seeds needed read "
+             "their mean and SD; `--sd X` or `--pilot N` plan afresh)"]
     if dec.pilot:
         lines.append(f"  {dec.pilot}")
     headers = ["model", "n_train", "arm", "question", "seeds", "Δ mean", "paired SD", "verdict",
