@@ -297,15 +297,15 @@ def _row(q: PlanQuestion, sd: Sd | None, *, a: float, power: float, max_seeds: i
     return PlanRow(q, sd, need, need2, margin_for_seeds(n=max_seeds, sd=sd.value, a=a, power=power))
 
 
-def _metric(store: Store | None, cells: dict[Cell, RunSpec]) -> str:
-    """``auc`` or ``dice``: the task of finished runs on the study's data, else ``auc``."""
+def _metric(store: Store | None, cells: dict[Cell, RunSpec]) -> str | None:
+    """``auc`` or ``dice``: the task of finished runs on the study's data (``None``: none)."""
     if store is None:
-        return "auc"
+        return None
     data = {data_key(s.to_dict()) for s in cells.values()}
     for r in store.list_runs(status="finished"):
         if data_key(r.spec) in data and r.data_info.get("task"):
             return "dice" if r.data_info["task"] == "segmentation" else "auc"
-    return "auc"
+    return None
 
 
 def _no_source(file: str, workspace: str, name: str) -> TransfuseError:
@@ -368,7 +368,7 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
     _, cells = study_questions(study, smoke=smoke)
     name = next(iter(cells.values())).study or study.name
     metric = _metric(store, cells)
-    qs, cells = study_questions(study, smoke=smoke, metric=metric)
+    qs, cells = study_questions(study, smoke=smoke, metric=metric or "auc")
     ev = study.evaluation
     k = len(qs)
     a = ev.alpha / max(k, 1) if ev.multiplicity != "none" else ev.alpha
@@ -389,6 +389,8 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
         pilot_lines = _pilot_lines(study, out, seeds, len(cells), len(ids), name=name, ws=ws,
                                    file=file, smoke=smoke, sets=sets)
         pool = observed(Store(ws), name, run_ids=ids)
+        metric = metric or _metric(Store(ws), cells)  # the pilot's runs know their task
+        qs, cells = study_questions(study, smoke=smoke, metric=metric or "auc")
         exact = {(o.model, o.size, o.arm, o.reference, o.endpoint): o for o in pool}
         sds = {}
         for q in qs:
@@ -412,7 +414,10 @@ def plan_study(study: StudySpec, *, workspace: str | Path, file: str, smoke: boo
     rows = [_row(q, sds[q], a=a, power=ev.power, max_seeds=max_seeds) for q in qs]
     alike = {(q.model, q.data) for q in qs}  # what the advice reads: this study's models and data
     pool = [o for o in pool if (o.model, o.data) in alike]
-    plan = Plan(name, metric, ev, k, a, max_seeds, source, lines, rows, cells, pool)
+    if metric is None and ev.margin is None:
+        lines.append("no finished run on this data says its task: planned as classification (AUC "
+                     "margin); a segmentation study sets evaluation.margin (Dice)")
+    plan = Plan(name, metric or "auc", ev, k, a, max_seeds, source, lines, rows, cells, pool)
     return plan, pilot_lines, ok
 
 
