@@ -11,7 +11,8 @@ For one question (a :class:`~transfuse.study.decide.Verdict`), :func:`design_num
   the verdict's interval (for ``equivalent`` exactly the level the equivalence test was decided
   at; otherwise half the difference test's step level), so the decidable margin is the far end of
   the plausible range from 0 and the card's two numbers agree: "between −0.074 and +0.061 AUC;
-  with 6 seeds: equivalent within ±0.075 AUC";
+  with 6 seeds: equivalent within ±0.075 AUC" (speed-ups: read from the differences alone,
+  without the rounding floor their SD is raised to, so it may lie a little inside the interval);
 - ``seeds_needed_at_margin`` / ``seeds_needed_at_2x_margin``: the seed count a fixed design would
   need for a decisive verdict with ``evaluation.power`` at the user's margin and at twice it,
   assuming the observed mean and SD (:func:`transfuse.study.verdicts.seeds_needed`), at the plan
