@@ -39,6 +39,9 @@ def test_undecided_sentence_says_range_decidable_margin_and_seeds():
     # beyond 1000 seeds, and a question gated before any statistics
     far = {**UNDECIDED, "seeds_needed_at_margin": None}
     assert "to decide at ±0.01 AUC: more than 1000 seeds, at ±0.02 AUC: ≈ 151 seeds." in arm_sentence(far, unit="AUC")
+    wide = {**UNDECIDED, "plausible_range": [-1.614, 0.954], "decidable_margin": 1.614, "n": 3}
+    assert "between −1.614 and +0.954 AUC (98.33 % interval); with 3 seeds no margin below ±1 AUC is " \
+           "decided yet; to decide" in arm_sentence(wide, unit="AUC")
     gated = {**UNDECIDED, "plausible_range": None, "decidable_margin": None,
              "reason": "random did not learn: its validation AUC never moved"}
     assert arm_sentence(gated, unit="AUC") == ("meanvar vs random: undecided — random did not learn: "

@@ -36,6 +36,7 @@ __all__ = ["cards", "arm_sentence", "context_sentence", "card_section", "card_fi
            "margin_text", "CARD_ALT"]
 
 CARD_ALT = "Decision card forest plot"  # every card figure's alt text starts with this
+SCORE_RANGE = 1.0  # AUC and Dice lie in [0, 1]: a margin of ±1 or more rules nothing out
 
 
 def signed(x: float) -> str:
@@ -63,8 +64,9 @@ def arm_sentence(c: Mapping[str, Any], *, unit: str) -> str:
     Decided: the verdict's own sentence. Undecided with an interval: ``"meanvar vs random:
     undecided at ±0.01 AUC — the difference lies between −0.074 and +0.061 AUC (98.33 % interval);
     with 6 seeds: equivalent within ±0.075 AUC (larger differences are ruled out); to decide at
-    ±0.01 AUC: ≈ 598 seeds, at ±0.02 AUC: ≈ 150 seeds."``. Undecided before any statistics: the
-    reason (a gate: did not learn, too few seeds, a pilot).
+    ±0.01 AUC: ≈ 598 seeds, at ±0.02 AUC: ≈ 150 seeds."``; a decidable margin of 1 or more (an
+    AUC or Dice difference cannot exceed 1) reads "no margin below ±1 AUC is decided yet".
+    Undecided before any statistics: the reason (a gate: did not learn, too few seeds, a pilot).
     """
     if not str(c["verdict"]).startswith("undecided"):
         return c["sentence"]
@@ -76,7 +78,9 @@ def arm_sentence(c: Mapping[str, Any], *, unit: str) -> str:
     lvl = "" if c.get("level") is None else f" ({level_text(c['level'])} interval)"
     text = (f"{who}: undecided at ±{m:g} {unit} — the difference lies between {signed(rng[0])} and "
             f"{signed(rng[1])} {unit}{lvl}")
-    if dm is not None:
+    if dm is not None and dm >= SCORE_RANGE and c.get("endpoint") in ("final", "area"):
+        text += f"; with {c['n']} seeds no margin below ±{SCORE_RANGE:g} {unit} is decided yet"
+    elif dm is not None:
         text += (f"; with {c['n']} seeds: equivalent within {margin_text(dm)} {unit} "
                  "(larger differences are ruled out)")
     return (text + f"; to decide at ±{m:g} {unit}: {_seeds(c.get('seeds_needed_at_margin'))}, "
