@@ -62,7 +62,8 @@ nav a{margin-right:1em}
 .v-equivalent{color:#2c5aa0;font-weight:600}.v-undecided{color:#666}
 .card{border:1px solid #ddd;border-radius:6px;padding:.2em 1em .6em;margin:1em 0}
 .card h3{margin:.5em 0 .2em}ul.context{color:#444;font-size:.92em}
-table.verdicts td{overflow-wrap:anywhere}table.verdicts summary{cursor:pointer}
+table.verdicts td:nth-child(1),table.verdicts td:nth-child(3),table.verdicts td:nth-child(11){overflow-wrap:anywhere}
+table.verdicts summary{cursor:pointer}
 table.verdicts details[open] summary{color:#777}
 """
 
@@ -91,6 +92,8 @@ def _signed(x: float | None) -> str:
 
 VERDICT_HEADERS = ("model", "n_train", "arm", "question", "seeds", "Δ mean", "interval", "level",
                    "adjusted p", "verdict", "reason", "seeds needed", "DeLong (per seed)")
+# the CSS lets the model, arm and reason columns (1st, 3rd, 11th) break anywhere: long names fit
+assert (VERDICT_HEADERS[0], VERDICT_HEADERS[2], VERDICT_HEADERS[10]) == ("model", "arm", "reason")
 
 
 def _delong_cell(v: Verdict, res: StudyResults, alpha: float) -> str:
