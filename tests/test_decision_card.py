@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import numpy as np
@@ -167,6 +166,6 @@ def test_the_report_opens_with_the_card_and_its_forest_plot(card_ws):
 def test_short_reasons():
     long = "decisive only before the multiplicity adjustment (p = 0.0123, adjusted 0.0612)"
     s = short_reason(long)
-    assert len(s) <= 48 and s.endswith("…") and long.startswith(s[:-1])
+    assert len(s) <= 60 and s.endswith("…") and long.startswith(s[:-1])
     assert short_reason("interval spans 0") == "interval spans 0"
-    assert math.isfinite(len(short_reason("x" * 100))) and len(short_reason("x" * 100)) == 48
+    assert len(short_reason("x" * 100)) == 60 and short_reason("x" * 100).endswith("x…")

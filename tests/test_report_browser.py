@@ -152,7 +152,7 @@ def test_decision_card_first_and_long_reasons_fit_1400px(browser, tmp_path):
     details = browser.execute_script(
         "return Array.from(document.querySelectorAll('#verdicts details')).map(d => "
         "[d.querySelector('summary').innerText, d.open, d.innerText]);")
-    assert details and all(not is_open and s.endswith("…") and len(s) <= 48 for s, is_open, _ in details)
+    assert details and all(not is_open and s.endswith("…") and len(s) <= 60 for s, is_open, _ in details)
     # a click opens the full reason
     full = browser.execute_script(
         "const d = Array.from(document.querySelectorAll('#verdicts details'))"
