@@ -18,8 +18,10 @@ EXAMPLES = [p for p in ALL if p not in CHAINS and p not in PRETRAIN]
 # EfficientNet cells, ~7 min. Its cells are checked by tests/test_study_check.py (no training),
 # and its arms (finetune × augment) run on small data in tests/test_finetune_arms.py.
 # ssl_retina.yaml is ssl_pneumonia.yaml's design on RGB data (~2 min; the default suite runs the
-# pneumonia one).
-SLOW = {"finetune", "ssl_retina"}
+# pneumonia one). heldout_pneumonia.yaml: 4 EfficientNet-Lite0 cells evaluated on PneumoniaMNIST's
+# full validation and test splits (its cells are checked by tests/test_study_check.py; its report
+# by tests/test_heldout_card.py, from the committed JSON).
+SLOW = {"finetune", "ssl_retina", "heldout_pneumonia"}
 
 
 def test_every_example_is_covered():

@@ -109,7 +109,7 @@ def test_report_is_self_contained_escaped_and_has_figures(study_ws):
     for b in pngs:
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("L"), dtype=float)
         assert img.std() > 5  # not blank
-    for title in ("Summary", "Verdicts", "Forest plots and scores", "Final scores", "Learning curves",
+    for title in ("Decision card", "Summary", "Verdicts", "Forest plots and scores", "Final scores", "Learning curves",
                   "Steps to threshold", "First-layer filters", "Methods"):
         assert f">{title}</h2>" in html
     assert "paired t-test" in html and "DeLong" in html and "TOST" in html and "Holm" in html

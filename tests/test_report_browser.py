@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from transfuse.report.card import CARD_ALT
 from transfuse.report.study import build_report
 from transfuse.store import Store
 
@@ -85,7 +86,10 @@ WINDOW = 1400  # px: the report must not scroll sideways in a window this wide
 
 LAYOUT = """
 const de = document.documentElement;
-return {scroll: de.scrollWidth, client: de.clientWidth,
+const firstFigure = document.querySelector('img, svg');
+return {scroll: de.scrollWidth, client: de.clientWidth, bodyScroll: document.body.scrollWidth,
+        first: firstFigure ? {tag: firstFigure.tagName, alt: firstFigure.getAttribute('alt') || '',
+                              section: firstFigure.closest('section') ? firstFigure.closest('section').id : ''} : null,
         legends: Array.from(document.querySelectorAll('figure')).map(f => f.dataset.legend || ''),
         tables: Array.from(document.querySelectorAll('#analysis div.wide')).map(d =>
             ({scroll: d.scrollWidth, client: d.clientWidth, head: d.querySelector('thead').innerText}))};
@@ -100,6 +104,10 @@ def test_report_fits_a_1400px_window_and_every_figure_has_a_legend(browser, stud
     page = browser.execute_script(LAYOUT)
     assert page["client"] <= WINDOW
     assert page["scroll"] <= WINDOW and page["scroll"] <= page["client"], page
+    assert page["bodyScroll"] <= WINDOW, page
+    # the decision card's forest plot is the page's first figure (first <img>/<svg> in document order)
+    assert page["first"] == {"tag": "IMG", "alt": page["first"]["alt"], "section": "card"}, page["first"]
+    assert page["first"]["alt"].startswith(CARD_ALT), page["first"]
     # every figure names its legend / colorbar / key labels (figure_img refuses figures without)
     assert len(page["legends"]) >= 8 and all(lg.strip() for lg in page["legends"]), page["legends"]
     # the analysis tables fit their box (no scrolling inside it either) and head with stage names
@@ -117,3 +125,37 @@ def test_report_fits_a_1400px_window_and_every_figure_has_a_legend(browser, stud
     box = browser.execute_script("const d = document.querySelector('#verdicts div.wide'); "
                                  "return [d.scrollWidth, d.clientWidth];")
     assert box[0] <= box[1] + 1, box
+
+
+def test_decision_card_first_and_long_reasons_fit_1400px(browser, tmp_path):
+    """A study whose reasons are long (a gate on every question) and arm names long: the card's
+    forest plot is still the first figure, the verdict table shows short reasons that open on a
+    click, and neither the page nor the table scrolls sideways at 1,400 px."""
+    from .test_study_decisions import add, study_info
+
+    store = Store(tmp_path)
+    long_arm = "pretrained[imagenet:efficientnet_lite0]·linear_probe·layer_decay=0.7·augment=basic"
+    for seed in range(3):
+        add(store, init="random", seed=seed, test=0.8 + 0.01 * seed)
+        add(store, init="meanvar", seed=seed, test=0.81 - 0.012 * seed)
+        add(store, init=long_arm, seed=seed, test=0.505 + 0.001 * seed)  # did not learn: a long reason
+    study_info(store)
+    out = build_report(workspace=tmp_path, study="syn", out=tmp_path / "report.html")
+    browser.set_window_size(WINDOW, 1000)
+    browser.get(out.resolve().as_uri())
+    page = browser.execute_script(LAYOUT)
+    assert page["scroll"] <= WINDOW and page["bodyScroll"] <= WINDOW, page
+    assert page["first"]["section"] == "card" and page["first"]["alt"].startswith(CARD_ALT), page["first"]
+    box = browser.execute_script("const d = document.querySelector('#verdicts div.wide'); "
+                                 "return [d.scrollWidth, d.clientWidth];")
+    assert box[0] <= box[1] + 1, box
+    details = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#verdicts details')).map(d => "
+        "[d.querySelector('summary').innerText, d.open, d.innerText]);")
+    assert details and all(not is_open and s.endswith("…") and len(s) <= 60 for s, is_open, _ in details)
+    # a click opens the full reason
+    full = browser.execute_script(
+        "const d = Array.from(document.querySelectorAll('#verdicts details'))"
+        ".find(d => d.textContent.includes('did not learn'));"
+        "d.querySelector('summary').click(); return [d.open, d.innerText];")
+    assert full[0] and "within 0.02 of chance" in full[1], full

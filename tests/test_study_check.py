@@ -154,6 +154,7 @@ smoke: {train.eval_every: 0}
     ("ssl_pneumonia.yaml", True, 6, 1), ("ssl_pneumonia.yaml", False, 54, 1),
     ("ssl_retina.yaml", True, 6, 1), ("ssl_retina.yaml", False, 54, 1),
     ("ssl_seg3d_brain.yaml", True, 2, 0), ("ssl_seg3d_brain.yaml", False, 8, 0),
+    ("heldout_pneumonia.yaml", True, 4, 0), ("heldout_pneumonia.yaml", False, 12, 0),
 ])
 def test_shipped_studies_check_clean(file, smoke, cells, pretrain, medmnist_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("TRANSFUSE_DATA", str(medmnist_dir))

@@ -13,7 +13,7 @@ import pytest
 from transfuse.cli import main
 from transfuse.config import run_id, spec_from_dict
 from transfuse.report.export import schema
-from transfuse.report.study import VERDICT_HEADERS, build_report
+from transfuse.report.study import VERDICT_HEADERS, build_report, short_reason
 from transfuse.store import Store
 from transfuse.study import load_study
 from transfuse.decide.decisions import Evaluation, decide, load_decisions
@@ -174,7 +174,9 @@ def test_json_validates_and_agrees_with_the_html_table(mixed_ws):
         assert [row[col["model"]], row[col["n_train"]], row[col["arm"]], row[col["question"]]] == \
             [c["model"], c["size"], c["arm"], c["endpoint"]]
         assert row[col["verdict"]] == c["label"] == data["verdicts"][c["verdict"]]
-        assert row[col["reason"]] == c["reason"] and c["sentence"].endswith(".")
+        # a long reason: short in the cell's <summary>, in full on expand (<details>)
+        assert row[col["reason"]] in (c["reason"], short_reason(c["reason"]) + c["reason"])
+        assert c["sentence"].endswith(".")
         assert int(row[col["seeds"]]) == c["n"]
         if c["p_adjusted"] is not None and c["p_adjusted"] >= 1e-4:
             assert float(row[col["adjusted p"]]) == pytest.approx(c["p_adjusted"], abs=5e-5)

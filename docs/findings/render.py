@@ -14,7 +14,8 @@ study::
     ...                                   (written by this script; never edited by hand)
     <!-- END generated -->
 
-The block holds the study's counts, every decided verdict as its own sentence with a code
+The block holds the study's counts, the report's decision card when the JSON has one (issue 32:
+``cards``), every decided verdict as its own sentence with a code
 (``[<study> Dxxxx]``, a hash of what it compares: :func:`code`), one table row per arm with each
 endpoint's verdict, difference and interval (an undecided one with the seeds it would need), and
 the report's recommendations. Prose outside the blocks refers to a decided verdict by its code.
@@ -53,6 +54,7 @@ STUDIES: dict[str, str] = {
     "ssl_seg3d_brain": "ssl-seg3d-store",
     "finetune": "finetune-store",
     "finetune-pneumonia": "finetune-pneumonia-store",
+    "heldout_pneumonia": "heldout-pneumonia-store",
 }
 
 BEGIN = re.compile(r"^<!-- BEGIN generated: (?P<study>[\w.-]+) -->$", re.M)
@@ -181,6 +183,24 @@ def _verdict_text(c: dict | None, code_of: dict[str, str]) -> str:
     return f"{label} {_show(c, c['mean'])}{ci}; " + (f"≈ {need} seeds" if need else "no seed count in reach")
 
 
+def _card_lines(res: dict, code_of: dict[str, str]) -> list[str]:
+    """The report's decision cards (JSON from issue 32 on; none in older JSON): per arm the decided
+    answer (with its code) or the plausible range, the margin the seeds decide and the seeds a
+    decision needs; then the context lines (better cells elsewhere in the workspace)."""
+    cards = res.get("cards") or []
+    if not cards:
+        return []
+    out = ["The report's decision card (per model and size; per arm the decided answer, or the "
+           "plausible range, the margin the seeds decide and the seeds a decision needs):"]
+    for card in cards:
+        where = f"{card['model']}, n_train {card['size']}"
+        for cid, x in zip(card["comparisons"], card["lines"]):
+            code = f"{code_of[cid]} " if cid in code_of else ""
+            out.append(f"- {where}: {code}{x['text']}")
+        out += [f"- {where}, context: {x['text']}" for x in card["context"]]
+    return out + [""]
+
+
 def render_block(study: str, res: dict) -> str:
     """The text between a study's BEGIN and END markers (without them)."""
     ev, comps = res["evaluation"], res["comparisons"]
@@ -208,6 +228,7 @@ def render_block(study: str, res: dict) -> str:
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".",
         "",
     ]
+    lines += _card_lines(res, code_of)
     if codes:
         lines.append("Decided verdicts:")
         # the sentence (the JSON's own from schema 2 on) need not name the model and size: say them

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from ..decide.decisions import Decisions, Verdict
+from ..decide.headline import BestCell, design_numbers
 from ..decide.results import StudyResults
 from ..decide.verdicts import LABELS, VERDICTS
+from .card import cards
 
 __all__ = ["results_dict", "schema", "SCHEMA_ID"]
 
@@ -42,7 +45,7 @@ def unit_of(v: Verdict, metric: str) -> str:
     return f"test {name}" if e == "final" else f"area under the validation {name} curve"
 
 
-def _comparison(v: Verdict, res: StudyResults) -> dict[str, Any]:
+def _comparison(v: Verdict, res: StudyResults, dec: Decisions) -> dict[str, Any]:
     q, d = v.question, v.decision
     vals = [x for x in q.diffs if x is not None and math.isfinite(x)]
     mean = d.mean if d else (sum(vals) / len(vals) if vals else None)
@@ -59,11 +62,16 @@ def _comparison(v: Verdict, res: StudyResults) -> dict[str, Any]:
             "ci_low": _num(d.ci_low) if d else None, "ci_high": _num(d.ci_high) if d else None,
             "verdict": v.verdict, "label": v.label, "sentence": v.sentence, "reason": v.reason,
             "look": v.look,
-            "seeds_needed": v.seeds_needed, "delong": delong}
+            "seeds_needed": v.seeds_needed, "delong": delong,
+            **design_numbers(v, ev=dec.evaluation, family_size=dec.family_size)}
 
 
-def results_dict(res: StudyResults, dec: Decisions) -> dict[str, Any]:
-    """The study's results and decisions as plain JSON-ready data (see :func:`schema`)."""
+def results_dict(res: StudyResults, dec: Decisions, *, others: Sequence[BestCell] = ()) -> dict[str, Any]:
+    """The study's results and decisions as plain JSON-ready data (see :func:`schema`).
+
+    ``others``: cells of the workspace's other studies, for the decision cards' context lines
+    (:func:`transfuse.decide.headline.workspace_cells`; default none).
+    """
     from .. import __version__
 
     ev = dec.evaluation
@@ -71,6 +79,7 @@ def results_dict(res: StudyResults, dec: Decisions) -> dict[str, Any]:
     seq = None
     if dec.sequential is not None:
         seq = {**dec.sequential.to_dict(), "levels": dec.sequential.levels(ev.alpha)}
+    comps = [_comparison(v, res, dec) for v in dec.verdicts]
     cells = []
     for c in res.cells:
         f = c.final
@@ -92,7 +101,8 @@ def results_dict(res: StudyResults, dec: Decisions) -> dict[str, Any]:
                  "left_out": [x.to_dict() for x in res.left_out],
                  "missing_files": {k: list(v) for k, v in sorted(res.missing.items())}},
         "cells": cells,
-        "comparisons": [_comparison(v, res) for v in dec.verdicts],
+        "comparisons": comps,
+        "cards": cards(res, dec, comps, others),
         "verdicts": {code: LABELS[code] for code in VERDICTS},
         "recommendations": [{"model": r.model, "size": r.size, "arm": r.arm, "verdict": r.verdict,
                              "text": r.text} for r in dec.recommendations],

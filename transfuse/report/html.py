@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from ..store import Store
 
-__all__ = ["esc", "table", "figure_img", "check_legends", "mark_key", "Section", "SECTIONS",
+__all__ = ["esc", "Html", "table", "figure_img", "check_legends", "mark_key", "Section", "SECTIONS",
            "register_section", "new_figure"]
 
 
@@ -38,15 +38,24 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+class Html(str):
+    """A table cell that is already HTML, every user string in it escaped with :func:`esc`
+    (``<details>`` around a long text, say): :func:`table` inserts it as it is."""
+
+    __slots__ = ()
+
+
 def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], *, caption: str | None = None,
           cls: str = "data") -> str:
-    """An HTML table; every header and cell is escaped (cells are plain text, never markup).
+    """An HTML table; every header and cell is escaped (cells are plain text, never markup),
+    except cells given as :class:`Html`, which the caller built from escaped parts.
 
     The table sits in a ``<div class="wide">`` scroll container, so a table wider than the page
     scrolls inside its box instead of widening the page (the CSS also lets cells wrap to fit).
     """
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Html) else esc(c)}</td>" for c in r)
+                   + "</tr>" for r in rows)
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return (f'<div class="wide"><table class="{esc(cls)}">{cap}<thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")

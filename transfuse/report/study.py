@@ -1,9 +1,13 @@
 """The study report: decisions first, then the numbers and figures behind them, as one HTML file.
 
 ``build_report(workspace=..., study=..., out=...)`` reads the finished runs of a study
-(:func:`transfuse.decide.decisions.load_decisions`) and writes: a summary that opens with one line per
-model × training-set size (what to use, with its verdict or what is missing), the verdict of every
-question with its interval, adjusted p-value and reason, a forest plot and test scores per model,
+(:func:`transfuse.decide.decisions.load_decisions`) and writes: a decision card per model ×
+training-set size, picture first (:mod:`transfuse.report.card`: the forest plot of every arm vs the
+reference, one sentence per arm — the decided answer, or the plausible range, the margin the seeds
+decide and the seeds a decision needs — and better cells elsewhere in the workspace), a summary
+that opens with one line per model × training-set size (what to use, with its verdict or what is
+missing), the verdict of every question with its interval, adjusted p-value and (short, full on
+expand) reason, a forest plot and test scores per model,
 the cell table, learning curves, steps to threshold, score vs training-set size, first-layer
 filters, every registered extra section (representation analysis, 3D, self-training) and Methods.
 ``format="json"`` writes the same decisions as data (:mod:`transfuse.report.export`).
@@ -24,13 +28,15 @@ from ..decide.results import StudyResults
 from ..decide.selection import study_progress
 from ..decide.stats import Summary
 from .export import results_dict
+from ..decide.headline import workspace_cells
+from .card import card_section
 from .sections import extra_sections
-from .html import Section, esc, figure_img, table
+from .html import Html, Section, esc, figure_img, table
 from .methods import methods_section
 from .plots import conv1_section, curves_figure, size_figure, steps_figure
 from .verdict_plots import forest_figure, scores_figure
 
-__all__ = ["build_report", "verdict_rows", "VERDICT_HEADERS", "FORMATS"]
+__all__ = ["build_report", "verdict_rows", "short_reason", "VERDICT_HEADERS", "FORMATS"]
 
 FORMATS = ("html", "json")
 CSS = """
@@ -50,6 +56,11 @@ nav a{margin-right:1em}
 .v-better_beyond_margin{color:#1a7a3e;font-weight:600}.v-worse_beyond_margin{color:#b2182b;font-weight:600}
 .v-better_within_margin{color:#4d9a5f}.v-worse_within_margin{color:#c0555f}
 .v-equivalent{color:#2c5aa0;font-weight:600}.v-undecided{color:#666}
+.card{border:1px solid #ddd;border-radius:6px;padding:.2em 1em .6em;margin:1em 0}
+.card h3{margin:.5em 0 .2em}ul.context{color:#444;font-size:.92em}
+
+table.verdicts summary{cursor:pointer}
+table.verdicts details[open] summary{color:#777}
 """
 
 
@@ -77,6 +88,7 @@ def _signed(x: float | None) -> str:
 
 VERDICT_HEADERS = ("model", "n_train", "arm", "question", "seeds", "Δ mean", "interval", "level",
                    "adjusted p", "verdict", "reason", "seeds needed", "DeLong (per seed)")
+
 
 
 def _delong_cell(v: Verdict, res: StudyResults, alpha: float) -> str:
@@ -141,16 +153,20 @@ def _runs_notes(res: StudyResults) -> str:
     return html
 
 
+def _incomplete(res: StudyResults, progress: dict[str, int]) -> str:
+    waiting = {k: n for k, n in progress.items() if k != "finished" and n}
+    if not waiting:
+        return ""
+    return (f'<p class="warn"><b>Incomplete study:</b> '
+            f"{esc(', '.join(f'{n} {k}' for k, n in sorted(waiting.items())))} run(s) besides "
+            f"{progress.get('finished', len(res.rows))} finished — these verdicts will change; "
+            "write the report again when the study has finished.</p>")
+
+
 def _summary_section(res: StudyResults, dec: Decisions, info: dict, progress: dict[str, int]) -> Section:
     datasets = sorted({r.dataset for r in res.rows})
     unit = "AUC" if res.metric == "auc" else "Dice"
-    body = ""
-    waiting = {k: n for k, n in progress.items() if k != "finished" and n}
-    if waiting:
-        body += (f'<p class="warn"><b>Incomplete study:</b> '
-                 f"{esc(', '.join(f'{n} {k}' for k, n in sorted(waiting.items())))} run(s) besides "
-                 f"{progress.get('finished', len(res.rows))} finished — these verdicts will change; "
-                 "write the report again when the study has finished.</p>")
+    body = _incomplete(res, progress)
     body += _runs_notes(res)
     if dec.pilot:
         body += f'<p class="pilot"><b>{esc(dec.pilot)}.</b></p>'
@@ -176,15 +192,48 @@ def _summary_section(res: StudyResults, dec: Decisions, info: dict, progress: di
     return Section("Summary", body, "summary")
 
 
+SHORT_REASON = 60  # characters of a reason the verdict table shows before "…" (full on expand)
+
+
+def short_reason(reason: str, limit: int = SHORT_REASON) -> str:
+    """``reason`` cut at a word boundary to at most ``limit`` characters, with "…" when cut."""
+    if len(reason) <= limit:
+        return reason
+    cut = reason[:limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:—–(") + "…"
+
+
+def breakable(text: str) -> str:
+    """``text`` escaped, with line-break opportunities (``<wbr>``) after ``:``, ``·``, ``_``, ``=``
+    and ``/`` and before ``[``: a long model or arm name (``timm:efficientnet_lite0``,
+    ``pretrained[imagenet:…]·linear_probe``) wraps inside its column instead of widening the table."""
+    out = esc(text)
+    for ch in (":", "·", "_", "=", "/"):
+        out = out.replace(ch, ch + "<wbr>")
+    return out.replace("[", "<wbr>[")
+
+
+def _reason_cell(reason: str) -> str:
+    short = short_reason(reason)
+    if short == reason:
+        return Html(breakable(reason))
+    return Html(f"<details><summary>{breakable(short)}</summary>{breakable(reason)}</details>")
+
+
 def _verdicts_section(res: StudyResults, dec: Decisions) -> Section:
     rows = verdict_rows(res, dec)
+    col = VERDICT_HEADERS.index("reason")
+    names = {VERDICT_HEADERS.index("model"), VERDICT_HEADERS.index("arm")}
+    rows = [[Html(breakable(x)) if i in names else _reason_cell(x) if i == col else x
+             for i, x in enumerate(r)] for r in rows]
     if not rows:
         return Section("Verdicts", f"<p>No comparison with the reference arm {esc(dec.evaluation.reference)}: "
                        "the study has no reference runs of the same model and size to pair with.</p>",
                        "verdicts")
     body = table(VERDICT_HEADERS, rows, cls="data verdicts",
                  caption="Every question: arm vs reference, paired by seed; Δ is arm − reference "
-                         "(speed-ups: steps(reference) / steps(arm))")
+                         "(speed-ups: steps(reference) / steps(arm)); a long reason opens on a click")
     return Section("Verdicts", body, "verdicts")
 
 
@@ -301,8 +350,8 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         raise TransfuseError(f"study {study!r} has no finished runs yet in {ws}; "
                              f"run `transfuse study run FILE --workspace {ws}` first")
     progress = study_progress(store=store, study=study, run_ids=None if current is None else list(current))
+    data = results_dict(res, dec, others=workspace_cells(store, exclude=study, metric=res.metric))
     if format == "json":
-        data = results_dict(res, dec)
         data["runs"]["progress"] = progress
         from .ssl import ssl_costs
 
@@ -310,7 +359,11 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         if costs:  # what each ssl: source of the study cost to pretrain
             data["pretraining"] = costs
         return _write(Path(out), json.dumps(data, indent=2, allow_nan=False) + "\n")
-    sections = [_summary_section(res, dec, info, progress), _verdicts_section(res, dec)]
+    note = _incomplete(res, progress)
+    if dec.pilot:
+        note += f'<p class="pilot"><b>{esc(dec.pilot)}.</b></p>'
+    sections = [card_section(data, note=note), _summary_section(res, dec, info, progress),
+                _verdicts_section(res, dec)]
     forest = _forest_section(res, dec)
     sections += [forest] if forest else []
     sections += [_cells_section(res), *_figures(res), *extra_sections(store, study),
