@@ -4,6 +4,8 @@ Step-based: ``TrainSpec.steps`` optimiser steps (or ``epochs`` passes), validati
 ``eval_every`` steps and at the end, then the test split with the best-on-validation weights.
 Checkpoints ``init.pt`` (before any step — analysis compares init with final), ``best.pt`` and
 ``last.pt`` hold the unwrapped model's ``state_dict`` and load with ``weights_only=True``.
+With ``train.ema`` or ``train.swa`` (:mod:`transfuse.train.averaging`) the averaged weights are
+what is evaluated, selected on validation, saved in ``best.pt``/``last.pt`` and tested.
 Segmentation data (``data.info.task == "segmentation"``) goes through the same loop: the loss,
 the whole-volume evaluation and the selection score (mean Dice instead of AUC) come from
 :mod:`transfuse.train.segment`.
@@ -36,6 +38,7 @@ from ..config import TrainSpec
 from ..data.base import ArrayDataset, PreparedData
 from ..errors import ConfigError, DivergedError, PreemptedError
 from .augment import make_augment
+from .averaging import make_averaging
 from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
 from .finetune import plan_finetune
@@ -270,6 +273,11 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
     Returns:
         :class:`FitResult` with test metrics of the best-on-validation checkpoint.
+
+    Weight averaging (``spec.ema``, ``spec.swa``): the average is updated after each optimiser
+    step, and every evaluation, the best-on-validation selection, ``best.pt``, ``last.pt`` and
+    the test predictions use the averaged weights (SWA: from its start step on, with BatchNorm
+    statistics recomputed on the training set); the average is part of ``resume.pt``.
     """
     dev = resolve_device(device)
     dist_info = init_distributed(dev)
@@ -337,6 +345,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     opt = make_optimizer(raw_model, spec, groups=finetune.param_groups())
     # One LambdaLR multiplier for every group: each group keeps its own (per-stage) base lr.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec, total))
+    averaging = make_averaging(spec, model=model, raw_model=raw_model, total=total,
+                               bn_data=data.train, batch_size=eval_bs, device=dev)
     history: list[tuple[int, str, dict[str, float]]] = []
 
     def record(step: int, split: str, metrics: dict[str, float]) -> None:
@@ -361,6 +371,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         raw_model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        if spec.ema is not None or spec.swa is not None:
+            averaging.load_state_dict(ckpt.get("averaging"))
         best_score, best_step = float(ckpt["best_score"]), int(ckpt["best_step"])
         if best_step and run_dir is not None and (run_dir / "best.pt").is_file():
             best = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)
@@ -377,7 +389,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     else:
         if run_dir is not None and main:
             _save(raw_model, run_dir / "init.pt", 0)
-        val_metrics, _ = _evaluate(model, val_loader, data=data, device=dev, spec=spec, step=0)
+        val_metrics, _ = _evaluate(averaging.evaluated(0)[0], val_loader, data=data, device=dev,
+                                   spec=spec, step=0)
         record(0, "val", val_metrics)
     every = spec.checkpoint_every or spec.eval_every
 
@@ -392,6 +405,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                  "stream": batches.state(), "rng": rng_state()}
         if spec.early_stop is not None:
             state["early_stop"] = [stop_best, stop_wait]
+        if spec.ema is not None or spec.swa is not None:
+            state["averaging"] = averaging.state_dict()
         _atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
 
     from tqdm.auto import tqdm
@@ -425,6 +440,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             loss.backward()
             opt.step()
             sched.step()
+            averaging.update(step)
             loss_acc += loss.detach()
             first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(loss.detach()), step)
             seen += len(x)
@@ -440,16 +456,17 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                 # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
                 record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
                 loss_acc.zero_()
-                val_metrics, val_probs = _evaluate(model, val_loader, data=data, device=dev,
+                evaluated, holder = averaging.evaluated(step)  # the averaged weights, if any
+                val_metrics, val_probs = _evaluate(evaluated, val_loader, data=data, device=dev,
                                                    spec=spec, step=step)
                 record(step, "val", val_metrics)
                 val_score = val_metrics[primary]
                 score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
                 if score > best_score:
                     best_score, best_step, best_val_probs = score, step, val_probs
-                    best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
+                    best_state = {k: v.detach().clone() for k, v in holder.state_dict().items()}
                     if run_dir is not None and main:
-                        _save(raw_model, run_dir / "best.pt", step)
+                        _save(holder, run_dir / "best.pt", step)
                 bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
                 eval_seconds += time.perf_counter() - t_eval
                 if spec.early_stop is not None:
@@ -467,7 +484,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     seconds = time.perf_counter() - t0 - eval_seconds
     steps_done = stopped_step or total
     if run_dir is not None and main:
-        _save(raw_model, run_dir / "last.pt", steps_done)
+        _save(averaging.evaluated(steps_done)[1], run_dir / "last.pt", steps_done)
 
     if best_state is not None:  # else: no evaluation scored (cannot happen with finite losses)
         raw_model.load_state_dict(best_state)
@@ -539,7 +556,7 @@ def _fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
         d.pop(k, None)
     from ..config import _FINETUNE_DEFAULTS
 
-    for k in ("early_stop", "min_delta", "class_weights", "sampler"):  # added later: as before
+    for k in ("early_stop", "min_delta", "class_weights", "sampler", "ema", "swa"):  # added later
         if d.get(k) == _FINETUNE_DEFAULTS[k]:
             d.pop(k)
     return json.dumps({"train": d, "seed": seed, "world_size": world_size}, sort_keys=True)
