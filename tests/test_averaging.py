@@ -220,3 +220,105 @@ def test_interrupted_fit_with_averaging_resumes_bit_identical(brain, tmp_path, a
         a, b = (torch.load(d / name, weights_only=True)["state_dict"]
                 for d in (tmp_path / "ref", tmp_path / "cut"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- the paired-SD table (synthetic store) --------------------------------------------------------
+PLAIN = {"random": [0.80, 0.82, 0.78, 0.81, 0.79], "meanvar": [0.85, 0.84, 0.86, 0.80, 0.90]}
+EMA = {"random": [0.81, 0.81, 0.80, 0.81], "meanvar": [0.84, 0.845, 0.835, 0.84]}  # no seed 4
+
+
+@pytest.fixture()
+def averaged_ws(tmp_path):
+    from transfuse.store import Store
+
+    store = Store(tmp_path)
+    for ema, table in ((None, PLAIN), (0.99, EMA)):
+        for init, scores in table.items():
+            for seed, auc in enumerate(scores):
+                spec = spec_from_dict({"data": {"name": "<b>x</b>"}, "model": {"name": "cbr_tiny"},
+                                       "init": {"name": init}, "train": {"ema": ema},
+                                       "seed": seed, "study": "syn"})
+                rid = store.start_run(spec)
+                store.set_info(rid, data_info={"task": "multiclass", "name": "<b>x</b>"},
+                               model_info={"name": "cbr_tiny", "spatial_dims": 2})
+                for step, v in ((0, 0.5), (10, auc)):
+                    store.log_metrics(rid, step, "val", {"auc": v, "loss": 1 - v})
+                store.finish_run(rid, step=10, test_metrics={"auc": auc}, summary={})
+    return tmp_path
+
+
+def _expected():
+    import statistics
+
+    plain = [a - b for a, b in zip(PLAIN["meanvar"][:4], PLAIN["random"][:4])]
+    avg = [a - b for a, b in zip(EMA["meanvar"], EMA["random"])]
+    return statistics.stdev(plain), statistics.stdev(avg)
+
+
+def test_paired_sd_with_and_without_averaging(averaged_ws):
+    from transfuse.store import Store
+    from transfuse.study.averaging import averaging_rows
+    from transfuse.study.results import load_results
+
+    res = load_results(Store(averaged_ws), "syn")
+    assert set(res.inits) == {"random", "meanvar", "random · ema=0.99", "meanvar · ema=0.99"}
+    (row,) = averaging_rows(res)
+    sd0, sd1 = _expected()
+    # by hand: diffs (0.05, 0.02, 0.08, -0.01) and (0.03, 0.035, 0.035, 0.03)
+    assert sd0 == pytest.approx(0.0387298, abs=1e-6) and sd1 == pytest.approx(0.0028868, abs=1e-6)
+    assert (row.arm, row.reference, row.averaging, row.seeds) == ("meanvar", "random", "ema=0.99",
+                                                                  (0, 1, 2, 3))
+    assert row.sd_plain == pytest.approx(sd0, abs=1e-12)
+    assert row.sd_averaged == pytest.approx(sd1, abs=1e-12)
+    assert row.ratio == pytest.approx(sd1 / sd0, abs=1e-12)
+    assert row.seed_factor == pytest.approx((sd1 / sd0) ** 2, abs=1e-12)
+    assert row.mean_plain == pytest.approx(0.035, abs=1e-12)
+    assert row.mean_averaged == pytest.approx(0.0325, abs=1e-12)
+
+
+def test_report_json_html_and_plan_carry_the_table(averaged_ws, tmp_path, capsys):
+    import json
+
+    from transfuse.cli import main
+    from transfuse.report.study import build_report
+
+    sd0, sd1 = _expected()
+    out = build_report(workspace=averaged_ws, study="syn", out=tmp_path / "r.json", format="json")
+    data = json.loads(out.read_text())
+    (row,) = data["averaging"]
+    assert row["n"] == 4 and row["seeds"] == [0, 1, 2, 3]
+    assert row["sd_plain"] == pytest.approx(sd0) and row["ratio"] == pytest.approx(sd1 / sd0)
+    import jsonschema
+
+    from transfuse.report.export import schema
+
+    jsonschema.validate(data, schema())
+    html = build_report(workspace=averaged_ws, study="syn", out=tmp_path / "r.html").read_text()
+    assert "Weight averaging: paired SD" in html and f"{sd1 / sd0:.2f}" in html
+    assert "<b>x</b>" not in html  # user strings escaped
+    f = tmp_path / "syn.yaml"
+    f.write_text("name: syn\nbase:\n  data: {name: 'x'}\n  model: {name: cbr_tiny}\n"
+                 "grid:\n  init.name: [random, meanvar]\n  train.ema: [null, 0.99]\n"
+                 "  seed: [0, 1, 2, 3]\n")
+    assert main(["study", "plan", str(f), "-w", str(averaged_ws)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("weight averaging"))
+    cells = lines[i + 2].split()
+    assert cells[-4:] == [f"{sd0:.4f}", f"{sd1:.4f}", f"{sd1 / sd0:.2f}", f"{(sd1 / sd0) ** 2:.2f}"]
+
+
+def test_no_table_without_an_averaging_axis(averaged_ws):
+    from transfuse.arms import arm_labels, split_averaging
+    from transfuse.study.averaging import averaging_lines
+
+    specs = [{"model": {"name": "m"}, "init": {"name": n}, "train": {"ema": 0.99}}
+             for n in ("random", "meanvar")]
+    assert arm_labels(specs) == ["random", "meanvar"]  # study-wide: the reference keeps its name
+    assert split_averaging("meanvar · augment=basic · ema=0.99") == ("meanvar · augment=basic",
+                                                                     "ema=0.99")
+    assert split_averaging("random") == ("random", None)
+
+    class Res:  # a study without an averaging axis
+        rows, models, sizes, inits, reference, metric = (), ["m"], ["full"], ["random"], "random", "auc"
+
+    assert averaging_lines(Res()) == []  # type: ignore[arg-type]

@@ -95,6 +95,7 @@ def _print_outcome(out, a: argparse.Namespace) -> None:
 
 def _plan(a: argparse.Namespace, study) -> int:
     from ..store import Store
+    from ..study.averaging import print_averaging
     from ..study.decide import load_decisions
 
     name = f"{study.name}-smoke" if a.smoke else study.name
@@ -131,6 +132,7 @@ def _plan(a: argparse.Namespace, study) -> int:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     for line in [headers, *rows]:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    print_averaging(res)  # paired SD without / with train.ema or train.swa, where both ran
     return 0
 
 

@@ -34,7 +34,7 @@ FORMATS = ("html", "json")
 # Modules of later stages that register report sections; missing ones are simply not there yet.
 EXTRA_SECTION_MODULES = ("transfuse.analysis.report", "transfuse.report.segmentation",
                          "transfuse.selftrain.report", "transfuse.pretrain.report",
-                         "transfuse.report.clinical")
+                         "transfuse.report.clinical", "transfuse.report.averaging")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
@@ -334,6 +334,10 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         costs, _ = ssl_costs(store, study)
         if costs:  # what each ssl: source of the study cost to pretrain
             data["pretraining"] = costs
+        from ..study.averaging import averaging_dicts
+
+        if averaging := averaging_dicts(res):  # paired SD without / with weight averaging
+            data["averaging"] = averaging
         return _write(Path(out), json.dumps(data, indent=2, allow_nan=False) + "\n")
     sections = [_summary_section(res, dec, info, progress), _verdicts_section(res, dec)]
     forest = _forest_section(res, dec)
