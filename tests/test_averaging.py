@@ -305,6 +305,16 @@ def test_report_json_html_and_plan_carry_the_table(averaged_ws, tmp_path, capsys
     i = next(i for i, ln in enumerate(lines) if ln.startswith("weight averaging"))
     cells = lines[i + 2].split()
     assert cells[-4:] == [f"{sd0:.4f}", f"{sd1:.4f}", f"{sd1 / sd0:.2f}", f"{(sd1 / sd0) ** 2:.2f}"]
+    # FINDINGS' generated block (docs/findings/render.py) carries the same ratio
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    mod_spec = importlib.util.spec_from_file_location("render_avg", root / "docs/findings/render.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+    block = render.render_block("syn", data)
+    (line,) = [ln for ln in block.splitlines() if ln.startswith("| cbr_tiny | full | meanvar vs")]
+    assert f"| {sd0:.4f} | {sd1:.4f} | {sd1 / sd0:.2f} |" in line
 
 
 def test_no_table_without_an_averaging_axis(averaged_ws):
