@@ -176,7 +176,7 @@ def _loaders(data):
     return DataLoader(data.val, batch_size=256), DataLoader(data.test, batch_size=256)
 
 
-@pytest.mark.parametrize("avg", [{"ema": 0.8}, {"swa": 12}])
+@pytest.mark.parametrize("avg", [{"ema": 0.8}, pytest.param({"swa": 12}, marks=pytest.mark.slow)])
 def test_evaluation_checkpoints_and_test_use_the_averaged_weights(brain, tmp_path, avg):
     spec = TrainSpec(steps=24, eval_every=4, batch_size=16, lr=0.05, **avg)
     model, res = _fit(brain, spec, tmp_path)
@@ -204,7 +204,8 @@ def test_evaluation_checkpoints_and_test_use_the_averaged_weights(brain, tmp_pat
         assert avg_curve[8] == plain_curve[8]
 
 
-@pytest.mark.parametrize("avg, stops", [({"ema": 0.8}, [8, 20]), ({"swa": 10}, [8, 16])])
+@pytest.mark.parametrize("avg, stops", [({"ema": 0.8}, [8, 20]),
+                                        pytest.param({"swa": 10}, [8, 16], marks=pytest.mark.slow)])
 def test_interrupted_fit_with_averaging_resumes_bit_identical(brain, tmp_path, avg, stops):
     spec = TrainSpec(steps=24, eval_every=4, batch_size=16, lr=0.05, checkpoint_every=2, **avg)
     ref_model, ref = _fit(brain, spec, tmp_path / "ref")
