@@ -176,9 +176,9 @@ def _loaders(data):
     return DataLoader(data.val, batch_size=256), DataLoader(data.test, batch_size=256)
 
 
-@pytest.mark.parametrize("avg", [{"ema": 0.8}, pytest.param({"swa": 12}, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("avg", [{"ema": 0.8}, pytest.param({"swa": 10}, marks=pytest.mark.slow)])
 def test_evaluation_checkpoints_and_test_use_the_averaged_weights(brain, tmp_path, avg):
-    spec = TrainSpec(steps=24, eval_every=4, batch_size=16, lr=0.05, **avg)
+    spec = TrainSpec(steps=12, eval_every=4, batch_size=16, lr=0.05, **avg)
     model, res = _fit(brain, spec, tmp_path)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["step"] == res.best_step
@@ -194,20 +194,20 @@ def test_evaluation_checkpoints_and_test_use_the_averaged_weights(brain, tmp_pat
     recorded = {s: m["auc"] for s, sp, m in res.history if sp == "val"}
     assert val["auc"] == pytest.approx(recorded[res.best_step], abs=1e-12)
     # and differs from training without averaging (same seed, same batches)
-    _, plain = _fit(brain, TrainSpec(steps=24, eval_every=4, batch_size=16, lr=0.05),
+    _, plain = _fit(brain, TrainSpec(steps=12, eval_every=4, batch_size=16, lr=0.05),
                     tmp_path / "plain")
     plain_curve = {s: m["loss"] for s, sp, m in plain.history if sp == "val"}
     avg_curve = {s: m["loss"] for s, sp, m in res.history if sp == "val"}
     assert avg_curve[0] == plain_curve[0]  # step 0: the init, for both
-    assert avg_curve[24] != plain_curve[24]
+    assert avg_curve[12] != plain_curve[12]
     if "swa" in avg:  # before its start SWA evaluates the current weights
         assert avg_curve[8] == plain_curve[8]
 
 
-@pytest.mark.parametrize("avg, stops", [({"ema": 0.8}, [8, 20]),
-                                        pytest.param({"swa": 10}, [8, 16], marks=pytest.mark.slow)])
+@pytest.mark.parametrize("avg, stops", [({"ema": 0.8}, [4, 8]),
+                                        pytest.param({"swa": 6}, [4, 8], marks=pytest.mark.slow)])
 def test_interrupted_fit_with_averaging_resumes_bit_identical(brain, tmp_path, avg, stops):
-    spec = TrainSpec(steps=24, eval_every=4, batch_size=16, lr=0.05, checkpoint_every=2, **avg)
+    spec = TrainSpec(steps=12, eval_every=4, batch_size=16, lr=0.05, checkpoint_every=2, **avg)
     ref_model, ref = _fit(brain, spec, tmp_path / "ref")
     for stop in stops:
         with pytest.raises(Stop):
