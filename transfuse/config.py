@@ -38,7 +38,9 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "he
                                       "checkpoint_every": None, "compile": False, "preload": "auto",
                                       # issue 33: early stopping, imbalance, operating point
                                       "early_stop": None, "min_delta": 0.0, "class_weights": "none",
-                                      "sampler": "random", "operating_point": "youden"}
+                                      "sampler": "random", "operating_point": "youden",
+                                      # issue 32: weight averaging
+                                      "ema": None, "swa": None}
 # How a run is computed, not what: left out of the run id (as data.data_root), so switching them
 # on for speed finds the runs already stored.
 _EXECUTION_KEYS = ("checkpoint_every", "compile", "preload")
@@ -284,6 +286,16 @@ class TrainSpec:
             validation split: ``youden`` (max sensitivity + specificity − 1) or
             ``sensitivity=0.9`` (the highest threshold reaching that sensitivity); test metrics
             at that threshold are stored with the run (see :mod:`transfuse.train.clinical`).
+        ema: exponential moving average of the weights (parameters and BatchNorm buffers) with
+            this decay, updated after every optimiser step as timm's ``ModelEmaV3`` (the first
+            update copies the weights); evaluations, the best-on-validation checkpoint,
+            ``best.pt``/``last.pt`` and the test predictions use the averaged weights. ``None``:
+            off. A decay ``d`` averages over roughly the last ``1 / (1 - d)`` steps.
+        swa: stochastic weight averaging from this step on (``torch.optim.swa_utils``): an
+            equal-weight average of the weights after every step from it, whose BatchNorm
+            statistics are recomputed on the training set (``update_bn``) before each
+            evaluation; evaluations before it use the current weights. ``None``: off.
+            ``ema`` and ``swa`` cannot be combined. See :mod:`transfuse.train.averaging`.
     """
 
     steps: int | None = 200
@@ -311,8 +323,11 @@ class TrainSpec:
     class_weights: str = "none"
     sampler: str = "random"
     operating_point: str = "youden"
+    ema: float | None = None
+    swa: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_averaging()
         _check_choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
         _check_choice("train.sampler", self.sampler, SAMPLERS)
         if self.early_stop is not None and self.early_stop < 1:
@@ -351,6 +366,28 @@ class TrainSpec:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ConfigError(f"train.checkpoint_every={self.checkpoint_every} must be >= 1 "
                               "(or leave it out: at every evaluation)")
+
+    def _check_averaging(self) -> None:
+        if self.ema is not None:
+            if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)):
+                raise ConfigError(f"train.ema must be a number in (0, 1), got {self.ema!r}")
+            if not 0 < self.ema < 1:
+                raise ConfigError(f"train.ema must be in (0, 1), got {self.ema} (e.g. 0.99 "
+                                  "averages over about the last 100 steps; leave it out: off)")
+            object.__setattr__(self, "ema", float(self.ema))
+        if self.swa is not None:
+            if isinstance(self.swa, bool) or not isinstance(self.swa, int):
+                raise ConfigError(f"train.swa must be a step number (an integer >= 1), "
+                                  f"got {self.swa!r}")
+            if self.swa < 1:
+                raise ConfigError(f"train.swa must be >= 1 (the step averaging starts at), "
+                                  f"got {self.swa}")
+            if self.steps is not None and self.swa > self.steps:
+                raise ConfigError(f"train.swa={self.swa} starts after the last step "
+                                  f"(train.steps={self.steps}); give a step <= {self.steps}")
+        if self.ema is not None and self.swa is not None:
+            raise ConfigError(f"give train.ema or train.swa, not both (got ema={self.ema}, "
+                              f"swa={self.swa}); they are two ways of averaging the weights")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ STUDIES: dict[str, str] = {
     "finetune": "finetune-store",
     "finetune-pneumonia": "finetune-pneumonia-store",
     "heldout_pneumonia": "heldout-pneumonia-store",
+    "ema_retina": "ema-retina-store",
 }
 
 BEGIN = re.compile(r"^<!-- BEGIN generated: (?P<study>[\w.-]+) -->$", re.M)
@@ -268,7 +269,32 @@ def render_block(study: str, res: dict) -> str:
     if res.get("recommendations"):
         lines += ["", "The report's recommendations:"]
         lines += [f"- {r['model']}, n_train {r['size']}: {r['text']}" for r in res["recommendations"]]
+    lines += averaging_lines(res, metric)
     return "\n".join(lines)
+
+
+def averaging_lines(res: dict, metric: str) -> list[str]:
+    """The JSON's ``averaging`` (issue 32) as a table: per comparison, the paired SD of the
+    final-score difference without and with weight averaging over the same seeds, and their
+    ratio; no lines when the study varied no averaging."""
+    rows = res.get("averaging") or []
+    if not rows:
+        return []
+
+    def f(x: float | None, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+
+    out = ["", f"Weight averaging: the paired SD of the final-{metric} difference (arm − "
+               "reference) over the same seeds, without and with averaging; ratio = with ÷ "
+               "without (the seeds a decision needs scale by ratio²):", "",
+           "| model | n_train | arm vs reference | averaging | seeds | Δ without | Δ with "
+           "| paired SD without | paired SD with | ratio | seeds × |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {r['size']} | {r['arm']} vs {r['reference']} | {r['averaging']} "
+            f"| {r['n']} | {f(r.get('mean_plain'), '+.3f')} | {f(r.get('mean_averaged'), '+.3f')} "
+            f"| {f(r['sd_plain'], '.4f')} | {f(r['sd_averaged'], '.4f')} | {f(r['ratio'], '.2f')} "
+            f"| {f(r.get('seed_factor'), '.2f')} |" for r in rows]
+    return out
 
 
 def render(text: str, root: Path = HERE) -> str:

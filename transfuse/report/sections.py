@@ -11,15 +11,15 @@ missing — so a renamed or broken section module fails the report and the test 
 from __future__ import annotations
 
 from ..store import Store
-from . import analysis, clinical, med3d, segmentation, selftrain, ssl  # noqa: F401 — each registers its section
+from . import analysis, averaging, clinical, med3d, segmentation, selftrain, ssl  # noqa: F401 — each registers its section
 from .html import SECTIONS, Section
 
 __all__ = ["SECTION_NAMES", "extra_sections"]
 
 #: The registered sections, in report order (the registry's ``order``); the test checks the
 #: registry holds exactly these.
-SECTION_NAMES = ("segmentation_dice", "clinical", "med3d_pretraining", "ssl_pretraining", "analysis",
-                 "selftrain")
+SECTION_NAMES = ("segmentation_dice", "clinical", "med3d_pretraining", "ssl_pretraining", "averaging",
+                 "analysis", "selftrain")
 
 
 def extra_sections(store: Store, study: str) -> list[Section]:

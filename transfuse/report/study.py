@@ -358,6 +358,10 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         costs, _ = ssl_costs(store, study)
         if costs:  # what each ssl: source of the study cost to pretrain
             data["pretraining"] = costs
+        from ..decide.averaging import averaging_dicts
+
+        if averaging := averaging_dicts(res):  # paired SD without / with weight averaging
+            data["averaging"] = averaging
         return _write(Path(out), json.dumps(data, indent=2, allow_nan=False) + "\n")
     note = _incomplete(res, progress)
     if dec.pilot:

@@ -4,6 +4,10 @@ Step-based: ``TrainSpec.steps`` optimiser steps (or ``epochs`` passes), validati
 ``eval_every`` steps and at the end, then the test split with the best-on-validation weights.
 Checkpoints ``init.pt`` (before any step — analysis compares init with final), ``best.pt`` and
 ``last.pt`` hold the unwrapped model's ``state_dict`` and load with ``weights_only=True``.
+With ``train.ema`` or ``train.swa`` (:mod:`transfuse.train.averaging`) the average is updated after
+each optimiser step, and the averaged weights are what is evaluated, selected on validation, saved
+in ``best.pt``/``last.pt`` and tested (SWA: from its start step on, with BatchNorm statistics
+recomputed on the training set); the average is part of ``resume.pt``.
 Segmentation data (``data.info.task == "segmentation"``) goes through the same loop: the loss,
 the whole-volume evaluation and the selection score (mean Dice instead of AUC) come from
 :mod:`transfuse.train.segment`.
@@ -34,6 +38,7 @@ from ..config import TrainSpec
 from ..data.base import PreparedData
 from ..errors import PreemptedError
 from .augment import make_augment
+from .averaging import make_averaging
 from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
 from .metrics import classification_metrics
@@ -253,6 +258,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     opt = make_optimizer(raw_model, spec, groups=finetune.param_groups())
     # One LambdaLR multiplier for every group: each group keeps its own (per-stage) base lr.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec, total))
+    averaging = make_averaging(spec, model=model, raw_model=raw_model, total=total, bn_data=data.train,
+                               batch_size=loaders.eval_batch_size, device=dev)  # train.ema/swa
     st = FitState.start(dev)
 
     def record(step: int, split: str, metrics: dict[str, float]) -> None:
@@ -260,8 +267,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
         if log is not None and main:
             log(step, split, metrics)
 
-    def evaluate_on(loader: DataLoader, step: int) -> tuple[dict[str, float], np.ndarray]:
-        return _evaluate(model, loader, data=data, device=dev, spec=spec, step=step)
+    def evaluate_on(loader: DataLoader, step: int, net: nn.Module = model) -> tuple[dict[str, float], np.ndarray]:
+        return _evaluate(net, loader, data=data, device=dev, spec=spec, step=step)
 
     primary = primary_metric(task)
     batches = BatchStream(loaders.train, loaders.generator)
@@ -271,8 +278,8 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     if ckpt is not None:  # a killed or preempted attempt left a checkpoint: continue from it
         if finetune.switch_step is not None and start > finetune.switch_step:
             finetune.on_step(finetune.switch_step, raw_model, opt, sched)  # the groups, first
-        for part, key in ((raw_model, "model"), (opt, "optimizer"), (sched, "scheduler")):
-            part.load_state_dict(ckpt[key])
+        for part, key in ((raw_model, "model"), (opt, "optimizer"), (sched, "scheduler"), (averaging, "averaging")):
+            part.load_state_dict(ckpt.get(key))
         st.restore(ckpt, record=record)
         st.best_state = _best_state(run_dir, st.best_step, dev)
         batches.restore(ckpt["stream"])
@@ -280,14 +287,14 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     else:
         if run_dir is not None and main:
             _save(raw_model, run_dir / "init.pt", 0)
-        record(0, "val", evaluate_on(loaders.val, 0)[0])
+        record(0, "val", evaluate_on(loaders.val, 0, averaging.evaluated(0)[0])[0])
 
     def checkpoint(step: int) -> None:
         if run_dir is not None and main:
             state = {"fingerprint": fingerprint, "step": step, "model": raw_model.state_dict(),
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      **st.saved(early_stop=spec.early_stop is not None),
-                     "stream": batches.state(), "rng": rng_state()}
+                     "stream": batches.state(), "rng": rng_state(), "averaging": averaging.state_dict()}
             atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
 
     bar = _progress_bar(total, start, enabled=progress and main)
@@ -299,6 +306,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
             loss, n = train_step(model, next(batches), step=step, seed=seed, rank=dist_info.rank,
                                  spec=spec, task=task, loaders=loaders, placed=placed,
                                  augment=augment, opt=opt, sched=sched, loss_fn=loss_fn, device=dev)
+            averaging.update(step)
             st.after_step(loss, n, step)
             bar.update(1)
             report_step(step)  # a study's progress bar, if one listens (transfuse._progress)
@@ -307,16 +315,13 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                 train_loss = st.train_loss(step, spec)  # waits for the queued steps to finish
                 # "lr": the schedule at train.lr (per-stage groups scale it by their multipliers)
                 record(step, "train", {"loss": train_loss, "lr": spec.lr * sched.lr_lambdas[0](step)})
-                val_metrics, val_probs = evaluate_on(loaders.val, step)
+                evaluated, holder = averaging.evaluated(step)  # the averaged weights, if any
+                val_metrics, val_probs = evaluate_on(loaders.val, step, evaluated)
                 record(step, "val", val_metrics)
-                val_score = val_metrics[primary]
-                score = val_score if math.isfinite(val_score) else -val_metrics["loss"]
-                if score > st.best_score:
-                    st.best_score, st.best_step, st.best_val_probs = score, step, val_probs
-                    st.best_state = {k: v.detach().clone() for k, v in raw_model.state_dict().items()}
-                    if run_dir is not None and main:
-                        _save(raw_model, run_dir / "best.pt", step)
-                bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_score:.3f}"})
+                score = val_metrics[primary] if math.isfinite(val_metrics[primary]) else -val_metrics["loss"]
+                if st.improved(score, step, val_probs, holder) and run_dir is not None and main:
+                    _save(holder, run_dir / "best.pt", step)
+                bar.set_postfix({"loss": f"{train_loss:.3f}", f"val_{primary}": f"{val_metrics[primary]:.3f}"})
                 eval_seconds += time.perf_counter() - t_eval
                 if st.early_stop(score, spec, step, total):
                     break
@@ -327,7 +332,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     seconds = time.perf_counter() - t0 - eval_seconds
     steps_done = st.stopped_step or total
     if run_dir is not None and main:
-        _save(raw_model, run_dir / "last.pt", steps_done)
+        _save(averaging.evaluated(steps_done)[1], run_dir / "last.pt", steps_done)
 
     test_metrics = _final_test(raw_model, st, evaluate_on=evaluate_on, loaders=loaders, data=data,
                                spec=spec, run_dir=run_dir if main else None)
@@ -395,7 +400,7 @@ def resume_fingerprint(spec: TrainSpec, seed: int, world_size: int) -> str:
         d.pop(k, None)
     from ..config import FINETUNE_DEFAULTS
 
-    for k in ("early_stop", "min_delta", "class_weights", "sampler"):  # added later: as before
+    for k in ("early_stop", "min_delta", "class_weights", "sampler", "ema", "swa"):  # added later
         if d.get(k) == FINETUNE_DEFAULTS[k]:
             d.pop(k)
     return json.dumps({"train": d, "seed": seed, "world_size": world_size}, sort_keys=True)

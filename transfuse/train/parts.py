@@ -239,6 +239,15 @@ class FitState:
         self.loss_acc.zero_()
         return loss
 
+    def improved(self, score: float, step: int, val_probs: np.ndarray, holder: nn.Module) -> bool:
+        """Keep ``holder``'s weights as the best so far when ``score`` beats the best (the caller
+        then writes ``best.pt``)."""
+        if score <= self.best_score:
+            return False
+        self.best_score, self.best_step, self.best_val_probs = score, step, val_probs
+        self.best_state = {k: v.detach().clone() for k, v in holder.state_dict().items()}
+        return True
+
     def early_stop(self, score: float, spec: TrainSpec, step: int, total: int) -> bool:
         """Count an evaluation for ``train.early_stop``; ``True`` (and ``stopped_step`` set) when
         training should end here."""
