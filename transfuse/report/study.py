@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import TransfuseError
@@ -22,6 +23,7 @@ from ..store import Store
 from ..study.decide import Decisions, Verdict, load_decisions
 from ..study.results import StudyResults
 from ..study.stats import Summary
+from .analyses import analysis_sections
 from .export import results_dict
 from .html import SECTIONS, Section, esc, figure_img, table
 from .methods import methods_section
@@ -292,7 +294,8 @@ def _write(out: Path, text: str) -> Path:
 
 
 def build_report(*, workspace: str | Path, study: str, out: str | Path, format: str = "html",
-                 study_spec: object = None) -> Path:
+                 study_spec: object = None, analyses: Sequence[str] = (),
+                 device: str | None = None) -> Path:
     """Write the study's report to ``out`` and return its path.
 
     Args:
@@ -303,6 +306,9 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
             ``transfuse.study-results/2``; see :mod:`transfuse.report.export`).
         study_spec: judge this version of the study (its cells, thresholds and evaluation)
             instead of the one its last ``study run`` recorded.
+        analyses: optional analyses to compute and add as sections (``forgetting``, ``change``,
+            ``transferability``; :mod:`transfuse.report.analyses`), in the JSON as ``analyses``.
+        device: where those analyses run their forward passes (default CPU).
 
     Raises:
         TransfuseError: no run store in ``workspace``, no runs of ``study`` in it, or a bad format.
@@ -326,6 +332,7 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
 
         ids = [run_id(s) for s in expand(study_spec)]  # type: ignore[arg-type]
     progress = study_progress(store=store, study=study, run_ids=ids)
+    extra, analysis_data = analysis_sections(workspace=ws, study=study, names=analyses, device=device)
     if format == "json":
         data = results_dict(res, dec)
         data["runs"]["progress"] = progress
@@ -334,11 +341,13 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
         costs, _ = ssl_costs(store, study)
         if costs:  # what each ssl: source of the study cost to pretrain
             data["pretraining"] = costs
+        if analyses:
+            data["analyses"] = analysis_data
         return _write(Path(out), json.dumps(data, indent=2, allow_nan=False) + "\n")
     sections = [_summary_section(res, dec, info, progress), _verdicts_section(res, dec)]
     forest = _forest_section(res, dec)
     sections += [forest] if forest else []
-    sections += [_cells_section(res), *_figures(res), *_extra_sections(store, study),
+    sections += [_cells_section(res), *_figures(res), *_extra_sections(store, study), *extra,
                  methods_section(res, dec)]
     from .. import __version__
 
