@@ -346,7 +346,7 @@ def render_change(study: str, d: dict) -> str:
         for q in comps:
             decided = not str(q["verdict"]).startswith("undecided")
             p = q["predicted"]
-            pred = " / ".join("–" if p.get(k) is None else f"{p[k]:+d}"
+            pred = " / ".join("–" if p.get(k) is None else f"{p[k]:+d}" if p[k] else "0"
                               for k in ("width", "parameters", "update_rms"))
             lines.append(f"| {change_code(q) if decided else ''} | {q['size']} | {q['arm']} | "
                          f"{q['stage']} | {q['smaller']} → {q['larger']} | {q['verdict']} | "
