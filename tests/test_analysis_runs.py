@@ -185,7 +185,7 @@ def test_positions_policy_compares_only_maps_of_one_size(ws):
 
 
 def test_runs_share_analysis_images_only_on_the_same_data():
-    from transfuse.analysis.runs import _Images
+    from transfuse.analysis.runs import AnalysisImages as _Images
 
     test, train = _Images(AnalysisOptions()), _Images(AnalysisOptions(split="train"))
     a, b = rec("a", "random", 0, n_train=64), rec("b", "random", 0, n_train=None)

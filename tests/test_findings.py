@@ -33,7 +33,7 @@ render = _render_module()
 
 def test_every_generated_block_equals_its_rendering_from_the_committed_json():
     text = FINDINGS.read_text()
-    studies = [m["study"] for m in render.BEGIN.finditer(text)]
+    studies = [m["study"] for m in render.BEGIN.finditer(text) if not m["analysis"]]
     # every study with a committed JSON has its block, every block its JSON
     assert sorted(studies) == sorted(render.STUDIES)
     for s in studies:
@@ -241,3 +241,46 @@ def test_snapshot_store_copies_a_study_outside_the_repo_and_refuses_a_tracked_de
     with pytest.raises(SystemExit, match="inside a git work tree and not ignored"):
         snap.main(str(tmp_path / "ws"), "finetune", str(inside))
     assert not inside.exists()  # refused before writing anything
+
+
+def _change_json():
+    q = {"dataset": "d", "size": "all", "arm": "pretrained", "smaller": "cbr_tiny",
+         "larger": "cbr_small", "stage": "block3", "verdict": "better_beyond_margin", "mean": 0.2,
+         "ci_low": 0.1, "ci_high": 0.3, "predicted": {"width": 0, "parameters": 1, "update_rms": None}}
+    und = {**q, "stage": "head", "verdict": "undecided", "ci_low": None, "ci_high": None}
+    stage = {"stage": "block3", "width": 256, **{m: {"n": 3, "mean": 0.9, "ci_low": 0.8, "ci_high": 1.0}
+                                                for m in ("cka", "relative_change", "update_rms",
+                                                          "lr", "effective_lr")}}
+    return {"study": "transfusion", "options": {"margin": 0.05}, "comparisons": [q, und],
+            "cells": [{"model": "cbr_tiny", "size": "all", "arm": "pretrained", "stages": [stage]}],
+            "tracks": {"sentence": "Changing less tracks the parameter count best here."}}, q, und
+
+
+def test_analysis_blocks_render_from_their_json_and_their_codes_can_be_cited(tmp_path):
+    import shutil
+
+    root = tmp_path / "findings"
+    (root / "transfusion").mkdir(parents=True)
+    shutil.copy(ROOT / "docs/findings/transfusion/results.json", root / "transfusion")
+    d, q, und = _change_json()
+    (root / "transfusion" / "change.json").write_text(json.dumps(d))
+    (root / "transfusion" / "transferability.json").write_text(json.dumps({"agreements": [
+        {"model": "m", "size": "all", "estimator": "logme", "arms": ["a", "b", "c"], "tau": 1 / 3,
+         "ci_low": -1 / 3, "ci_high": 1.0, "n_seeds": 3},
+        {"model": "m", "size": "all", "estimator": "leep", "arms": ["a", "b", "c"], "tau": 1.0,
+         "ci_low": 1 / 3, "ci_high": 1.0, "n_seeds": 3}], "skipped": {}}))
+    text = ("# F\n\n<!-- BEGIN generated: transfusion/change -->\n<!-- END generated -->\n\n"
+            "<!-- BEGIN generated: transfusion/transferability -->\n<!-- END generated -->\n")
+    out = render.render(text, root)
+    assert render.render(out, root) == out  # stable
+    code = render.change_code(q)
+    assert code.startswith("C") and f"| {code} | all | pretrained | block3 |" in out
+    assert "| 0.900 [0.800, 1.000] |" in out and "+0.200 [+0.100, +0.300]" in out
+    assert "Changing less tracks the parameter count best here." in out
+    assert "| leep | 1 of 1 | +1.00 | 1 | 0 | 0 |" in out and "Highest mean τ: `leep` (+1.00)." in out
+    ok = out + f"\nThe larger CBR changed less at block3, which helped [transfusion {code}].\n"
+    assert render.lint(ok, root) == []
+    bad = out + f"\nThe head barely changes [transfusion {render.change_code(und)}].\n"
+    assert len(render.lint(bad, root)) == 1
+    with pytest.raises(SystemExit, match="needs .*forgetting.json"):
+        render.render("<!-- BEGIN generated: transfusion/forgetting -->\n<!-- END generated -->\n", root)

@@ -30,7 +30,8 @@ from .train.loop import fit
 from .train.resume import RESUME_FILE
 from .weights import SourceWeights, resolve_source
 
-__all__ = ["train_run", "RunOutcome", "check_compatible", "check_sizes", "environment"]
+__all__ = ["train_run", "RunOutcome", "check_compatible", "check_sizes", "environment",
+           "initial_model"]
 
 
 
@@ -245,6 +246,22 @@ def build_run(spec: RunSpec, data: PreparedData, *, source: SourceWeights | None
     init_report = {**report.to_dict(), "source_info": source.to_dict() if source else None}
     finetune = plan_finetune(model, spec.train).describe()  # a bad train.finetune fails here
     return _Built(model, dims, init_report, finetune)
+
+
+def initial_model(spec: RunSpec, *, workspace: str | Path) -> torch.nn.Module:
+    """The run's model exactly as :func:`train_run` builds it before its first step (the weights
+    its ``init.pt`` holds): same data preparation, seed, model and init, nothing trained.
+
+    Args:
+        spec: the run (e.g. ``spec_from_dict(record.spec)``).
+        workspace: where its ``run:``/``pretrain:``/``ssl:`` source lives.
+
+    Raises:
+        TransfuseError: as :func:`train_run` would for bad input (nothing is stored).
+    """
+    source, norm = check_run(spec, workspace, False)
+    data = load_dataset(spec.data, norm=norm)
+    return build_run(spec, data, source=source, workspace=workspace).model
 
 
 def begin_run(store: Store, spec: RunSpec, built: _Built, data: PreparedData, *, run_dir: Path,

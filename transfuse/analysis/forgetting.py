@@ -20,7 +20,7 @@ a single weight update.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,17 +28,21 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["hybrid_scores", "run_forgetting", "study_forgetting", "RunForgetting", "ArmCurve"]
+__all__ = ["hybrid_scores", "run_forgetting", "study_forgetting", "RunForgetting", "ArmCurve",
+           "arm_curves"]
 
 
 def hybrid_scores(source: Any, finetuned: Mapping[str, Any], data: Any, *, device: Any = None,
-                  max_examples: int | None = None) -> list[tuple[str, float]]:
+                  max_examples: int | None = None,
+                  score: Callable[[np.ndarray, np.ndarray], float] | None = None
+                  ) -> list[tuple[str, float]]:
     """Source-task macro AUC of each hybrid: ``[(stage kept up to, score), ...]``.
 
     Args:
         source: the source model (its own head, weights loaded), built by ``create_model``.
         finetuned: the fine-tuned run's state dict (its head is never used).
         data: the source task's prepared dataset; its ``test`` split is scored.
+        score: ``score(probs (N, C), labels (N,)) -> float`` instead of the macro AUC.
 
     Returns:
         ``[("none", s0), ("stem", s1), ("block1", s2), ...]``: ``none`` is the source itself; each
@@ -81,7 +85,8 @@ def hybrid_scores(source: Any, finetuned: Mapping[str, Any], data: Any, *, devic
                 probs.append(torch.softmax(source(batch[0].to(dev)).double(), 1).cpu())
                 ys.append(torch.as_tensor(batch[1]).reshape(len(batch[0]), -1)[:, 0].long())
         p, y = torch.cat(probs).numpy(), torch.cat(ys).numpy()
-        out.append((name, float(auroc(p, y, task="multiclass").macro)))
+        out.append((name, float(score(p, y) if score is not None
+                                else auroc(p, y, task="multiclass").macro)))
     source.load_state_dict(base)
     return out
 
@@ -195,7 +200,6 @@ def study_forgetting(store: Any, study: str, *, device: Any = None, max_examples
     over those questions, ``margin`` in source-task AUC).
     """
     from ..decide.results import load_results
-    from ..decide.verdicts import decide_family
 
     res = load_results(store, study)
     cache: dict[str, Any] = {}
@@ -206,6 +210,15 @@ def study_forgetting(store: Any, study: str, *, device: Any = None, max_examples
             continue
         runs.append(run_forgetting(store, row.run_id, arm=row.init, device=device,
                                    max_examples=max_examples, cache=cache))
+    return runs, arm_curves(runs, margin=margin, alpha=alpha, reference=reference)
+
+
+def arm_curves(runs: Sequence[RunForgetting], *, margin: float = 0.01, alpha: float = 0.05,
+               reference: str = "full") -> list[ArmCurve]:
+    """Per (model, size, arm): the curve's mean and t-interval over seeds, whether it is monotone
+    within its intervals, and each strategy vs full fine-tuning on the last point (Holm)."""
+    from ..decide.verdicts import decide_family
+
     groups: dict[tuple[str, str, str], list[RunForgetting]] = defaultdict(list)
     for r in runs:
         groups[(r.model, r.size, r.arm)].append(r)
@@ -240,7 +253,7 @@ def study_forgetting(store: Any, study: str, *, device: Any = None, max_examples
             c.verdict = {"versus": base_arm, "verdict": d.verdict, "mean": d.mean,
                          "ci_low": d.ci_low, "ci_high": d.ci_high, "n": len(diffs),
                          "margin": margin}
-    return runs, curves
+    return curves
 
 
 def _full_arm(arm: str, reference: str) -> str | None:

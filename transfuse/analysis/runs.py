@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,7 +33,8 @@ from .results import (KINDS, AnalysisMeta, FilterSnapshot, LayerGrid, RunInfo, S
                       WeightChange, clean, to_payload)
 
 __all__ = ["AnalysisOptions", "Pair", "AnalysisSummary", "default_pairs", "parse_pairs",
-           "analyze_study", "run_info", "weight_change", "filter_snapshot", "load_checkpoint"]
+           "analyze_study", "run_info", "weight_change", "filter_snapshot", "load_checkpoint",
+           "run_model", "AnalysisImages"]
 
 BASELINE = "random"
 MIN_POINTS = 16
@@ -185,7 +187,8 @@ def load_checkpoint(r: RunRecord, which: str) -> dict[str, torch.Tensor]:
     return ck["state_dict"] if isinstance(ck, dict) and "state_dict" in ck else ck
 
 
-def _model(r: RunRecord, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def run_model(r: RunRecord, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The run's model (as its record describes it) with ``state`` loaded."""
     from ..inits import init_model_kwargs
     from ..models import create_model
 
@@ -197,10 +200,12 @@ def _model(r: RunRecord, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     return model
 
 
-class _Images:
-    """The analysis images of each dataset, loaded once, un-normalised (normalised per run)."""
+class AnalysisImages:
+    """The analysis images of each dataset, loaded once, un-normalised (normalised per run).
 
-    def __init__(self, opts: AnalysisOptions) -> None:
+    ``opts`` needs ``split``, ``images`` and ``seed`` (an :class:`AnalysisOptions` has them)."""
+
+    def __init__(self, opts: Any) -> None:
         self.opts = opts
         self._raw: dict[str, torch.Tensor] = {}
 
@@ -238,7 +243,7 @@ class _Images:
 
 def _capture(r: RunRecord, state: dict, images: torch.Tensor, opts: AnalysisOptions,
              device: str | None) -> Activations:
-    model = _model(r, state)
+    model = run_model(r, state)
     if device:
         model.to(device)
     return capture_activations(model, images.split(opts.batch_size), policy=opts.policy,
@@ -355,7 +360,7 @@ def analyze_study(*, workspace: str | Path, study: str, pairs: Sequence[str] | N
     for p in plist:
         for rid in (p.a, p.b):
             records.setdefault(rid, store.get_run(rid))
-    images = _Images(opts)
+    images = AnalysisImages(opts)
     for r in records.values():  # every input problem surfaces before anything is computed or stored
         images.check(r)
         _checkpoint_path(r, "init")

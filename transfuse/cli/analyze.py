@@ -34,10 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "re-attached to the fine-tuned stem..stage k, scored on the source's test "
                          "split, per arm over seeds, each strategy vs full fine-tuning (runs with a "
                          "run: source; default: off)")
-    an.add_argument("--margin", type=float, default=0.01,
-                    help="--forgetting: source-task AUC margin of the verdicts (default 0.01)")
+    an.add_argument("--change", action="store_true",
+                    help="instead: why do large models change less — per model and stage, "
+                         "CKA(init, final) on the probe images, relative weight change, "
+                         "per-parameter update size and effective learning rate over seeds with "
+                         "intervals, and verdicts between successive model sizes (default: off)")
+    an.add_argument("--margin", type=float, default=None,
+                    help="verdict margin: source-task AUC for --forgetting (default 0.01), CKA "
+                         "for --change (default 0.05)")
     an.add_argument("--json", default=None, metavar="FILE",
-                    help="--forgetting: also write the curves as JSON (default: print only)")
+                    help="--forgetting/--change: also write the results as JSON (default: print "
+                         "only)")
     add_device(an, default="cpu")
     add_progress(an)
 
@@ -46,16 +53,35 @@ def _forgetting(a: argparse.Namespace) -> int:
     import json
 
     from ..analysis.forgetting import study_forgetting
+    from ..analysis.forgetting_imagenet import study_imagenet_forgetting
     from ..errors import TransfuseError
     from ..store import Store
 
-    runs, curves = study_forgetting(Store(workspace_of(a)), a.study, device=a.device,
-                                    margin=a.margin)
-    if not runs:
+    store = Store(workspace_of(a))
+    runs, curves = study_forgetting(store, a.study, device=a.device,
+                                    margin=0.01 if a.margin is None else a.margin)
+    inet = study_imagenet_forgetting(store, a.study, device=a.device)
+    if not runs and inet is None:
         raise TransfuseError(f"study {a.study!r} has no finished run initialised from a run: source "
-                             "(a source with its own task head); nothing to measure")
-    print(f"study {a.study}: source-task macro AUC after keeping the fine-tuned stem..stage k under "
-          f"the source's head ({len(runs)} runs; mean [95 % CI] over seeds)")
+                             "or with ImageNet weights (a source with its own task head); nothing "
+                             "to measure")
+    if runs:
+        print(f"study {a.study}: source-task macro AUC after keeping the fine-tuned stem..stage k "
+              f"under the source's head ({len(runs)} runs; mean [95 % CI] over seeds)")
+    _print_curves(curves)
+    if inet is not None:
+        print(f"study {a.study}: {inet.caption()} ({len(inet.runs)} runs; mean [95 % CI] over seeds)")
+        _print_curves(inet.curves)
+    if a.json:
+        data = {"study": a.study, "curves": [c.to_dict() for c in curves],
+                "runs": [r.__dict__ for r in runs]}
+        if inet is not None:
+            data["imagenet"] = inet.to_dict()
+        Path(a.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def _print_curves(curves: list) -> None:
     for c in curves:
         pts = "  ".join(f"{s} {m:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
                         for s, m, lo, hi in zip(c.stages, c.mean, c.ci_low, c.ci_high))
@@ -67,17 +93,21 @@ def _forgetting(a: argparse.Namespace) -> int:
             v = c.verdict
             print(f"    vs {v['versus']} on the whole encoder: {v['verdict']} {v['mean']:+.3f} "
                   f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] ({v['n']} seeds, margin ±{v['margin']:g})")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"study": a.study, "curves": [c.to_dict() for c in curves],
-                                            "runs": [r.__dict__ for r in runs]}, indent=2) + "\n")
-    return 0
 
 
 def _analyze(a: argparse.Namespace) -> int:
     from ..analysis.runs import AnalysisOptions, analyze_study
 
+    if a.forgetting and a.change:
+        from ..errors import ConfigError
+
+        raise ConfigError("--forgetting and --change are separate analyses; give one of them")
     if a.forgetting:
         return _forgetting(a)
+    if a.change:
+        from .analyze_change import change_command
+
+        return change_command(a)
 
     measures = tuple(m.strip() for m in a.measures.split(",") if m.strip())
     opts = AnalysisOptions(images=a.images, split=a.split, policy=a.policy, per_image=a.per_image,

@@ -25,12 +25,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--format", default="html", choices=("html", "json"),
                      help="html: the report; json: every cell, comparison and verdict, schema "
                           "transfuse.study-results/2 (default html)")
+    rep.add_argument("--sections", default=None, metavar="NAMES",
+                     help="also compute these analyses on the study's store and add them to the "
+                          "report (HTML sections; the JSON's 'analyses'): a comma list of "
+                          "forgetting, change, transferability (default: none; each runs forward "
+                          "passes over the study's runs)")
+    rep.add_argument("--device", default=None, help="--sections: cpu, cuda or cuda:N for their "
+                     "forward passes (default: cpu)")
     rep.add_argument("-o", "--output", default=None,
                      help="file to write (default WORKSPACE/report-STUDY.html or .json)")
 
 
 def _report(a: argparse.Namespace) -> int:
+    from ..report.analyses import parse_sections
     from ..report.study import build_report
+
+    names = parse_sections(a.sections)  # a typo fails before anything is computed
 
     ws = workspace_of(a)
     spec = None
@@ -46,6 +56,7 @@ def _report(a: argparse.Namespace) -> int:
         raise TransfuseError("give --study NAME (see `transfuse runs list`) or --study-file FILE")
     ext = "json" if a.format == "json" else "html"
     out = a.output or str(Path(ws) / f"report-{check_name(a.study, field='--study')}.{ext}")
-    path = build_report(workspace=ws, study=a.study, out=out, format=a.format, study_spec=spec)
+    path = build_report(workspace=ws, study=a.study, out=out, format=a.format, study_spec=spec,
+                        analyses=names, device=a.device)
     print(f"report: {path.resolve()}")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic import write_text
@@ -27,6 +28,7 @@ from ..decide.decisions import Decisions, Verdict, load_decisions
 from ..decide.results import StudyResults
 from ..decide.selection import study_progress
 from ..decide.stats import Summary
+from .analyses import analysis_sections
 from .export import results_dict
 from ..decide.headline import workspace_cells
 from .card import card_section
@@ -318,7 +320,8 @@ def _write(out: Path, text: str) -> Path:
 
 
 def build_report(*, workspace: str | Path, study: str, out: str | Path, format: str = "html",
-                 study_spec: object = None) -> Path:
+                 study_spec: object = None, analyses: Sequence[str] = (),
+                 device: str | None = None) -> Path:
     """Write the study's report to ``out`` and return its path.
 
     Args:
@@ -329,6 +332,9 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
             ``transfuse.study-results/2``; see :mod:`transfuse.report.export`).
         study_spec: judge this version of the study (its cells, thresholds and evaluation)
             instead of the one its last ``study run`` recorded.
+        analyses: optional analyses to compute and add as sections (``forgetting``, ``change``,
+            ``transferability``; :mod:`transfuse.report.analyses`), in the JSON as ``analyses``.
+        device: where those analyses run their forward passes (default CPU).
 
     Raises:
         TransfuseError: no run store in ``workspace``, no runs of ``study`` in it, or a bad format.
@@ -351,6 +357,7 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
                              f"run `transfuse study run FILE --workspace {ws}` first")
     progress = study_progress(store=store, study=study, run_ids=None if current is None else list(current))
     data = results_dict(res, dec, others=workspace_cells(store, exclude=study, metric=res.metric))
+    extra, analysis_data = analysis_sections(workspace=ws, study=study, names=analyses, device=device)
     if format == "json":
         data["runs"]["progress"] = progress
         from .ssl import ssl_costs
@@ -362,6 +369,8 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
 
         if averaging := averaging_dicts(res):  # paired SD without / with weight averaging
             data["averaging"] = averaging
+        if analyses:
+            data["analyses"] = analysis_data
         return _write(Path(out), json.dumps(data, indent=2, allow_nan=False) + "\n")
     note = _incomplete(res, progress)
     if dec.pilot:
@@ -370,7 +379,7 @@ def build_report(*, workspace: str | Path, study: str, out: str | Path, format: 
                 _verdicts_section(res, dec)]
     forest = _forest_section(res, dec)
     sections += [forest] if forest else []
-    sections += [_cells_section(res), *_figures(res), *extra_sections(store, study),
+    sections += [_cells_section(res), *_figures(res), *extra_sections(store, study), *extra,
                  methods_section(res, dec)]
     from .. import __version__
 
