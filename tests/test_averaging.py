@@ -17,8 +17,9 @@ from transfuse.errors import ConfigError
 from transfuse.models import create_model
 from transfuse.train.averaging import make_averaging
 from transfuse.train.cohort import cohort_refusal
-from transfuse.train.loop import evaluate, fit
+from transfuse.train.loop import evaluate
 from transfuse.train.resume import RESUME_FILE
+from tests.test_resume import Stop, _fit  # the killed-and-resumed fit of the resume tests
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -153,21 +154,6 @@ def brain():
     return load_dataset(DataSpec(name="builtin:brain_tissue", n_train=64))
 
 
-class Stop(KeyboardInterrupt):
-    pass
-
-
-def _fit(data, spec: TrainSpec, run_dir: Path, stop_at: int | None = None):
-    torch.manual_seed(0)
-    model = create_model("cbr_tiny", spatial_dims=2, in_channels=data.info.in_channels,
-                         num_classes=data.info.num_classes)
-
-    def log(step, split, metrics):
-        if stop_at is not None and step == stop_at and split == "val":
-            raise Stop()
-
-    res = fit(model, data, spec, seed=3, device="cpu", run_dir=run_dir, log=log, progress=False)
-    return model, res
 
 
 def _loaders(data):

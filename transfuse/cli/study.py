@@ -118,10 +118,6 @@ def _plan(a: argparse.Namespace, study) -> int:
     if own and a.pilot is None and a.sd is None:  # the study's own runs: its verdicts
         for line in verdict_plan(store, name, evaluation=study.evaluation, max_seeds=a.max_seeds):
             print(line)
-        from ..decide.decisions import load_decisions
-        from ..decide.averaging import print_averaging
-
-        print_averaging(load_decisions(store, name, evaluation=study.evaluation)[0])  # with/without train.ema, train.swa
         return 0
     plan, ran, ok = plan_study(study, workspace=ws, file=a.file, smoke=a.smoke, pilot=a.pilot,
                                sd=a.sd, max_seeds=a.max_seeds, sets=a.set or (), device=a.device,

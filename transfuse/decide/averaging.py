@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import Any
 
 from ..arms import split_averaging
 from .results import StudyResults
 
-__all__ = ["AveragingRow", "averaging_rows", "averaging_dicts", "averaging_lines", "print_averaging"]
+__all__ = ["AveragingRow", "averaging_rows", "averaging_dicts", "averaging_lines"]
 
 
 @dataclass(frozen=True)
@@ -134,9 +133,3 @@ def averaging_lines(res: StudyResults) -> list[str]:
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
               for line in [headers, *table]]
     return lines
-
-
-def print_averaging(res: StudyResults, *, file: IO[str] | None = None) -> None:
-    """Print :func:`averaging_lines` (nothing when the study varies no averaging)."""
-    for line in averaging_lines(res):
-        print(line, file=file or sys.stdout)

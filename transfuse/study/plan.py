@@ -39,6 +39,7 @@ from scipy import stats
 from ..config import RunSpec, run_id
 from ..errors import ConfigError, TransfuseError
 from ..store import Store
+from ..decide.averaging import averaging_lines
 from ..decide.decisions import Evaluation, load_decisions, questions
 from ..decide.design import margin_for_seeds
 from ..decide.results import cell_keys, load_results
@@ -508,5 +509,5 @@ def verdict_plan(store: Store, name: str, *, evaluation: Evaluation | None = Non
         rows.append([q.model, q.size, q.arm, q.endpoint, str(v.n),
                      "–" if not math.isfinite(mean) else f"{mean:+.4f}",
                      "–" if not math.isfinite(sd) else f"{sd:.4f}", v.verdict, need, need2, m_max])
-    return lines + table(headers, rows)
+    return lines + table(headers, rows) + averaging_lines(res)  # paired SD without / with train.ema/swa
 
