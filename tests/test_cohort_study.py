@@ -55,7 +55,8 @@ def test_cohorts_group_cells_that_differ_only_in_seed_and_init(tmp_path):
             assert len({s["model"]["name"] for s in t.specs}) == 1
     assert resolve_cohort("auto", device="cpu", executor="local", specs=specs) == 1
     assert resolve_cohort(4, device="cpu", executor="local", specs=specs) == 4
-    assert resolve_cohort(4, device="cpu", executor="ray", specs=specs) == 1
+    assert resolve_cohort(4, device="cpu", executor="ray", specs=specs) == 4  # one Ray task each
+    assert resolve_cohort("auto", device=None, executor="ray", specs=specs) == 1  # no GPU tasks
     assert parse_cohort("off") == "off" and parse_cohort("8") == 8
 
 

@@ -52,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--cohort", default="auto", metavar="auto|off|N",
                            help="train runs that differ only in seed and init together as one "
                                 "vectorised model, each stored as its own run: auto (on CUDA, "
-                                "cohorts that fit the GPU's memory; off on the CPU), off, or the "
-                                "largest cohort size; local executor only (default auto)")
+                                "cohorts that fit the GPU's memory; off on the CPU; on Ray up to 8 "
+                                "where tasks get GPUs, each cohort one Ray task), off, or the "
+                                "largest cohort size (default auto)")
             add_device(q)
             add_progress(q)
             add_tensorboard(q)

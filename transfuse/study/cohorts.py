@@ -15,9 +15,10 @@ from ..config import RunSpec, spec_from_dict
 from ..errors import ConfigError
 from .task import CohortTask, RunTask
 
-__all__ = ["resolve_cohort", "group_cohorts", "AUTO_MAX"]
+__all__ = ["resolve_cohort", "group_cohorts", "AUTO_MAX", "RAY_AUTO"]
 
 AUTO_MAX = 64  #: the largest cohort ``auto`` forms
+RAY_AUTO = 8  #: the cohort ``auto`` forms on a Ray cluster's GPUs (give N for more)
 
 
 def parse_cohort(value: str | int | None) -> str | int:
@@ -48,16 +49,24 @@ def _member_bytes(spec: RunSpec) -> int:
 
 
 def resolve_cohort(value: str | int | None, *, device: str | None, executor: str,
-                   specs: list[RunSpec]) -> int:
-    """The largest cohort to form (``1``: none)."""
+                   specs: list[RunSpec], task_gpus: float | None = None) -> int:
+    """The largest cohort to form (``1``: none).
+
+    On Ray (``executor="ray"``, resolved by the driver once the cluster is known) ``auto`` forms
+    cohorts of up to :data:`RAY_AUTO` where each task gets a GPU (``task_gpus > 0``), since the
+    driver cannot see the workers' free memory; a size ``N`` is taken as given.
+    """
     v = parse_cohort(value)
-    if v == "off" or executor != "local":  # Ray tasks carry single runs
+    if v == "off":
         return 1
     if isinstance(v, int):
         return v
+    cpu = device is not None and device.startswith("cpu")
+    if executor != "local":
+        return RAY_AUTO if task_gpus and not cpu else 1
     import torch
 
-    if device == "cpu" or (device or "cuda").startswith("cpu") or not torch.cuda.is_available():
+    if cpu or not torch.cuda.is_available():
         return 1
     try:
         free, _ = torch.cuda.mem_get_info()

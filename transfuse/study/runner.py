@@ -240,8 +240,9 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
             :mod:`transfuse.study.adaptive`); an earlier record is kept when ``None``.
         tensorboard: every run also writes TensorBoard events (see :mod:`transfuse.live`).
         cohort: ``auto`` (on CUDA: fuse runs that differ only in seed and init into cohorts
-            that fit the GPU; on the CPU: off), ``off``, or the largest cohort size
-            (:mod:`transfuse.study.cohorts`; local executor only).
+            that fit the GPU; on the CPU: off; on Ray: up to 8 where tasks get GPUs), ``off``,
+            or the largest cohort size (:mod:`transfuse.study.cohorts`); on Ray a cohort is one
+            task (:func:`~transfuse.study.remote.cohort_in_scratch`).
 
     Returns:
         :class:`StudyOutcome`.
@@ -363,13 +364,12 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
                 bar.update(sum(weight.get(r, 1) for r in outcome.busy[-len(blocked):]) if blocked else 0)
             if not tasks:
                 continue
-            tasks = group_cohorts(tasks, cohort_size)
             if executor == "ray":  # the driver stores every run; workers never see the workspace
-                from .remote import run_on_ray
+                from .remote import run_on_ray  # it forms the cohorts once it knows the cluster
 
                 run_on_ray(tasks, workspace=workspace, workers=workers, address=address,
-                           on_done=on_done, placement=placement)
-            elif _local(tasks, workers, on_done, slots):
+                           on_done=on_done, placement=placement, cohort=cohort)
+            elif _local(group_cohorts(tasks, cohort_size), workers, on_done, slots):
                 stopped = True
                 break
     finally:
