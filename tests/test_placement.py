@@ -111,7 +111,7 @@ def test_ray_runs_get_distinct_fake_gpus_and_at_most_two_at_once(tmp_path):
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = run_study(load_study(f), workspace=tmp_path / "ws", executor="ray", progress=False,
-                        placement=Placement(gpus_per_run=1))
+                        placement=Placement(gpus_per_run=1), cohort="off")  # runs, not cohorts
     finally:
         ray.shutdown()
     assert out.ok and len(out.finished) == 6

@@ -197,3 +197,15 @@ def test_a_cohort_task_lost_on_the_cluster_fails_every_member(tmp_path):
     assert [o[:2] for o in out] == [(rid, "failed") for rid in rids]
     assert all("failed on the cluster: RuntimeError: node lost" in o[2] for o in out)
     assert all(driver.get_run(rid).status == "failed" for rid in rids)
+
+
+def test_an_auto_cohort_that_lands_off_cuda_trains_its_members_alone(tmp_path):
+    """`--cohort auto` on a Ray cluster with GPUs forms cohorts; one that lands where there is no
+    CUDA (fake GPUs, `--device cpu`) runs its members one after another, as `auto` does on a CPU."""
+    from transfuse.study.task import execute_any
+
+    specs = expand(_study(tmp_path))
+    ws = tmp_path / "ws"
+    out = execute_any(CohortTask(tuple(s.to_dict() for s in specs), str(ws), "cpu", 1, auto=True))
+    assert [o[:2] for o in out] == [(run_id(s), "finished") for s in specs]
+    assert all("cohort" not in r.env for r in Store(ws).list_runs())

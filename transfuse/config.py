@@ -36,6 +36,7 @@ _SEGMENTATION_DEFAULTS: dict[str, Any] = {"patch_size": None, "spacing": None, "
 FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "head_lr_mult": 1.0,
                                       "freeze_bn": False, "augment": "none",
                                       "checkpoint_every": None, "compile": False, "preload": "auto",
+                                      "cuda_graph": "auto",
                                       # issue 33: early stopping, imbalance, operating point
                                       "early_stop": None, "min_delta": 0.0, "class_weights": "none",
                                       "sampler": "random", "operating_point": "youden",
@@ -43,8 +44,9 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "he
                                       "ema": None, "swa": None}
 # How a run is computed, not what: left out of the run id (as data.data_root), so switching them
 # on for speed finds the runs already stored.
-_EXECUTION_KEYS = ("checkpoint_every", "compile", "preload")
+_EXECUTION_KEYS = ("checkpoint_every", "compile", "preload", "cuda_graph")
 PRELOADS = ("auto", "always", "never")
+CUDA_GRAPHS = ("auto", "on", "off")
 FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
 
 
@@ -273,6 +275,13 @@ class TrainSpec:
             the same batches as the data loader, without its per-example collation; ``always``
             insists (an error when it does not fit or the data is not in memory), ``never``
             keeps the data loader. Not part of the run id.
+        cuda_graph: capture the forward and backward pass of a training step in a CUDA graph,
+            replayed every step (the optimiser step and schedule stay eager):
+            ``auto`` where the step can be captured (CUDA, one process, the training set
+            preloaded, no augmentation, ``compile``, LP-FT switch or weight averaging; the
+            reason it was not is stored in the run's summary), ``on`` insists (a one-line
+            error where it cannot), ``off`` never. See :mod:`transfuse.train.graph`. Not part
+            of the run id.
         early_stop: stop after this many evaluations without the validation score (AUC, Dice)
             improving by more than ``min_delta`` over its best (``None``: train every step);
             the step it stopped at is the run's ``stopped_step``.
@@ -318,6 +327,7 @@ class TrainSpec:
     checkpoint_every: int | None = None
     compile: bool = False
     preload: str = "auto"
+    cuda_graph: str | bool = "auto"  # YAML 1.1 reads a bare on/off as a bool: normalised below
     early_stop: int | None = None
     min_delta: float = 0.0
     class_weights: str = "none"
@@ -339,6 +349,9 @@ class TrainSpec:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.augment", self.augment, AUGMENTS)
         _check_choice("train.preload", self.preload, PRELOADS)
+        if isinstance(self.cuda_graph, bool):  # YAML 1.1 reads a bare on/off as true/false
+            object.__setattr__(self, "cuda_graph", "on" if self.cuda_graph else "off")
+        _check_choice("train.cuda_graph", self.cuda_graph, CUDA_GRAPHS)
         finetune_parts(self.finetune)
         for nm in ("layer_decay", "head_lr_mult"):
             if not getattr(self, nm) > 0:
@@ -433,8 +446,8 @@ def run_id(spec: RunSpec) -> str:
 
     ``data.data_root`` is left out: where the files sit on this machine does not change what the
     run is, so a study resumes after its data moves (or on another node of a cluster); so are
-    ``train.checkpoint_every``, ``train.compile`` and ``train.preload``, which change how a run
-    is computed, not what.
+    ``train.checkpoint_every``, ``train.compile``, ``train.preload`` and ``train.cuda_graph``,
+    which change how a run is computed, not what.
     """
     d = spec.to_dict()
     d["data"].pop("data_root", None)

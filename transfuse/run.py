@@ -26,6 +26,7 @@ from .models import create_model, get_stages
 from .store import RunRecord, Store
 from .train.device import resolve_device, seed_everything
 from .train.finetune import plan_finetune
+from .train.graph import check_cuda_graph
 from .train.loop import fit
 from .train.resume import RESUME_FILE
 from .weights import SourceWeights, resolve_source
@@ -288,7 +289,9 @@ def finish_run(store: Store, rid: str, result: Any) -> None:
         # this attempt continued a killed one from its mid-run checkpoint at that step
         "resumed_from": result.resumed_from,
         # train.early_stop ended it here (only then: older summaries keep their keys)
-        **({"stopped_step": result.stopped_step} if getattr(result, "stopped_step", None) else {})})
+        **({"stopped_step": result.stopped_step} if getattr(result, "stopped_step", None) else {}),
+        # train.cuda_graph on CUDA: "captured", "off" or why it was not (nothing on the CPU)
+        **({"cuda_graph": result.cuda_graph} if getattr(result, "cuda_graph", None) else {})})
 
 
 def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None,
@@ -322,6 +325,7 @@ def train_run(spec: RunSpec, *, workspace: str | Path, device: str | None = None
         return RunOutcome(store.get_run(rid), store.final_metrics(rid), skipped=True)
     data = load_dataset(spec.data, norm=norm)
     dev = resolve_device(device)
+    check_cuda_graph(spec.train, dev)  # `train.cuda_graph: on` off CUDA: before anything is stored
     built = build_run(spec, data, source=source, workspace=workspace)  # checks spec against data
     store = store or Store(workspace)
     main = int(os.environ.get("RANK", 0)) == 0

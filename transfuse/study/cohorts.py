@@ -76,9 +76,11 @@ def resolve_cohort(value: str | int | None, *, device: str | None, executor: str
     return max(1, min(AUTO_MAX, int(free * 0.6 // max(need, 1))))
 
 
-def group_cohorts(tasks: list[Any], size: int) -> list[Any]:
+def group_cohorts(tasks: list[Any], size: int, *, auto: bool = False) -> list[Any]:
     """Replace runs that can fuse by :class:`CohortTask`\\ s of at most ``size`` members; the
-    rest stay as they are, in order (a cohort takes the place of its first member)."""
+    rest stay as they are, in order (a cohort takes the place of its first member). ``auto``:
+    the size came from ``--cohort auto``, so a cohort that lands off CUDA runs its members alone
+    (:func:`~transfuse.study.task.execute_any`)."""
     if size <= 1:
         return tasks
     from ..run_cohort import cohort_key
@@ -104,7 +106,7 @@ def group_cohorts(tasks: list[Any], size: int) -> list[Any]:
             else:
                 t0 = item[0]
                 result.append(CohortTask(tuple(t.spec for t in item), t0.workspace, t0.device,
-                                         t0.threads, t0.tensorboard))
+                                         t0.threads, t0.tensorboard, auto=auto))
         else:
             result.append(item)
     return result

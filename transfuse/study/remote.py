@@ -213,7 +213,7 @@ def run_on_ray(tasks: list[Any], *, workspace: str | Path, workers: int, address
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs Ray: pip install 'transfuse[ray]'") from None
-    from .cohorts import group_cohorts, resolve_cohort
+    from .cohorts import group_cohorts, parse_cohort, resolve_cohort
 
     started = not ray.is_initialized()
     if started:
@@ -228,7 +228,7 @@ def run_on_ray(tasks: list[Any], *, workspace: str | Path, workers: int, address
         device = next((t.device for t in tasks), None)
         size = resolve_cohort(cohort, device=device, executor="ray", specs=[],
                               task_gpus=res["num_gpus"])
-        tasks = group_cohorts(tasks, size)
+        tasks = group_cohorts(tasks, size, auto=parse_cohort(cohort) == "auto")
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
         remotes = [ray.remote(**res)(f) for f in (run_in_scratch, cohort_in_scratch)]
         if env:
@@ -263,7 +263,7 @@ def run_on_ray(tasks: list[Any], *, workspace: str | Path, workers: int, address
             elif claimed:  # one Ray task trains them all; each source shipped once
                 payload = list(dict.fromkeys(r for c in claimed for r in c[2:4] if r is not None))
                 group = CohortTask(tuple(c[0].to_dict() for c in claimed), t.workspace, t.device,
-                                   threads, t.tensorboard)
+                                   threads, t.tensorboard, auto=getattr(t, "auto", False))
                 resumes = {c[1]: c[4] for c in claimed if c[4] is not None}
                 pending[remotes[1].remote(group, resumes, *payload)] = [c[1] for c in claimed]
         while pending:

@@ -71,10 +71,13 @@ class CohortTask:
     device: str | None
     threads: int
     tensorboard: bool = False
+    auto: bool = False  # formed by `--cohort auto`: fuse only where the device is CUDA
 
 
 def execute_any(task: RunTask | CohortTask) -> list[tuple[str, str, str]]:
-    """:func:`execute` for a run, or every member's outcome for a cohort; never raises for a run."""
+    """:func:`execute` for a run, or every member's outcome for a cohort; never raises for a run.
+    A cohort formed by ``--cohort auto`` that lands on a device other than CUDA (where fusing
+    does not pay) runs its members one after another instead."""
     if isinstance(task, RunTask):
         return [execute(task)]
     import torch
@@ -82,6 +85,11 @@ def execute_any(task: RunTask | CohortTask) -> list[tuple[str, str, str]]:
     from ..run_cohort import train_cohort
 
     torch.set_num_threads(max(1, task.threads))
+    from ..train.device import resolve_device
+
+    if task.auto and resolve_device(task.device).type != "cuda":  # e.g. a Ray task without a GPU
+        return [execute(RunTask(s, task.workspace, task.device, task.threads, task.tensorboard))
+                for s in task.specs]
     specs = [spec_from_dict(s) for s in task.specs]
     try:
         res = train_cohort(specs, workspace=task.workspace, device=task.device, progress=False,

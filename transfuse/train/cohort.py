@@ -62,7 +62,8 @@ __all__ = ["Member", "fit_cohort", "cohort_refusal", "COHORT_TRAIN_KEYS"]
 COHORT_TRAIN_KEYS = frozenset({
     "steps", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
     "warmup_steps", "eval_every", "amp", "num_workers", "finetune", "layer_decay",
-    "head_lr_mult", "freeze_bn", "augment", "checkpoint_every", "compile", "preload"})
+    "head_lr_mult", "freeze_bn", "augment", "checkpoint_every", "compile", "preload",
+    "cuda_graph"})  # a cohort's step is not captured: `on` is refused below, auto/off are honest
 
 
 @dataclass
@@ -92,6 +93,8 @@ def cohort_refusal(spec: TrainSpec, *, task: str | None = None, world_size: int 
         return "segmentation runs train alone (whole-volume evaluation is not vectorised)"
     if world_size > 1:
         return "distributed (torchrun) runs train alone"
+    if spec.cuda_graph == "on":
+        return "train.cuda_graph: on captures a run's own step; such runs train alone"
     for f in dataclasses.fields(TrainSpec):
         if f.name not in COHORT_TRAIN_KEYS:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

@@ -30,11 +30,12 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled`` (no loss scaling needed); a no-op on CPU."""
+def autocast(device: torch.device, enabled: bool, *, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled`` (no loss scaling needed); a no-op on CPU.
+    ``cache=False`` inside a CUDA graph capture (PyTorch asks for it there)."""
     if enabled and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

@@ -43,7 +43,8 @@ from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
 from .metrics import classification_metrics
 from .resume import RESUME_FILE, BatchStream, SigtermGuard, load_resume, rng_state, set_rng_state
-from .parts import FitState, diverged as _diverged, make_loaders, place_model, train_step
+from .graph import make_step
+from .parts import FitState, diverged as _diverged, make_loaders, place_model
 from .segment import evaluate_segmentation, segmentation_loss
 
 __all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn", "primary_metric"]
@@ -63,6 +64,7 @@ class FitResult:
     examples_per_second: float = 0.0
     resumed_from: int | None = None  # the step a mid-run checkpoint let this attempt start after
     stopped_step: int | None = None  # train.early_stop ended training at this step
+    cuda_graph: str | None = None  # train.cuda_graph on CUDA: "captured", "off" or why not
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, m: torch.Tensor, task: str,
@@ -261,6 +263,9 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     averaging = make_averaging(spec, model=model, raw_model=raw_model, total=total, bn_data=data.train,
                                batch_size=loaders.eval_batch_size, device=dev)  # train.ema/swa
     st = FitState.start(dev)
+    step_fn = make_step(model, spec=spec, task=task, seed=seed, dist=dist_info, loaders=loaders,
+                        placed=placed, augment=augment, opt=opt, sched=sched, loss_fn=loss_fn,
+                        device=dev)  # the eager step, or a CUDA graph of it (train.cuda_graph)
 
     def record(step: int, split: str, metrics: dict[str, float]) -> None:
         st.history.append((step, split, metrics))
@@ -303,9 +308,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     with SigtermGuard() as sigterm:
         for step in range(start, total + 1):
             finetune.on_step(step, raw_model, opt, sched)  # LP-FT: unfreeze the body at its step
-            loss, n = train_step(model, next(batches), step=step, seed=seed, rank=dist_info.rank,
-                                 spec=spec, task=task, loaders=loaders, placed=placed,
-                                 augment=augment, opt=opt, sched=sched, loss_fn=loss_fn, device=dev)
+            loss, n = step_fn(next(batches), step)
             averaging.update(step)
             st.after_step(loss, n, step)
             bar.update(1)
@@ -340,7 +343,7 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
                      train_seconds=seconds,
                      examples_per_second=(st.seen * dist_info.world_size / seconds) if seconds else 0.0,
                      resumed_from=start - 1 if ckpt is not None else None,
-                     stopped_step=st.stopped_step)
+                     stopped_step=st.stopped_step, cuda_graph=step_fn.note)
 
 
 def _final_test(raw_model: nn.Module, st: FitState, *, evaluate_on: Callable[..., Any], loaders: Any,
