@@ -14,11 +14,16 @@ Each configuration is warmed up once, then the two loops run interleaved (altern
 first) ``--repeats`` times; the report gives the median throughputs and the ratio
 ``fit / bare`` (target >= 0.95). A third loop, the *on-device* bare loop (the training set already
 on the device, batches by index: no DataLoader), is the baseline of ``fit()``'s preloaded path;
-its ratio is printed last (issue 27: target >= 0.95 on a GPU).
+its ratio is printed last (issue 27: target >= 0.95 on a GPU). With ``--cuda-graph`` (CUDA
+only) ``fit`` runs twice per repeat, ``train.cuda_graph: off`` and ``on`` (the step's forward and
+backward captured in a CUDA graph, see transfuse/train/graph.py), and both are compared with the
+on-device bare loop; without it ``fit`` runs with the default ``auto``.
 
     python bench/train_overhead.py                      # cbr_small, 32 px, batch 32, 40 steps
     python bench/train_overhead.py --model resnet18 --size 64
     python bench/train_overhead.py --device cuda --model resnet50 --size 224 --batch 128 --amp
+    python bench/train_overhead.py --device cuda --model cbr_small --size 28 --batch 64 \
+        --steps 200 --cuda-graph                        # fit with and without the CUDA graph
 
 On CUDA, ``fit`` uses its fast path (training set preloaded on the GPU, channels_last for 2D,
 bf16 autocast with ``--amp``, ``torch.compile`` with ``--compile``); the bare loop is the plain
@@ -70,12 +75,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_fit(args, data: PreparedData, steps: int) -> float:
+GRAPH_NOTES: dict[str, str | None] = {}  # train.cuda_graph → what fit() recorded about it
+
+
+def run_fit(args, data: PreparedData, steps: int, graph: str = "auto") -> float:
     spec = TrainSpec(steps=steps, batch_size=args.batch, lr=0.01, optimizer="sgd", momentum=0.9,
                      weight_decay=1e-4, schedule="cosine", eval_every=steps + 1, amp=args.amp,
-                     num_workers=0, compile=args.compile)
+                     num_workers=0, compile=args.compile, cuda_graph=graph)
     res = fit(new_model(args), data, spec, seed=0, device=args.device, progress=args.progress)
+    GRAPH_NOTES[graph] = res.cuda_graph
     return res.examples_per_second
+
+
+def run_fit_graph(args, data: PreparedData, steps: int) -> float:
+    """``fit()`` with ``train.cuda_graph: on``."""
+    return run_fit(args, data, steps, graph="on")
+
+
+def run_fit_eager(args, data: PreparedData, steps: int) -> float:
+    """``fit()`` with ``train.cuda_graph: off`` (the ``--cuda-graph`` comparison's baseline)."""
+    return run_fit(args, data, steps, graph="off")
 
 
 def run_bare(args, data: PreparedData, steps: int) -> float:
@@ -181,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA, in both loops")
     p.add_argument("--compile", action="store_true", help="torch.compile, in both loops")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA: also time fit() with train.cuda_graph on (fit: off)")
     args = p.parse_args(argv)
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph needs --device cuda (CUDA graphs exist on CUDA only)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -197,14 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     run_bare(args, data, max(3, args.steps // 4))  # warm-up (allocator, oneDNN kernels)
     run_fit(args, data, max(3, args.steps // 4))
     run_bare_device(args, data, max(3, args.steps // 4))
-    fit_eps, bare_eps, dev_eps = [], [], []
+    if args.cuda_graph:
+        run_fit_graph(args, data, max(3, args.steps // 4) + 3)  # + the graph's warm-up steps
+    fit_eps, bare_eps, dev_eps, graph_eps = [], [], [], []
     for r in range(args.repeats):
-        order = [("bare", run_bare), ("fit", run_fit), ("device", run_bare_device)]
+        order = [("bare", run_bare), ("fit", run_fit_eager if args.cuda_graph else run_fit),
+                 ("device", run_bare_device)]
+        if args.cuda_graph:
+            order.insert(2, ("graph", run_fit_graph))
         if r % 2:
             order.reverse()
         for name, fn in order:
             eps = fn(args, data, args.steps)
-            {"fit": fit_eps, "bare": bare_eps, "device": dev_eps}[name].append(eps)
+            {"fit": fit_eps, "bare": bare_eps, "device": dev_eps, "graph": graph_eps}[name].append(eps)
+        if args.cuda_graph:
+            print(f"  repeat {r + 1}: fit with the CUDA graph {graph_eps[-1]:8.1f} ex/s   ratio to "
+                  f"on-device bare {graph_eps[-1] / dev_eps[-1]:.3f}", flush=True)
         print(f"  repeat {r + 1}: bare {bare_eps[-1]:8.1f} ex/s   on-device bare {dev_eps[-1]:8.1f} "
               f"ex/s   fit {fit_eps[-1]:8.1f} ex/s   ratio {fit_eps[-1] / bare_eps[-1]:.3f} / "
               f"{fit_eps[-1] / dev_eps[-1]:.3f}", flush=True)
@@ -220,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"on-device bare loop (batch already on {args.device}): {dev_med:.1f} examples/s (median); "
           f"ratio fit/on-device bare: {fit_med / dev_med:.3f}; target >= {args.target}: "
           f"{'PASS' if fit_med / dev_med >= args.target else 'BELOW TARGET'}")
+    if args.cuda_graph:
+        g_med = statistics.median(graph_eps)
+        print(f"fit() train.cuda_graph off: {fit_med:.1f} examples/s ({GRAPH_NOTES.get('off')}); "
+              f"on: {g_med:.1f} examples/s ({GRAPH_NOTES.get('on')}); graph/eager {g_med / fit_med:.3f}")
+        print(f"ratio fit(cuda_graph on)/on-device bare: {g_med / dev_med:.3f}; target >= "
+              f"{args.target}: {'PASS' if g_med / dev_med >= args.target else 'BELOW TARGET'}")
+    else:
+        print(f"fit() train.cuda_graph auto: {GRAPH_NOTES.get('auto')}")
     print("environment after:", environment().splitlines()[-1])
     return 0
 
