@@ -11,10 +11,11 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .spec.fields import check_fields, spec_field, validate
 from .yaml_files import MAX_YAML_VALUES, check_top_keys, read_yaml_file, where  # noqa: F401 (re-exported)
 
 __all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict",
@@ -102,11 +103,6 @@ def parse_operating_point(text: str) -> tuple[str, float | None]:
                       "sensitivity=<target in (0, 1]>, e.g. sensitivity=0.9")
 
 
-def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{field_name}={value!r} is not valid; choose one of {', '.join(choices)}")
-
-
 @dataclass(frozen=True)
 class DataSpec:
     """Which data to train on and how to prepare it.
@@ -143,48 +139,31 @@ class DataSpec:
 
     name: str
     data_root: str | None = None
-    n_train: int | None = None
-    fraction: float | None = None
-    channels: int | None = None
-    image_size: int | None = None
-    uncertain: str = "ignore"
+    n_train: int | None = spec_field(None, ge=1)
+    fraction: float | None = spec_field(None, gt=0, le=1)
+    channels: int | None = spec_field(None, choices=(1, 3), words="1, 3 or unset")
+    image_size: int | None = spec_field(None, ge=8)
+    uncertain: str = spec_field("ignore", choices=UNCERTAIN_POLICIES)
     label_columns: tuple[str, ...] = ()
     path_column: str = "path"
     split_column: str | None = None
     split_seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    normalize: str = "data"
-    patch_size: int | None = None
+    val_fraction: float = spec_field(0.1, ge=0, lt=1)
+    test_fraction: float = spec_field(0.2, ge=0, lt=1)
+    normalize: str = spec_field("data", choices=("data", "source"))
+    patch_size: int | None = spec_field(None, ge=8)
     spacing: float | tuple[float, ...] | None = None
-    fg_ratio: float = 0.5
+    fg_ratio: float = spec_field(0.5, ge=0, le=1)
     regions: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_choice("data.uncertain", self.uncertain, UNCERTAIN_POLICIES)
-        _check_choice("data.normalize", self.normalize, ("data", "source"))
-        if self.channels not in (None, 1, 3):
-            raise ConfigError(f"data.channels={self.channels!r} must be 1, 3 or unset")
         if self.n_train is not None and self.fraction is not None:
             raise ConfigError("give data.n_train or data.fraction, not both")
-        if self.n_train is not None and self.n_train < 1:
-            raise ConfigError(f"data.n_train={self.n_train} must be >= 1")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ConfigError(f"data.fraction={self.fraction} must be in (0, 1]")
-        if self.image_size is not None and self.image_size < 8:
-            raise ConfigError(f"data.image_size={self.image_size} must be >= 8")
-        for nm in ("val_fraction", "test_fraction"):
-            v = getattr(self, nm)
-            if not 0 <= v < 1:
-                raise ConfigError(f"data.{nm}={v} must be in [0, 1)")
+        check_fields(self, prefix="data.")  # choices and bounds: the field metadata above
         object.__setattr__(self, "label_columns", tuple(self.label_columns))
         self._check_segmentation()
 
     def _check_segmentation(self) -> None:
-        if self.patch_size is not None and self.patch_size < 8:
-            raise ConfigError(f"data.patch_size={self.patch_size} must be >= 8")
-        if not 0 <= self.fg_ratio <= 1:
-            raise ConfigError(f"data.fg_ratio={self.fg_ratio} must be in [0, 1]")
         sp = self.spacing
         if isinstance(sp, (list, tuple)):
             sp = tuple(float(v) for v in sp)
@@ -212,11 +191,10 @@ class ModelSpec:
     """
 
     name: str
-    spatial_dims: int | None = None
+    spatial_dims: int | None = spec_field(None, choices=(2, 3), words="2 or 3")
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (None, 2, 3):
-            raise ConfigError(f"model.spatial_dims={self.spatial_dims!r} must be 2 or 3")
+        check_fields(self, prefix="model.")
 
 
 @dataclass(frozen=True)
@@ -307,78 +285,51 @@ class TrainSpec:
             ``ema`` and ``swa`` cannot be combined. See :mod:`transfuse.train.averaging`.
     """
 
-    steps: int | None = 200
-    epochs: int | None = None
-    batch_size: int = 64
-    lr: float = 0.01
-    optimizer: str = "sgd"
+    steps: int | None = spec_field(200, ge=1)
+    epochs: int | None = spec_field(None, ge=1)
+    batch_size: int = spec_field(64, ge=1)
+    # a finite lr: an infinite one would only diverge, and its advice read "--lr inf"
+    lr: float = spec_field(0.01, gt=0, finite=True)
+    optimizer: str = spec_field("sgd", choices=OPTIMIZERS)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "cosine"
+    schedule: str = spec_field("cosine", choices=SCHEDULES)
     warmup_steps: int = 0
-    eval_every: int = 50
+    eval_every: int = spec_field(50, ge=1)
     amp: bool = True
     num_workers: int = 0
     finetune: str = "full"
-    layer_decay: float = 1.0
-    head_lr_mult: float = 1.0
+    layer_decay: float = spec_field(1.0, gt=0, finite=True)
+    head_lr_mult: float = spec_field(1.0, gt=0, finite=True)
     freeze_bn: bool = False
-    augment: str = "none"
-    checkpoint_every: int | None = None
+    augment: str = spec_field("none", choices=AUGMENTS)
+    checkpoint_every: int | None = spec_field(None, ge=1,
+                                              hint=" (or leave it out: at every evaluation)")
     compile: bool = False
-    preload: str = "auto"
-    cuda_graph: str | bool = "auto"  # YAML 1.1 reads a bare on/off as a bool: normalised below
-    early_stop: int | None = None
-    min_delta: float = 0.0
-    class_weights: str = "none"
-    sampler: str = "random"
+    preload: str = spec_field("auto", choices=PRELOADS)
+    # YAML 1.1 reads a bare on/off as a bool: normalised in __post_init__
+    cuda_graph: str | bool = spec_field("auto", choices=CUDA_GRAPHS)
+    early_stop: int | None = spec_field(None, ge=1, hint=" evaluations (or leave it out: no "
+                                                         "early stopping)")
+    min_delta: float = spec_field(0.0, ge=0)
+    class_weights: str = spec_field("none", choices=CLASS_WEIGHTS)
+    sampler: str = spec_field("random", choices=SAMPLERS)
     operating_point: str = "youden"
     ema: float | None = None
     swa: int | None = None
 
     def __post_init__(self) -> None:
         self._check_averaging()
-        _check_choice("train.class_weights", self.class_weights, CLASS_WEIGHTS)
-        _check_choice("train.sampler", self.sampler, SAMPLERS)
-        if self.early_stop is not None and self.early_stop < 1:
-            raise ConfigError(f"train.early_stop={self.early_stop} must be >= 1 evaluations "
-                              "(or leave it out: no early stopping)")
-        if not self.min_delta >= 0:
-            raise ConfigError(f"train.min_delta={self.min_delta} must be >= 0")
-        parse_operating_point(self.operating_point)
-        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("train.augment", self.augment, AUGMENTS)
-        _check_choice("train.preload", self.preload, PRELOADS)
         if isinstance(self.cuda_graph, bool):  # YAML 1.1 reads a bare on/off as true/false
             object.__setattr__(self, "cuda_graph", "on" if self.cuda_graph else "off")
-        _check_choice("train.cuda_graph", self.cuda_graph, CUDA_GRAPHS)
+        check_fields(self, prefix="train.")  # choices and bounds: the field metadata above
+        parse_operating_point(self.operating_point)
         finetune_parts(self.finetune)
-        for nm in ("layer_decay", "head_lr_mult"):
-            if not getattr(self, nm) > 0:
-                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be > 0")
-            if getattr(self, nm) == math.inf:
-                raise ConfigError(f"train.{nm}={getattr(self, nm)} must be finite")
-        _check_choice("train.schedule", self.schedule, SCHEDULES)
         if self.steps is None and self.epochs is None:
             raise ConfigError("give train.steps or train.epochs")
-        for nm in ("steps", "epochs"):
-            v = getattr(self, nm)
-            if v is not None and v < 1:
-                raise ConfigError(f"train.{nm}={v} must be >= 1")
-        if self.batch_size < 1:
-            raise ConfigError(f"train.batch_size={self.batch_size} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
-        if self.lr == math.inf:  # a run would only diverge, and its advice read "--lr inf"
-            raise ConfigError(f"train.lr={self.lr} must be finite")
         for nm in ("momentum", "weight_decay"):
             if not math.isfinite(getattr(self, nm)):
                 raise ConfigError(f"train.{nm}={getattr(self, nm)} must be a finite number")
-        if self.eval_every < 1:
-            raise ConfigError(f"train.eval_every={self.eval_every} must be >= 1")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ConfigError(f"train.checkpoint_every={self.checkpoint_every} must be >= 1 "
-                              "(or leave it out: at every evaluation)")
 
     def _check_averaging(self) -> None:
         if self.ema is not None:
@@ -457,108 +408,16 @@ def run_id(spec: RunSpec) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
-
-
-def _typed(value: Any, annotation: str, key: str) -> Any:
-    """``value`` checked against a field's annotation (``"int | None"``, ``"float"``...).
-
-    A float field also takes a numeric string, because YAML reads ``1e-3`` as one.
-
-    Raises:
-        ConfigError: ``"train.steps='lots' must be an integer"``.
-    """
-    kinds = [k.strip() for k in annotation.split("|")]
-    if value is None:
-        if "None" in kinds:
-            return None
-    elif isinstance(value, bool):
-        if "bool" in kinds:
-            return value
-    elif isinstance(value, int) and ("int" in kinds or "float" in kinds):
-        return value
-    elif isinstance(value, float) and "float" in kinds:
-        return value
-    elif isinstance(value, str) and "str" in kinds:
-        return value
-    elif isinstance(value, str) and "float" in kinds:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    elif isinstance(value, (list, tuple, dict)) and any(k.startswith(("tuple", "dict")) for k in kinds):
-        return value
-    if not any(k in _KINDS or k.startswith(("tuple", "dict")) for k in kinds):
-        return value  # a type this check does not know: the dataclass validates it
-    want = " or ".join(_KINDS.get(k, "a list" if k.startswith("tuple") else "a mapping")
-                       for k in kinds if k != "None")
-    unset = " (or leave it out)" if "None" in kinds else ""
-    raise ConfigError(f"{key}={value!r} must be {want}{unset}")
-
-
-def build_dataclass(cls: type, d: dict[str, Any], where: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    types = {f.name: f.type for f in fields(cls)}
-    prefix = "" if where == "run" else f"{where}."
-    unknown = sorted(set(d) - set(types))
-    if unknown:
-        from .errors import did_you_mean
-
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}"
-                          f"{did_you_mean(unknown[0], list(types), prefix=prefix)} "
-                          f"(valid keys: {', '.join(sorted(types))})")
-    d = {k: _typed(v, str(types[k]), f"{prefix}{k}") for k, v in d.items()}
-    try:
-        return cls(**d)
-    except TypeError as e:  # missing required field
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def check_spec_keys(d: Any, *, where: str) -> None:
-    """Refuse an unknown key anywhere in a run-spec mapping, named as written (``base.trian``)
-    with the closest valid key (``did you mean base.train?``); values are not checked here.
-
-    Raises:
-        ConfigError: ``"unknown key base.train.eval_evry; did you mean base.train.eval_every? ..."``.
-    """
-    from .errors import did_you_mean
-
-    if not isinstance(d, dict):
-        return
-    sections = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
-    top = [f.name for f in fields(RunSpec)]
-    for key, sub in d.items():
-        if key not in top:
-            raise ConfigError(f"unknown key {where}.{key}{did_you_mean(key, top, prefix=where + '.')} "
-                              f"(valid {where} keys: {', '.join(top)})")
-        if key in sections and isinstance(sub, dict):
-            names = [f.name for f in fields(sections[key])]
-            for k in sub:
-                if k not in names:
-                    at = f"{where}.{key}"
-                    raise ConfigError(f"unknown key {at}.{k}{did_you_mean(k, names, prefix=at + '.')}"
-                                      f" (valid {at} keys: {', '.join(names)})")
-
-
 def spec_from_dict(d: dict[str, Any]) -> RunSpec:
     """Build a :class:`RunSpec` from a nested dict (e.g. parsed JSON/YAML).
 
     Raises:
         ConfigError: an unknown or missing key, named with its dotted path.
     """
-    d = dict(d)
-    parts = {
-        "data": (DataSpec, d.pop("data", None)),
-        "model": (ModelSpec, d.pop("model", None)),
-        "init": (InitSpec, d.pop("init", {}) or {}),
-        "train": (TrainSpec, d.pop("train", {}) or {}),
-    }
-    built = {}
-    for key, (cls, sub) in parts.items():
-        if sub is None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"a run spec must be a mapping, got {type(d).__name__}")
+    d = {k: v for k, v in d.items() if not (k in ("init", "train") and v is None)}  # defaults
+    for key in ("data", "model"):
+        if d.get(key) is None:
             raise ConfigError(f"missing key {key!r} in run spec")
-        if key == "data" and "label_columns" in sub:
-            sub = {**sub, "label_columns": tuple(sub["label_columns"])}
-        built[key] = build_dataclass(cls, sub, key)
-    return build_dataclass(RunSpec, {**built, **d}, "run")
+    return validate(RunSpec, d, where="")

@@ -36,9 +36,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIMIZERS, DataSpec, build_dataclass, check_top_keys, read_yaml_file
+from ..config import OPTIMIZERS, DataSpec, check_top_keys, read_yaml_file
 from ..config import where as _where
 from ..errors import ConfigError, check_name
+from ..spec.fields import validate
 
 __all__ = ["SSL_METHODS", "FolderSpec", "SSLSpec", "ssl_from_dict", "load_ssl", "ssl_schema", "SMOKE"]
 
@@ -185,7 +186,7 @@ def _data(raw: Any, path: str) -> DataSpec | FolderSpec:
         if "label_columns" in raw and isinstance(raw["label_columns"], list):
             raw["label_columns"] = tuple(raw["label_columns"])
     try:
-        spec = build_dataclass(cls, raw, "data")  # typed fields, unknown keys named ("data.<key>")
+        spec = validate(cls, raw, where="data")  # typed fields, unknown keys named ("data.<key>")
     except ConfigError as e:
         raise ConfigError(_where(path, str(e))) from None
     if isinstance(spec, DataSpec):

@@ -48,10 +48,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_spec_keys, check_top_keys,
-                      read_yaml_file, spec_from_dict)
+from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_top_keys, read_yaml_file,
+                      spec_from_dict)
 from ..errors import ConfigError, check_name, did_you_mean
 from ..decide.evaluation import Evaluation
+from ..spec import fields as spec_fields
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "ssl_pretrains",
            "external_sources", "EXTERNAL_PRETRAINS", "SMOKE"]
@@ -169,7 +170,7 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a mapping (a run spec)")
     try:  # once, named where it is written: not once per grid cell as "run.<key>"
-        check_spec_keys(base, where="base")
+        spec_fields.validate(RunSpec, base, where="base", partial=True)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     description = raw.get("description", "")
