@@ -5,7 +5,8 @@
 A value is read with ``yaml.safe_load`` and then checked against the annotation of the field it
 sets (:class:`~transfuse.config.RunSpec` and its sections, the study's
 :class:`~transfuse.decide.evaluation.Evaluation`, the chain's ``PseudoSpec``/``NoiseSpec``, the
-pretraining file's fields):
+pretraining file's fields) by :func:`transfuse.spec.fields.coerce`: the same field table that
+validates the files, read leniently as typed text:
 
 ========================= =====================================================================
 ``int``                   ``500``; a float with no fraction (``5e2`` is not YAML's, ``500.0``)
@@ -35,25 +36,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .spec.fields import coerce, describe_type, field_types
+from .spec.fields import split_items as _split_items
 
 __all__ = ["parse_set", "coerce", "apply_overrides", "override_run", "override_study",
            "load_chain_overridden", "load_pretrain_overridden", "load_ssl_overridden",
            "describe_type"]
 
 _KEY = re.compile(r"[A-Za-z_][\w-]*(\[\d+\])*(\.[A-Za-z_][\w-]*(\[\d+\])*)*")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-_NONE = ("none", "null", "~")
-
-
-class _Mismatch(Exception):
-    """A value that does not fit a type (turned into a ConfigError naming the key)."""
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -77,158 +72,12 @@ def parse_set(text: str) -> tuple[str, Any, str]:
     return key, value, raw.strip()
 
 
-def _union_args(tp: Any) -> tuple[Any, ...] | None:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return typing.get_args(tp)
-    return None
-
-
-def describe_type(tp: Any) -> str:
-    """Words for a field type: ``float`` → ``a number (float)``, ``int | None`` → ``an integer
-    or none (int | None)``."""
-    def words(t: Any) -> str:
-        args = _union_args(t)
-        if args is not None:
-            return " or ".join(words(a) for a in args if a is not type(None))
-        origin = typing.get_origin(t) or t
-        fixed = origin is tuple and typing.get_args(t)[1:2] not in ((), (Ellipsis,))
-        if origin in (tuple, list) and not fixed:
-            inner = words(typing.get_args(t)[0]) if typing.get_args(t) else "a value"
-            if inner.startswith("a list") or " or " in inner or inner == "a value":
-                return "a list"
-            return f"a comma-separated list of {inner.removeprefix('an ').removeprefix('a ')}s"
-        return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                dict: "a mapping", tuple: "a list", list: "a list"}.get(origin, "a value")
-
-    args = _union_args(tp)
-    none = " or none" if args is not None and type(None) in args else ""
-    name = getattr(tp, "__name__", None) if typing.get_origin(tp) is None and _union_args(tp) is None else None
-    return f"{words(tp)}{none} ({name or str(tp).replace('typing.', '')})"
-
-
-def _rank(t: Any) -> int:  # which member of a union to try first (str last: it takes anything)
-    o = typing.get_origin(t) or t
-    return {bool: 0, int: 1, float: 2, tuple: 3, list: 3, dict: 4, str: 9}.get(o, 5)
-
-
-def _split_items(value: Any, raw: str) -> list[tuple[Any, str]]:
-    """Items of a list value with their own text: YAML lists, ``a,b,c`` or one scalar."""
-    import yaml
-
-    if isinstance(value, (list, tuple)):
-        return [(v, str(v)) for v in value]
-    if isinstance(value, str) and "," in value:
-        out = []
-        for part in (p.strip() for p in value.split(",")):
-            try:
-                out.append((yaml.safe_load(part) if part else None, part))
-            except yaml.YAMLError:
-                out.append((part, part))
-        return out
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    return [(value, raw)]
-
-
-def _coerce(value: Any, tp: Any, raw: str) -> Any:
-    if tp is Any or tp is object:
-        return value
-    args = _union_args(tp)
-    if args is not None:
-        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
-            return None
-        for t in sorted((a for a in args if a is not type(None)), key=_rank):
-            try:
-                return _coerce(value, t, raw)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    origin = typing.get_origin(tp) or tp
-    if origin is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower() if isinstance(value, (str, int)) else ""
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise _Mismatch
-    if origin is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                raise _Mismatch from None
-            if f.is_integer():
-                return int(f)
-        raise _Mismatch
-    if origin is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if origin is str:
-        if isinstance(value, str):
-            return value
-        if value is None or isinstance(value, (list, tuple, dict)) or not raw:
-            raise _Mismatch
-        return raw  # "--set model.name=true" (or a number, a date): the text the user typed
-    if origin in (tuple, list):
-        items = typing.get_args(tp)
-        if isinstance(value, dict) and items and typing.get_origin(items[0]) is tuple:
-            value = [[k, v] for k, v in value.items()]  # {WT: [1, 2, 3]} for pairs (name, labels)
-        got = _split_items(value, raw)
-        if items and not (len(items) == 2 and items[1] is Ellipsis) and origin is tuple:
-            if len(got) != len(items):  # a fixed-length tuple
-                raise _Mismatch
-            out = [_coerce(v, t, r) for (v, r), t in zip(got, items)]
-        else:
-            elem = items[0] if items else Any
-            out = [_coerce(v, elem, r) for v, r in got]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
-    return value  # a type this check does not know: the spec's own validation sees it
-
-
-def coerce(value: Any, tp: Any, *, key: str, raw: str | None = None) -> Any:
-    """``value`` checked and converted against a field's type annotation.
-
-    Args:
-        value: the YAML-parsed value.
-        tp: the field's type (``int``, ``float | None``, ``tuple[str, ...]``...).
-        key: the dotted key, for the error message.
-        raw: the value's text as given (used for string fields); default ``str(value)``.
-
-    Raises:
-        ConfigError: ``"train.lr expects a number (float), got 'abc'"``.
-    """
-    raw = str(value) if raw is None else raw
-    try:
-        return _coerce(value, tp, raw)
-    except _Mismatch:
-        raise ConfigError(f"{key} expects {describe_type(tp)}, got {raw!r}") from None
-
-
 # -- schemas: a dataclass, a mapping of key -> schema, [schema] for a list, or a leaf type -------
 def _fields_of(schema: Any) -> dict[str, Any] | None:
     if isinstance(schema, Mapping):
         return dict(schema)
     if isinstance(schema, type) and dataclasses.is_dataclass(schema):
-        hints = typing.get_type_hints(schema)
-        return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+        return field_types(schema)
     return None
 
 
