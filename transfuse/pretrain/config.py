@@ -28,15 +28,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIMIZERS, DataSpec, check_top_keys, read_yaml_file
+from ..config import OPTIMIZERS, DataSpec, read_yaml_file
 from ..config import where as _where
 from ..errors import ConfigError, check_name, did_you_mean
+from ..spec.fields import spec_field, validate
 
 __all__ = ["DatasetEntry", "PretrainSpec", "load_pretrain", "pretrain_from_dict", "SMOKE",
            "MIN_PATCH"]
 
-TOP_KEYS = ("name", "description", "encoder", "datasets", "spacing", "patch_size", "steps",
-            "batch_size", "lr", "optimizer", "seed", "eval_every")
 ENTRY_KEYS = ("data", "weight")
 #: ``--smoke``: at most these steps / eval interval / batch, and patches of this side.
 SMOKE: dict[str, int] = {"steps": 4, "eval_every": 2, "batch_size": 2, "patch_size": 16}
@@ -55,21 +54,25 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class PretrainSpec:
-    """A parsed pretraining file (see the module docstring for the keys)."""
+    """A parsed pretraining file (see the module docstring for the keys).
+
+    Its fields are the file's keys: :func:`pretrain_from_dict` checks the top level against them
+    (:func:`transfuse.spec.fields.validate`) before it builds the dataset entries.
+    """
 
     name: str
     encoder: str
     datasets: tuple[DatasetEntry, ...]
     spacing: float | tuple[float, ...] | None = None
-    patch_size: int = 32
-    steps: int = 1000
-    batch_size: int = 4
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    seed: int = 0
-    eval_every: int = 100
+    patch_size: int = spec_field(32, ge=MIN_PATCH)
+    steps: int = spec_field(1000, ge=1)
+    batch_size: int = spec_field(4, ge=1)
+    lr: float = spec_field(0.01, gt=0)
+    optimizer: str = spec_field("sgd", choices=OPTIMIZERS)
+    seed: int = spec_field(0, ge=0)
+    eval_every: int = spec_field(100, ge=1)
     description: str = ""
-    smoke: bool = False
+    smoke: bool = spec_field(False, file_key=False)
 
     @property
     def depth(self) -> int:
@@ -88,17 +91,6 @@ class PretrainSpec:
         d = asdict(self)
         d["datasets"] = [{"data": asdict(e.data), "weight": e.weight} for e in self.datasets]
         return d
-
-
-def _number(raw: dict[str, Any], key: str, default: Any, *, kind: type, path: str,
-            minimum: float, strict: bool = False) -> Any:
-    v = raw.get(key, default)
-    ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
-    if not ok or (v <= minimum if strict else v < minimum):
-        what = "an integer" if kind is int else "a number"
-        rel = ">" if strict else ">="
-        raise ConfigError(_where(path, f"{key}={v!r} must be {what} {rel} {minimum:g}"))
-    return kind(v)
 
 
 def _entry(i: int, e: Any, spec: dict[str, Any], path: str) -> DatasetEntry:
@@ -173,8 +165,10 @@ def pretrain_from_dict(raw: Any, *, path: str = "") -> PretrainSpec:
     """
     from ..models.med3d import MED3D_DEPTHS
 
-    raw = check_top_keys(raw, path=path, what="pretraining", allowed=TOP_KEYS,
-                         required=("name", "encoder", "datasets"))
+    try:  # keys, types, choices and bounds of the top level: PretrainSpec's field table
+        raw = validate(PretrainSpec, raw, where="", partial=True, required=True, typed=True)
+    except ConfigError as e:
+        raise ConfigError(_where(path, str(e))) from None
     name = raw["name"]
     try:  # the output folder <workspace>/pretrain/<name>/
         name = check_name(name.strip() if isinstance(name, str) else name, field="name")
@@ -187,27 +181,19 @@ def pretrain_from_dict(raw: Any, *, path: str = "") -> PretrainSpec:
         raise ConfigError(_where(path, f"encoder={enc!r} is not a Med3D encoder; choose one of {depths}"))
     spacing = raw.get("spacing")
     if spacing is not None:
-        vals = spacing if isinstance(spacing, list) else [spacing]
+        vals = list(spacing) if isinstance(spacing, (list, tuple)) else [spacing]
         if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
                                for v in vals) or len(vals) not in (1, 3):
             raise ConfigError(_where(path, f"spacing={spacing!r} must be a number > 0 (mm) or "
                                            "three of them"))
         spacing = float(vals[0]) if len(set(vals)) == 1 else tuple(float(v) for v in vals)
     opt = raw.get("optimizer", "sgd")
-    if opt not in OPTIMIZERS:
-        raise ConfigError(_where(path, f"optimizer={opt!r} is not valid; choose one of "
-                                       f"{', '.join(OPTIMIZERS)}"))
-    top = {
-        "spacing": spacing,
-        "patch_size": _number(raw, "patch_size", 32, kind=int, path=path, minimum=MIN_PATCH),
-        "steps": _number(raw, "steps", 1000, kind=int, path=path, minimum=1),
-        "batch_size": _number(raw, "batch_size", 4, kind=int, path=path, minimum=1),
-        "lr": _number(raw, "lr", 0.01, kind=float, path=path, minimum=0, strict=True),
-        "seed": _number(raw, "seed", 0, kind=int, path=path, minimum=0),
-        "eval_every": _number(raw, "eval_every", 100, kind=int, path=path, minimum=1),
-    }
+    top = {k: raw.get(k, PretrainSpec.__dataclass_fields__[k].default)
+           for k in ("patch_size", "steps", "batch_size", "lr", "seed", "eval_every")}
+    top["lr"] = float(top["lr"])
+    top["spacing"] = spacing
     entries = raw["datasets"]
-    if not isinstance(entries, list) or not entries:
+    if not isinstance(entries, (list, tuple)) or not entries:
         raise ConfigError(_where(path, "datasets must be a non-empty list of {data: ..., weight: ...}"))
     datasets = tuple(_entry(i, e, top, path) for i, e in enumerate(entries))
     seen: set[str] = set()

@@ -32,14 +32,14 @@ error is a one-line :class:`~transfuse.errors.ConfigError` naming the file and t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIMIZERS, DataSpec, check_top_keys, read_yaml_file
+from ..config import OPTIMIZERS, DataSpec, read_yaml_file
 from ..config import where as _where
 from ..errors import ConfigError, check_name
-from ..spec.fields import validate
+from ..spec.fields import field_types, spec_field, validate
 
 __all__ = ["SSL_METHODS", "FolderSpec", "SSLSpec", "ssl_from_dict", "load_ssl", "ssl_schema", "SMOKE"]
 
@@ -50,9 +50,6 @@ SSL_METHODS = {
     "restoration": "Models Genesis: recover the image from non-linear intensity change, local "
                    "pixel shuffling and in-/out-painting (decoder + MSE)",
 }
-TOP_KEYS = ("name", "description", "method", "model", "data", "steps", "batch_size", "lr",
-            "optimizer", "weight_decay", "warmup_steps", "seed", "temperature", "momentum",
-            "proj_dim", "hidden_dim")
 #: keys that only some methods read (any other method refuses them rather than ignore them)
 METHOD_KEYS = {"temperature": ("simclr",), "momentum": ("byol",),
                "proj_dim": ("simclr", "byol"), "hidden_dim": ("simclr", "byol")}
@@ -105,25 +102,29 @@ class FolderSpec:
 
 @dataclass(frozen=True)
 class SSLSpec:
-    """A parsed SSL pretraining file (see the module docstring for the keys)."""
+    """A parsed SSL pretraining file (see the module docstring for the keys).
+
+    Its fields are the file's keys: :func:`ssl_from_dict` checks the top level against them
+    (:func:`transfuse.spec.fields.validate`) before it reads ``data``.
+    """
 
     name: str
-    method: str
-    model: str
-    data: DataSpec | FolderSpec
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    seed: int = 0
-    temperature: float = 0.5
-    momentum: float = 0.99
-    proj_dim: int = 128
-    hidden_dim: int = 512
+    method: str = spec_field(choices=tuple(SSL_METHODS))
+    model: str = spec_field()
+    data: DataSpec | FolderSpec = spec_field()
+    steps: int = spec_field(1000, ge=1)
+    batch_size: int = spec_field(64, ge=2)
+    lr: float = spec_field(1e-3, gt=0)
+    optimizer: str = spec_field("adamw", choices=OPTIMIZERS)
+    weight_decay: float = spec_field(1e-4, ge=0)
+    warmup_steps: int = spec_field(0, ge=0)
+    seed: int = spec_field(0, ge=0)
+    temperature: float = spec_field(0.5, gt=0)
+    momentum: float = spec_field(0.99, ge=0, le=1)
+    proj_dim: int = spec_field(128, ge=1)
+    hidden_dim: int = spec_field(512, ge=1)
     description: str = ""
-    smoke: bool = False
+    smoke: bool = spec_field(False, file_key=False)
 
     def shrink(self) -> SSLSpec:
         """The ``--smoke`` version: a few steps on 16 images, name ``<name>-smoke``."""
@@ -156,18 +157,6 @@ class SSLSpec:
         d["data"].pop("data_root", None)
         d.pop("description", None)
         return d
-
-
-def _number(raw: dict[str, Any], key: str, default: Any, *, kind: type, path: str,
-            minimum: float, strict: bool = False, maximum: float | None = None) -> Any:
-    v = raw.get(key, default)
-    ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
-    if not ok or (v <= minimum if strict else v < minimum) or (maximum is not None and v > maximum):
-        what = "an integer" if kind is int else "a number"
-        rel = ">" if strict else ">="
-        top = f" and <= {maximum:g}" if maximum is not None else ""
-        raise ConfigError(_where(path, f"{key}={v!r} must be {what} {rel} {minimum:g}{top}"))
-    return kind(v)
 
 
 def _data(raw: Any, path: str) -> DataSpec | FolderSpec:
@@ -227,38 +216,26 @@ def ssl_from_dict(raw: Any, *, path: str = "") -> SSLSpec:
     Raises:
         ConfigError: an unknown, missing or invalid key; the message names ``path`` and the key.
     """
-    raw = check_top_keys(raw, path=path, what="SSL pretraining", allowed=TOP_KEYS,
-                         required=("name", "method", "model", "data"))
+    try:  # keys, types, choices and bounds of the top level: SSLSpec's field table
+        raw = validate(SSLSpec, raw, where="", partial=True, required=True, typed=True)
+    except ConfigError as e:
+        raise ConfigError(_where(path, str(e))) from None
     name = raw["name"]
     try:  # the output folder <workspace>/pretrain/<name>/
         name = check_name(name.strip() if isinstance(name, str) else name, field="name")
     except ConfigError as e:
         raise ConfigError(_where(path, str(e))) from None
     method = raw["method"]
-    if method not in SSL_METHODS:
-        raise ConfigError(_where(path, f"method={method!r} is not valid; choose one of "
-                                       f"{', '.join(SSL_METHODS)}"))
     for key, methods in METHOD_KEYS.items():
         if key in raw and method not in methods:
             raise ConfigError(_where(path, f"{key} applies to method {' or '.join(methods)} only, "
                                            f"not {method}; drop it"))
     opt = raw.get("optimizer", "adamw")
-    if opt not in OPTIMIZERS:
-        raise ConfigError(_where(path, f"optimizer={opt!r} is not valid; choose one of "
-                                       f"{', '.join(OPTIMIZERS)}"))
-    num = {
-        "steps": _number(raw, "steps", 1000, kind=int, path=path, minimum=1),
-        "batch_size": _number(raw, "batch_size", 64, kind=int, path=path, minimum=2),
-        "lr": _number(raw, "lr", 1e-3, kind=float, path=path, minimum=0, strict=True),
-        "weight_decay": _number(raw, "weight_decay", 1e-4, kind=float, path=path, minimum=0),
-        "warmup_steps": _number(raw, "warmup_steps", 0, kind=int, path=path, minimum=0),
-        "seed": _number(raw, "seed", 0, kind=int, path=path, minimum=0),
-        "temperature": _number(raw, "temperature", 0.5, kind=float, path=path, minimum=0,
-                               strict=True),
-        "momentum": _number(raw, "momentum", 0.99, kind=float, path=path, minimum=0, maximum=1),
-        "proj_dim": _number(raw, "proj_dim", 128, kind=int, path=path, minimum=1),
-        "hidden_dim": _number(raw, "hidden_dim", 512, kind=int, path=path, minimum=1),
-    }
+    types = field_types(SSLSpec)
+    num = {k: raw.get(k, SSLSpec.__dataclass_fields__[k].default) for k in
+           ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seed", "temperature",
+            "momentum", "proj_dim", "hidden_dim")}
+    num = {k: float(v) if types[k] is float else v for k, v in num.items()}
     if num["warmup_steps"] >= num["steps"]:
         raise ConfigError(_where(path, f"warmup_steps={num['warmup_steps']} must be < "
                                        f"steps={num['steps']}"))
@@ -270,9 +247,7 @@ def ssl_from_dict(raw: Any, *, path: str = "") -> SSLSpec:
 def ssl_schema(raw: Any) -> dict[str, Any]:
     """The ``--set`` schema of a parsed file: the top keys, and ``data`` as a data spec or a
     folder (:func:`transfuse.overrides.load_ssl_overridden`)."""
-    hints = {"int": int, "float": float, "str": str}
-    top = {f.name: hints.get(str(f.type), str) for f in fields(SSLSpec)
-           if f.name not in ("data", "smoke")}
+    top = {k: t for k, t in field_types(SSLSpec).items() if k not in ("data", "smoke")}
     folder = isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "folder" in raw["data"]
     return {**top, "data": FolderSpec if folder else DataSpec}
 

@@ -63,6 +63,8 @@ class Constraint:
         finite: refuse ``inf``/``nan``.
         hint: text after a bound's error, e.g. ``" (or leave it out: off)"``.
         file_key: ``False`` for a field that no file sets (derived, e.g. ``smoke``, ``path``).
+        nested: ``False`` for a dataclass-typed field whose file form its loader reads itself
+            (the validator then leaves the value to it).
     """
 
     choices: tuple[Any, ...] | None = None
@@ -74,17 +76,18 @@ class Constraint:
     finite: bool = False
     hint: str = ""
     file_key: bool = True
+    nested: bool = True
 
 
 def spec_field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
                choices: tuple[Any, ...] | None = None, words: str = "", ge: float | None = None,
                gt: float | None = None, le: float | None = None, lt: float | None = None,
-               finite: bool = False, hint: str = "", file_key: bool = True,
+               finite: bool = False, hint: str = "", file_key: bool = True, nested: bool = True,
                hash: bool | None = None) -> Any:
     """A dataclass field carrying its constraints (see :class:`Constraint`)."""
     meta = {_META: Constraint(choices=tuple(choices) if choices is not None else None, words=words,
                               ge=ge, gt=gt, le=le, lt=lt, finite=finite, hint=hint,
-                              file_key=file_key)}
+                              file_key=file_key, nested=nested)}
     return dataclasses.field(default=default, default_factory=default_factory, hash=hash,
                              metadata=meta)
 
@@ -112,7 +115,7 @@ def _range_words(c: Constraint, typed: str) -> str:
     lo = (">=", c.ge) if c.ge is not None else (">", c.gt) if c.gt is not None else None
     hi = ("<=", c.le) if c.le is not None else ("<", c.lt) if c.lt is not None else None
     if typed:
-        parts = [f"{op} {_g(v)}" for op, v in (lo, hi) if v is not None]  # type: ignore[misc]
+        parts = [f"{b[0]} {_g(b[1])}" for b in (lo, hi) if b is not None]
         return f"{typed} {' and '.join(parts)}"
     if lo and hi:
         return (f"in {'[' if lo[0] == '>=' else '('}{_g(lo[1])}, "
@@ -140,25 +143,29 @@ def check_fields(obj: Any, *, prefix: str = "", typed: bool = False) -> None:
     """
     hints = field_types(type(obj)) if typed else {}
     for f in dataclasses.fields(obj):
-        c, v, key = _constraint(f), getattr(obj, f.name), f"{prefix}{f.name}"
-        if v is None:
-            continue
-        if c.choices is not None and v not in c.choices:
-            if c.words:
-                raise ConfigError(f"{key}={v!r} must be {c.words}")
-            raise ConfigError(f"{key}={v!r} is not valid; choose one of "
-                              f"{', '.join(str(x) for x in c.choices)}")
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue  # a type the validator refuses; a direct build is the caller's concern
-        bounded = any(b is not None for b in (c.ge, c.gt, c.le, c.lt))
-        if bounded and _out_of_range(v, c):
-            kind = ""
-            if typed:
-                kind = "an integer" if _has(hints.get(f.name), int) and not _has(
-                    hints.get(f.name), float) else "a number"
-            raise ConfigError(f"{key}={v!r} must be {_range_words(c, kind)}{c.hint}")
-        if c.finite and not math.isfinite(v):
-            raise ConfigError(f"{key}={v!r} must be finite")
+        _check_value(getattr(obj, f.name), _constraint(f), key=f"{prefix}{f.name}",
+                     tp=hints.get(f.name) if typed else None)
+
+
+def _check_value(v: Any, c: Constraint, *, key: str, tp: Any = None) -> None:
+    """One value against its field's constraint; ``tp`` given: say its kind in range errors."""
+    if v is None:
+        return
+    if c.choices is not None and v not in c.choices:
+        if c.words:
+            raise ConfigError(f"{key}={v!r} must be {c.words}")
+        raise ConfigError(f"{key}={v!r} is not valid; choose one of "
+                          f"{', '.join(str(x) for x in c.choices)}")
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return  # a type the validator refuses; a direct build is the caller's concern
+    bounded = any(b is not None for b in (c.ge, c.gt, c.le, c.lt))
+    if bounded and _out_of_range(v, c):
+        kind = ""
+        if tp is not None:
+            kind = "an integer" if _has(tp, int) and not _has(tp, float) else "a number"
+        raise ConfigError(f"{key}={v!r} must be {_range_words(c, kind)}{c.hint}")
+    if c.finite and not math.isfinite(v):
+        raise ConfigError(f"{key}={v!r} must be finite")
 
 
 # -- types ------------------------------------------------------------------------------------
@@ -233,7 +240,8 @@ def _unknown_key(bad: str, valid: list[str], prefix: str) -> ConfigError:
                        f"(valid keys: {', '.join(valid)})")
 
 
-def validate(cls: type, mapping: Any, *, where: str, partial: bool = False) -> Any:
+def validate(cls: type, mapping: Any, *, where: str, partial: bool = False,
+             required: bool | None = None, typed: bool = False) -> Any:
     """A mapping (parsed YAML) checked against the spec dataclass ``cls`` and built into one.
 
     Args:
@@ -241,9 +249,13 @@ def validate(cls: type, mapping: Any, *, where: str, partial: bool = False) -> A
         mapping: the parsed value.
         where: the dotted key the mapping sits at (``"base"``, ``"train"``, ``"base.train"``);
             ``""`` for a file's top level.
-        partial: check the keys and values present (sections included) but build nothing and
-            require nothing; returns the mapping with its values typed (a study's ``base``, which
-            grid axes complete).
+        partial: check the keys and values present (types, choices, bounds; sections
+            included) but build nothing; returns the mapping with its values typed. A study's
+            ``base`` (grid axes complete it) and a file's top level whose sections its loader
+            builds (pretraining datasets, a chain's student) are checked this way.
+        required: refuse a missing required key (default: unless ``partial``). A required key
+            given as ``null`` counts as missing.
+        typed: range errors say the kind (``"steps=0 must be an integer >= 1"``).
 
     Returns:
         The ``cls`` instance (with ``partial``, a plain dict).
@@ -260,18 +272,21 @@ def validate(cls: type, mapping: Any, *, where: str, partial: bool = False) -> A
         if k not in valid:
             raise _unknown_key(str(k), valid, prefix)
     out: dict[str, Any] = {}
-    if not partial:
+    if (not partial) if required is None else required:
         for f in dataclasses.fields(cls):
-            if (f.name not in mapping and f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING):  # type: ignore[misc]
+            if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+                    and (mapping.get(f.name) is None and type(None) not in _members(types_[f.name]))):
                 raise ConfigError(f"missing key {prefix}{f.name}" if prefix
                                   else f"missing key {f.name!r}")
+    meta = {f.name: _constraint(f) for f in dataclasses.fields(cls)}
     for k, v in mapping.items():
-        tp = types_[k]
-        if _is_section(tp) and not isinstance(v, tp):
-            out[k] = validate(tp, v, where=f"{prefix}{k}", partial=partial)
+        tp, key = types_[k], f"{prefix}{k}"
+        if _is_section(tp) and meta[k].nested and not isinstance(v, tp):
+            out[k] = validate(tp, v, where=key, partial=partial)
         else:
-            out[k] = check_type(v, tp, key=f"{prefix}{k}")
+            out[k] = check_type(v, tp, key=key)
+            if partial:
+                _check_value(out[k], meta[k], key=key, tp=tp if typed else None)
     return out if partial else cls(**out)
 
 
