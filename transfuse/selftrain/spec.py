@@ -37,17 +37,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import RunSpec, TrainSpec, check_top_keys, read_yaml_file, run_id, spec_from_dict
+from ..config import RunSpec, TrainSpec, read_yaml_file, run_id, spec_from_dict
 from ..config import where as _where
 from ..errors import ConfigError, check_name, did_you_mean
+from ..spec.fields import spec_field, validate
 from .noise import NoiseSpec
 from .pseudo import PseudoSpec
 
 __all__ = ["ChainSpec", "load_chain", "chain_from_dict", "teacher_spec", "student_spec",
            "baseline_specs", "finetune_spec", "SMOKE"]
 
-TOP_KEYS = ("name", "description", "base", "labelled_fraction", "labelled_subset", "generations",
-            "seeds", "unlabelled_limit", "pseudo", "student", "baselines", "smoke")
 STUDENT_KEYS = ("model", "init", "train", "noise", "finetune")
 BASELINES = ("labelled", "full")
 SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 16,
@@ -57,24 +56,32 @@ SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_s
 
 @dataclass(frozen=True)
 class ChainSpec:
-    """A parsed chain file (see the module docstring for the keys)."""
+    """A parsed chain file (see the module docstring for the keys).
+
+    The fields a file sets are its top-level keys (``noise`` and ``finetune`` are read from
+    ``student``; ``path`` and ``full_n_train`` are set by the loader and ``shrink``):
+    :func:`chain_from_dict` checks the top level against them with
+    :func:`transfuse.spec.fields.validate`.
+    """
 
     name: str
     base: dict[str, Any]
     labelled_fraction: float
-    generations: int = 3
+    generations: int = spec_field(3, ge=1)
     seeds: tuple[int, ...] = (0,)
-    labelled_subset: str = "per_seed"
-    unlabelled_limit: int | None = None
+    labelled_subset: str = spec_field("per_seed", choices=("per_seed", "fixed"),
+                                      words="per_seed or fixed")
+    unlabelled_limit: int | None = spec_field(None, ge=1, hint=" or null")
     pseudo: PseudoSpec = field(default_factory=PseudoSpec)
-    noise: NoiseSpec = field(default_factory=NoiseSpec)
+    noise: NoiseSpec = spec_field(default_factory=NoiseSpec, file_key=False)
     student: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = spec_field(None, file_key=False)
     baselines: tuple[str, ...] = BASELINES
     smoke: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    path: str = ""
-    full_n_train: int | None = None  # set by ``shrink``: the smoke's "100 %" baseline is small
+    path: str = spec_field("", file_key=False)
+    # set by ``shrink``: the smoke's "100 %" baseline is small
+    full_n_train: int | None = spec_field(None, file_key=False)
 
     def shrink(self) -> ChainSpec:
         """The ``--smoke`` chain: first seed, ≤ 2 generations, a few steps, a small pool."""
@@ -131,8 +138,12 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
     Raises:
         ConfigError: an unknown, missing or invalid key; the message names ``path`` and the key.
     """
-    raw = check_top_keys(raw, path=path, what="chain", allowed=TOP_KEYS,
-                         required=("name", "base", "labelled_fraction"))
+    if isinstance(raw, dict):  # an empty section ("student:") is the default
+        raw = {k: v for k, v in raw.items() if not (v is None and k in ("pseudo", "student", "smoke"))}
+    try:  # keys, types, choices and bounds of the top level: ChainSpec's field table
+        raw = validate(ChainSpec, raw, where="", partial=True, required=True, typed=True)
+    except ConfigError as e:
+        raise ConfigError(_where(path, str(e))) from None
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(_where(path, "name must be a non-empty string"))
@@ -149,18 +160,12 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
         raise ConfigError(_where(path, f"labelled_fraction={frac!r} must be a number in (0, 1)"))
     gens = raw.get("generations", 3)
-    if isinstance(gens, bool) or not isinstance(gens, int) or gens < 1:
-        raise ConfigError(_where(path, f"generations={gens!r} must be an integer >= 1"))
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(_where(path, "seeds must be a non-empty list of integers"))
     subset = raw.get("labelled_subset", "per_seed")
-    if subset not in ("per_seed", "fixed"):
-        raise ConfigError(_where(path, f"labelled_subset={subset!r} must be per_seed or fixed"))
     limit = raw.get("unlabelled_limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(_where(path, f"unlabelled_limit={limit!r} must be an integer >= 1 or null"))
     student = _mapping(raw.get("student"), _where(path, "student"))
     bad = sorted(set(student) - set(STUDENT_KEYS))
     if bad:
@@ -168,7 +173,7 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
                                        f"{did_you_mean(bad[0], STUDENT_KEYS, prefix='student.')} "
                                        f"(valid keys: {', '.join(STUDENT_KEYS)})"))
     baselines = raw.get("baselines", list(BASELINES)) or []
-    if not isinstance(baselines, list) or any(b not in BASELINES for b in baselines):
+    if not isinstance(baselines, (list, tuple)) or any(b not in BASELINES for b in baselines):
         raise ConfigError(_where(path, f"baselines must be a list of {', '.join(BASELINES)}"))
     smoke = _mapping(raw.get("smoke"), _where(path, "smoke"))
     bad = sorted(set(smoke) - set(SMOKE))
