@@ -48,17 +48,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import (DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, check_top_keys, read_yaml_file,
-                      spec_from_dict)
+from ..config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, read_yaml_file, spec_from_dict
 from ..errors import ConfigError, check_name, did_you_mean
 from ..decide.evaluation import Evaluation
 from ..spec import fields as spec_fields
+from ..spec.fields import spec_field
 
 __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrains", "ssl_pretrains",
            "external_sources", "EXTERNAL_PRETRAINS", "SMOKE"]
 
-TOP_KEYS = ("name", "description", "base", "grid", "exclude", "pretrain", "evaluation", "smoke",
-            "max_cells")
 #: Most grid cells a study may have (the product of its axes' lengths, before ``exclude``), unless
 #: its file raises ``max_cells``: counted before any cell is built, so a mistyped axis cannot make
 #: ``study check`` or ``study status`` build a million specs.
@@ -67,6 +65,8 @@ EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
 DECISION_KEYS = ("margin", "area_margin", "speed_margin", "reference", "multiplicity", "alpha", "power")
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
 RUN_KEYS = ("seed",)
+#: top-level keys whose empty value (``grid:``) is their default
+_OPTIONAL_SECTIONS = ("grid", "exclude", "pretrain", "evaluation", "smoke")
 SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 16,
                          "train.warmup_steps": 0, "data.n_train": 64}
 
@@ -75,9 +75,21 @@ SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_s
 class StudySpec:
     """A parsed study file.
 
+    The fields a file sets are its top-level keys (the thresholds are read from
+    ``evaluation``, ``path`` is where it was read from): :func:`load_study` checks the top level
+    against them with :func:`transfuse.spec.fields.validate`.
+
+    ``base`` stays a nested dict, not a :class:`~transfuse.config.RunSpec`: a study's base is
+    legitimately partial, because its grid completes it. An axis may supply a required key
+    (``model.name: [cbr_tiny, cbr_small]`` with no ``model`` in the base), and cross-field rules
+    (``data.n_train`` or ``data.fraction``, ``train.ema`` or ``train.swa``) hold for a whole cell,
+    not for the base alone. Its keys and values are checked through the RunSpec field table
+    when the file is read (unknown keys named ``base.train.eval_evry``, types, choices, bounds);
+    every cell is then built into a RunSpec by :func:`expand`.
+
     Attributes:
         name: study name (runs are stored under it).
-        base: nested run dict every grid cell starts from.
+        base: nested run dict every grid cell starts from (a partial run spec, see above).
         grid: dotted key → list of values (cartesian product, in file order).
         auc_thresholds: absolute AUC thresholds for steps-to-threshold.
         relative_thresholds: fractions of each run's final AUC for steps-to-threshold.
@@ -89,16 +101,17 @@ class StudySpec:
 
     name: str
     base: dict[str, Any]
-    grid: dict[str, list[Any]]
-    auc_thresholds: tuple[float, ...] = (0.8, 0.9)
-    relative_thresholds: tuple[float, ...] = (0.9, 0.95)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    auc_thresholds: tuple[float, ...] = spec_field((0.8, 0.9), file_key=False)
+    relative_thresholds: tuple[float, ...] = spec_field((0.9, 0.95), file_key=False)
     smoke: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    path: str = ""
+    path: str = spec_field("", file_key=False)
     exclude: tuple[dict[str, Any], ...] = ()
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
-    evaluation: Evaluation = field(default_factory=Evaluation)
-    max_cells: int = MAX_CELLS
+    # its file form (dice_thresholds, the thresholds) is read by load_study
+    evaluation: Evaluation = spec_field(default_factory=Evaluation, nested=False)
+    max_cells: int = spec_field(MAX_CELLS, ge=1)
 
 
 def check_grid_size(grid: dict[str, Any], *, limit: int, where: str) -> int:
@@ -157,8 +170,17 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
         ConfigError: unreadable file or a bad key/value; the message names the file and key.
     """
     path = Path(path)
-    raw = check_top_keys(read_yaml_file(path, what="study"), path=str(path), what="study",
-                         allowed=TOP_KEYS, required=("name", "base"))
+    raw = read_yaml_file(path, what="study")
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if not (v is None and k in _OPTIONAL_SECTIONS)}
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"{path}: description must be a string (text about the study), not "
+                              f"a {type(description).__name__}")
+    try:  # keys, types and bounds of the top level: StudySpec's field table
+        raw = spec_fields.validate(StudySpec, raw, where="", partial=True, required=True)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{path}: name must be a non-empty string")
@@ -174,15 +196,8 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"{path}: description must be a string (text about the study), not "
-                          f"a {type(description).__name__}")
     max_cells = raw.get("max_cells", MAX_CELLS)
-    if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1:
-        raise ConfigError(f"{path}: max_cells={max_cells!r} must be a positive integer")
     grid = raw.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{path}: grid must be a mapping of dotted keys to lists")
     check_grid_size(grid, limit=max_cells, where=str(path))
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
@@ -195,7 +210,7 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
             check_axis_path(str(k), f"{path}: grid")
     check_axes_disjoint(grid, str(path))
     exclude = raw.get("exclude") or []
-    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+    if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, dict) and e for e in exclude):
         raise ConfigError(f"{path}: exclude must be a list of mappings of dotted keys to values")
     for e in exclude:
         for kk in e:
