@@ -415,12 +415,12 @@ def load_pretrain_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
     Returns:
         :class:`~transfuse.pretrain.config.PretrainSpec`.
     """
-    from .config import DataSpec, read_yaml_file
-    from .pretrain.config import PretrainSpec, pretrain_from_dict
+    from .config import read_yaml_file
+    from .pretrain.config import DatasetEntry, PretrainSpec, pretrain_from_dict
 
     raw = read_yaml_file(path, what="pretraining")
     top = {k: v for k, v in _fields_of(PretrainSpec).items() if k not in ("datasets", "smoke")}  # type: ignore[union-attr]
-    schema = {**top, "datasets": [{"data": DataSpec, "weight": float}]}
+    schema = {**top, "datasets": [DatasetEntry]}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, sets=sets, schema=schema)
     return pretrain_from_dict(raw, path=str(Path(path)))

@@ -30,13 +30,12 @@ from typing import Any
 
 from ..config import OPTIMIZERS, DataSpec, read_yaml_file
 from ..config import where as _where
-from ..errors import ConfigError, check_name, did_you_mean
+from ..errors import ConfigError, check_name
 from ..spec.fields import spec_field, validate
 
 __all__ = ["DatasetEntry", "PretrainSpec", "load_pretrain", "pretrain_from_dict", "SMOKE",
            "MIN_PATCH"]
 
-ENTRY_KEYS = ("data", "weight")
 #: ``--smoke``: at most these steps / eval interval / batch, and patches of this side.
 SMOKE: dict[str, int] = {"steps": 4, "eval_every": 2, "batch_size": 2, "patch_size": 16}
 #: Smallest patch side: the encoder's output stride is 8 and its head upsamples ×2.
@@ -49,7 +48,7 @@ class DatasetEntry:
     """One pretraining dataset: its data spec (spacing/patch filled in) and sampling weight."""
 
     data: DataSpec
-    weight: float
+    weight: float = spec_field(1.0, gt=0)  # probability of a step ∝ weight
 
 
 @dataclass(frozen=True)
@@ -95,51 +94,27 @@ class PretrainSpec:
 
 def _entry(i: int, e: Any, spec: dict[str, Any], path: str) -> DatasetEntry:
     where = f"datasets[{i}]"
-    if not isinstance(e, dict):
-        raise ConfigError(_where(path, f"{where} must be a mapping with keys data and weight"))
-    bad = sorted(set(e) - set(ENTRY_KEYS))
-    if bad:
-        raise ConfigError(_where(path, f"unknown key {where}.{bad[0]}"
-                                       f"{did_you_mean(bad[0], ENTRY_KEYS, prefix=where + '.')}"
-                                       f" (valid keys: {', '.join(ENTRY_KEYS)})"))
-    if "data" not in e:
-        raise ConfigError(_where(path, f"missing key {where}.data"))
-    data = e["data"]
-    if isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, dict):
-        raise ConfigError(_where(path, f"{where}.data must be a mapping like "
-                                       "{name: \"builtin:brain_seg3d\"}"))
-    names = set(DataSpec.__dataclass_fields__)
-    bad = sorted(set(data) - names)
-    if bad:
-        raise ConfigError(_where(path, f"unknown key {where}.data.{bad[0]}"
-                                       f"{did_you_mean(bad[0], sorted(names), prefix=where + '.data.')}"
-                                       f" (valid keys: {', '.join(sorted(names))})"))
-    if "name" not in data:
-        raise ConfigError(_where(path, f"missing key {where}.data.name"))
+    if isinstance(e, dict) and isinstance(e.get("data"), str):
+        e = {**e, "data": {"name": e["data"]}}
+    try:  # the entry's and its data spec's keys and values, through their field tables
+        e = validate(DatasetEntry, e, where=where, partial=True, required=True, typed=True)
+        data = validate(DataSpec, e["data"], where=f"{where}.data", partial=True, required=True)
+    except ConfigError as err:
+        raise ConfigError(_where(path, str(err))) from None
     data = dict(data)
     if data.get("spacing") is None and spec["spacing"] is not None:
         data["spacing"] = spec["spacing"]
     if data.get("patch_size") is None:
         data["patch_size"] = spec["patch_size"]
-    for k in ("label_columns",):
-        if k in data:
-            data[k] = tuple(data[k])
     try:
         ds = DataSpec(**data)
     except ConfigError as err:  # the DataSpec names the field; add where it is
         raise ConfigError(_where(path, f"{where}.{err}")) from None
-    except TypeError as err:
-        raise ConfigError(_where(path, f"{where}.data: {err}")) from None
     if ds.patch_size is not None and ds.patch_size < MIN_PATCH:
         raise ConfigError(_where(path, f"{where}.data.patch_size={ds.patch_size} must be >= "
                                        f"{MIN_PATCH} (Med3D's output stride is 8)"))
     _check_segmentation_name(ds.name, f"{where}.data.name", path)
-    w = e.get("weight", 1.0)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-        raise ConfigError(_where(path, f"{where}.weight={w!r} must be a number > 0"))
-    return DatasetEntry(ds, float(w))
+    return DatasetEntry(ds, float(e.get("weight", 1.0)))
 
 
 def _check_segmentation_name(name: str, key: str, path: str) -> None:
