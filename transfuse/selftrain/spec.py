@@ -33,7 +33,7 @@ labelled subset; generation ``n`` carries ``parent = {"teacher": <run id of gene
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +117,9 @@ def _mapping(v: Any, where: str) -> dict[str, Any]:
 
 
 def _dataclass(cls: type, d: Any, path: str, key: str) -> Any:
-    d = _mapping(d, _where(path, key))
-    names = [f.name for f in fields(cls)]
-    bad = sorted(set(d) - set(names))
-    if bad:
-        raise ConfigError(_where(path, f"unknown key {key}.{bad[0]}"
-                                       f"{did_you_mean(bad[0], names, prefix=key + '.')} "
-                                       f"(valid keys: {', '.join(names)})"))
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise ConfigError(_where(path, f"{key}: {e}")) from None
-    except ConfigError as e:  # the dataclass names the key; add the file
+    try:  # keys, types and the dataclass's own checks; an empty section is the default
+        return validate(cls, {} if d is None else d, where=key)
+    except ConfigError as e:
         raise ConfigError(_where(path, str(e))) from None
 
 
