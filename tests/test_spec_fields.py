@@ -101,3 +101,22 @@ def test_set_values_typed_through_the_same_annotations(tp, text, want):
     import yaml
 
     assert coerce(yaml.safe_load(text), tp, key="k", raw=text) == want
+
+
+def test_a_study_base_is_partial_and_checked_through_the_run_table(tmp_path):
+    """The grid may complete the base (here: the model), so the base is no RunSpec; its keys
+    and values are still checked when the file is read, named where they are written."""
+    from transfuse.study.spec import expand, load_study
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\nbase: {data: {name: 'builtin:brain_tissue'}, train: {steps: 3}}\n"
+                 "grid: {model.name: [cbr_tiny, cbr_small]}\n")
+    specs = expand(load_study(p))
+    assert [s.model.name for s in specs] == ["cbr_tiny", "cbr_small"]
+    p.write_text("name: s\nbase: {data: {name: x}, train: {steps: 0}}\n"
+                 "grid: {model.name: [cbr_tiny]}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: base.train.steps=0 must be >= 1$"):
+        load_study(p, validate=False)
+    p.write_text("name: s\nbase: {data: {name: x}, model: {name: m}}\nmax_cells: 0\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: max_cells=0 must be >= 1$"):
+        load_study(p)
