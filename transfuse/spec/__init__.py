@@ -1,0 +1,1 @@
+"""One spec layer: typed YAML file kinds, one validator, the init and fine-tuning names."""
