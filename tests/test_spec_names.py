@@ -8,8 +8,8 @@ import pytest
 from transfuse.config import FINETUNE_FORMS as CONFIG_FORMS, finetune_parts as config_parts
 from transfuse.errors import ConfigError
 from transfuse.inits import INITS, parse_init
-from transfuse.spec.finetune_names import (FINETUNE_FORMS, FINETUNE_KINDS, finetune_parts,
-                                           format_finetune)
+from transfuse.spec.finetune_names import (ARG_KINDS, FINETUNE_FORMS, FINETUNE_KINDS, STAGE_KINDS,
+                                           finetune_parts, format_finetune)
 from transfuse.spec.init_names import (InitPart, SourceRef, format_init_name, format_source,
                                        parse_init_name, parse_source, source_ref)
 from transfuse.weights import list_sources
@@ -97,6 +97,8 @@ def test_every_finetune_form_round_trips(form: str) -> None:
 def test_finetune_reexported_from_config() -> None:
     assert CONFIG_FORMS is FINETUNE_FORMS and config_parts is finetune_parts
     assert set(_EXAMPLES) == set(FINETUNE_FORMS)
+    assert FINETUNE_KINDS == ("full", "linear_probe", "freeze", "surgical", "lpft")
+    assert ARG_KINDS == ("freeze", "surgical", "lpft") and set(STAGE_KINDS) < set(ARG_KINDS)
 
 
 @pytest.mark.parametrize("bad", ["", "partial", "full:x", "linear_probe:1", "freeze", "freeze:",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..spec.finetune_names import ARG_KINDS
 from ..spec.init_names import source_ref
 
 __all__ = ["hybrid_scores", "run_forgetting", "study_forgetting", "RunForgetting", "ArmCurve",
@@ -262,7 +263,7 @@ def _full_arm(arm: str, reference: str) -> str | None:
     (``pretrained · linear_probe · augment=basic`` → ``pretrained · augment=basic``)."""
     parts = arm.split(" · ")
     rest = [p for p in parts[1:] if not (p in ("linear_probe", "freeze_bn") or p.partition(":")[0] in
-                                          ("freeze", "surgical", "lpft"))]
+                                          ARG_KINDS)]
     if reference != "full" or len(rest) == len(parts) - 1:
         return None  # no strategy part: this is a full fine-tuning arm
     return " · ".join([parts[0], *rest])

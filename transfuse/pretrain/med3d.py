@@ -22,11 +22,11 @@ history per dataset, steps, seconds). All ``.pt`` files load with ``weights_only
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 
-__all__ = ["FINETUNE_FORMS", "FINETUNE_KINDS", "STAGE_KINDS", "finetune_parts", "format_finetune"]
+__all__ = ["FINETUNE_FORMS", "FINETUNE_KINDS", "STAGE_KINDS", "ARG_KINDS", "finetune_parts",
+           "format_finetune"]
 
 FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
 #: every kind, the part before the colon of a form
 FINETUNE_KINDS = tuple(f.partition(":")[0] for f in FINETUNE_FORMS)
 #: kinds that take a stage name as their argument
 STAGE_KINDS = ("freeze", "surgical")
+#: kinds written with an argument (``kind:arg``)
+ARG_KINDS = tuple(f.partition(":")[0] for f in FINETUNE_FORMS if ":" in f)
 
 
 def finetune_parts(value: str) -> tuple[str, str | int | None]:
