@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .spec.fields import check_fields, spec_field, validate
+from .spec.finetune_names import FINETUNE_FORMS, finetune_parts  # noqa: F401 (re-exported)
 from .yaml_files import MAX_YAML_VALUES, check_top_keys, read_yaml_file, where  # noqa: F401 (re-exported)
 
 __all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict",
@@ -48,39 +49,6 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "he
 _EXECUTION_KEYS = ("checkpoint_every", "compile", "preload", "cuda_graph")
 PRELOADS = ("auto", "always", "never")
 CUDA_GRAPHS = ("auto", "on", "off")
-FINETUNE_FORMS = ("full", "linear_probe", "freeze:<stage>", "surgical:<stage>", "lpft:<steps>")
-
-
-def finetune_parts(value: str) -> tuple[str, str | int | None]:
-    """``train.finetune`` split into its kind and argument, syntax only (no model needed).
-
-    ``"full"`` → ``("full", None)``, ``"freeze:block2"`` → ``("freeze", "block2")``,
-    ``"lpft:100"`` → ``("lpft", 100)``. Stage names are checked against the model later, by
-    :func:`transfuse.train.finetune.plan_finetune`.
-
-    Raises:
-        ConfigError: ``"train.finetune='x' is not valid; choose one of full, linear_probe, ..."``.
-    """
-    kind, sep, arg = str(value).partition(":")
-    bad = ConfigError(f"train.finetune={value!r} is not valid; choose one of "
-                      f"{', '.join(FINETUNE_FORMS)}")
-    if kind in ("full", "linear_probe"):
-        if sep:
-            raise bad
-        return kind, None
-    if kind in ("freeze", "surgical"):
-        if not arg:
-            raise bad
-        return kind, arg
-    if kind == "lpft":
-        try:
-            steps = int(arg)
-        except ValueError:
-            raise bad from None
-        if steps < 1:
-            raise ConfigError(f"train.finetune={value!r}: the linear-probe phase needs >= 1 step")
-        return kind, steps
-    raise bad
 
 
 def parse_operating_point(text: str) -> tuple[str, float | None]:

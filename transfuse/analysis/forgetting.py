@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..spec.finetune_names import ARG_KINDS
+from ..spec.init_names import source_ref
 
 __all__ = ["hybrid_scores", "run_forgetting", "study_forgetting", "RunForgetting", "ArmCurve",
            "arm_curves"]
@@ -115,10 +117,10 @@ class RunForgetting:
 
 
 def _source_run(store: Any, rec: Any) -> Any:
-    src = (rec.spec.get("init") or {}).get("source") or ""
-    if not src.startswith("run:"):
+    ref = source_ref((rec.spec.get("init") or {}).get("source") or "")
+    if ref is None or ref.family != "run":
         return None
-    return store.get_run(src.split(":", 1)[1])
+    return store.get_run(ref.arg)
 
 
 def run_forgetting(store: Any, run_id: str, *, arm: str | None = None, device: Any = None,
@@ -260,8 +262,8 @@ def _full_arm(arm: str, reference: str) -> str | None:
     """The full fine-tuning arm of the same init and settings: the label without its strategy
     (``pretrained · linear_probe · augment=basic`` → ``pretrained · augment=basic``)."""
     parts = arm.split(" · ")
-    rest = [p for p in parts[1:] if not (p in ("linear_probe", "freeze_bn") or p.split(":")[0] in
-                                          ("freeze", "surgical", "lpft"))]
+    rest = [p for p in parts[1:] if not (p in ("linear_probe", "freeze_bn") or p.partition(":")[0] in
+                                          ARG_KINDS)]
     if reference != "full" or len(rest) == len(parts) - 1:
         return None  # no strategy part: this is a full fine-tuning arm
     return " · ".join([parts[0], *rest])

@@ -36,6 +36,7 @@ from torch import nn
 from .._registry import Registry
 from ..errors import ConfigError, TransfuseError
 from ..models import get_stages
+from ..spec.init_names import parse_init_name
 
 __all__ = [
     "Action", "InitContext", "InitReport", "TensorRecord", "INITS", "register_init", "list_inits",
@@ -208,14 +209,10 @@ def parse_init(spec: str) -> list[tuple[str, str | None]]:
     Raises:
         ConfigError: empty part or unknown strategy (with close matches).
     """
-    parts = []
-    for part in spec.split("+"):
-        name, _, arg = part.strip().partition(":")
-        if not name:
-            raise ConfigError(f"init {spec!r} has an empty part; write e.g. transfusion:block1+meanvar")
-        INITS.get(name)  # raises with suggestions
-        parts.append((name, arg or None))
-    return parts
+    parts = parse_init_name(spec)
+    for part in parts:
+        INITS.get(part.name)  # raises with suggestions
+    return [(p.name, p.arg) for p in parts]
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

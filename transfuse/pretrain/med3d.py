@@ -22,11 +22,11 @@ history per dataset, steps, seconds). All ``.pt`` files load with ``weights_only
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,11 @@ from ..data.base import PreparedData
 from ..errors import DataError
 from ..models.med3d import Med3DEncoder, conv_seg_head
 from ..train.device import autocast, resolve_device, seed_everything
-from ..atomic import atomic_write
-from ..train.loop import lr_lambda, make_optimizer
+from ..atomic import atomic_write, write_text
+from ..train.loop import checkpoint_or_stop, lr_lambda, make_optimizer
+from ..train.parts import check_loss, progress_bar
+from ..train.resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, Stateful,
+                            load_resume, restore_parts, resume_state, save_resume)
 from ..train.segment import evaluate_segmentation, segmentation_loss
 from .config import PretrainSpec
 
@@ -166,12 +169,46 @@ def load_pretrain_data(spec: PretrainSpec) -> list[PreparedData]:
     return out
 
 
-def _batches(data: PreparedData, batch_size: int, seed: int) -> Iterator:
+def _batches(data: PreparedData, batch_size: int, seed: int) -> BatchStream:
+    """The training batches of one dataset, epoch after epoch, in a seeded order (``fit``'s
+    resumable stream: the same draws as a shuffling ``DataLoader``)."""
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data.train, batch_size=min(batch_size, len(data.train)), shuffle=True,
-                        generator=gen, drop_last=True)
-    while True:
-        yield from loader
+    loader = DataLoader(data.train, batch_size=min(batch_size, len(data.train)),
+                        sampler=SkipRandomSampler(data.train, generator=gen), generator=gen,
+                        drop_last=True)
+    return BatchStream(loader, gen)
+
+
+class _Each:
+    """Several parts of ``resume.pt`` as one: ``{name: part}``."""
+
+    def __init__(self, parts: dict[str, Stateful]) -> None:
+        self.parts = parts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: p.state_dict() for k, p in self.parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, p in self.parts.items():
+            p.load_state_dict(state[k])
+
+
+@dataclass
+class _Tally:
+    """What the loop carries between evaluations (a part of ``resume.pt``): per dataset the val
+    history and the losses since the last evaluation; the seconds of earlier attempts."""
+
+    history: dict[str, list[dict[str, Any]]]
+    losses: dict[str, list[float]]
+    seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, state[f.name])
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -210,12 +247,15 @@ def pretrain_med3d(spec: PretrainSpec, *, out_dir: str | Path, device: str | Non
     Returns:
         :class:`PretrainResult`.
 
+    SIGTERM or Ctrl-C stops after the current step with ``out_dir/resume.pt`` (as ``fit``'s:
+    :mod:`transfuse.train.resume`) and :class:`~transfuse.errors.PreemptedError`; the same call
+    again continues from it, to the same result as an uninterrupted pretraining.
+
     Raises:
         DataError: unreadable or non-segmentation data.
-        FloatingPointError: the loss diverged.
+        DivergedError: the loss diverged (a ``FloatingPointError``).
+        PreemptedError: stopped by a signal (rerun to resume).
     """
-    from tqdm.auto import tqdm
-
     dev = resolve_device(device)
     datasets = list(data) if data is not None else load_pretrain_data(spec)
     names = [e.data.name for e in spec.datasets]
@@ -228,36 +268,52 @@ def pretrain_med3d(spec: PretrainSpec, *, out_dir: str | Path, device: str | Non
     schedule = dataset_schedule([e.weight for e in spec.datasets], spec.steps, spec.seed)
     streams = [_batches(d, spec.batch_size, spec.seed + i) for i, d in enumerate(datasets)]
     val = [DataLoader(d.val, batch_size=1) for d in datasets]
-    history: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    losses: dict[str, list[float]] = {n: [] for n in names}
-
-    bar = tqdm(total=spec.steps, disable=not progress, desc=f"pretrain {spec.name}", unit="step",
-               leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    t0, eval_seconds = time.perf_counter(), 0.0
-    model.train()
-    for step, i in enumerate(schedule, 1):
-        x, y, _ = next(streams[i])
-        lr = spec.lr * decay(step - 1)  # every optimiser's rate, by the global step
-        loss = pretrain_step(model, opts, names[i], x.to(dev), y.to(dev), lr=lr, amp=amp).item()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss} at step {step} on {names[i]}; "
-                                     f"lower lr (lr={spec.lr})")
-        losses[names[i]].append(loss)
-        bar.update(1)
-        bar.set_postfix({"data": names[i].split(":")[-1][:16], "loss": f"{loss:.3f}"})
-        if step % spec.eval_every == 0 or step == spec.steps:
-            t_eval = time.perf_counter()
-            for n, d, loader in zip(names, datasets, val):
-                metrics, _ = evaluate_segmentation(model.view(n), loader, data=d, device=dev, amp=amp)
-                recent, losses[n] = losses[n], []  # this dataset's steps since the last evaluation
-                history[n].append({"step": step, "train_loss": round(float(np.mean(recent)), 6)
-                                   if recent else None, **_finite(metrics)})
-            eval_seconds += time.perf_counter() - t_eval
-            bar.set_postfix({n.split(":")[-1][:16]: f"{h[-1]['dice'] or 0:.3f}" for n, h in history.items()})
-    bar.close()
-    seconds = time.perf_counter() - t0
-
+    tally = _Tally({n: [] for n in names}, {n: [] for n in names})
     out = Path(out_dir)
+    # resume.pt: these parts' state_dict()s and the random states (fit's format); the global
+    # torch generator (restored with them) draws the patch centres
+    parts = {"model": model, "optimizers": _Each(opts),
+             "streams": _Each({str(i): s for i, s in enumerate(streams)}), "tally": tally}
+    fingerprint = json.dumps({"med3d": spec.to_dict()}, sort_keys=True)
+    ckpt = load_resume(out, fingerprint)
+    start = 1 if ckpt is None else restore_parts(ckpt, parts) + 1
+    history, losses = tally.history, tally.losses
+
+    def checkpoint(step: int) -> None:
+        save_resume(out / RESUME_FILE, resume_state(fingerprint=fingerprint, step=step, parts=parts))
+
+    tspec = _train_spec(spec)
+    bar = progress_bar(spec.steps, start=start, enabled=progress, desc=f"pretrain {spec.name}")
+    t0 = time.perf_counter()
+    model.train()
+    with SigtermGuard() as sigterm:
+        for step in range(start, spec.steps + 1):
+            i = schedule[step - 1]
+            x, y, _ = next(streams[i])
+            lr = spec.lr * decay(step - 1)  # every optimiser's rate, by the global step
+            loss = check_loss(pretrain_step(model, opts, names[i], x.to(dev), y.to(dev), lr=lr, amp=amp).item(),
+                              f"the pretraining loss on {names[i]}", step, tspec, prefix="",
+                              flag="--set lr=", warmup=False)
+            losses[names[i]].append(loss)
+            bar.update(1)
+            bar.set_postfix({"data": names[i].split(":")[-1][:16], "loss": f"{loss:.3f}"})
+            if step % spec.eval_every == 0 or step == spec.steps:
+                t_eval = time.perf_counter()
+                for n, d, loader in zip(names, datasets, val):
+                    metrics, _ = evaluate_segmentation(model.view(n), loader, data=d, device=dev, amp=amp)
+                    recent, losses[n] = losses[n], []  # this dataset's steps since the last evaluation
+                    history[n].append({"step": step, "train_loss": round(float(np.mean(recent)), 6)
+                                       if recent else None, **_finite(metrics)})
+                tally.eval_seconds += time.perf_counter() - t_eval
+                bar.set_postfix({n.split(":")[-1][:16]: f"{h[-1]['dice'] or 0:.3f}" for n, h in history.items()})
+            tally.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            # only on a stop request: a checkpoint costs about as much as a few steps
+            checkpoint_or_stop(step, spec.steps, every=spec.steps, guard=sigterm,
+                               checkpoint=checkpoint, bar=bar)
+    bar.close()
+    seconds, eval_seconds = tally.seconds, tally.eval_seconds
+
     out.mkdir(parents=True, exist_ok=True)
     _save({k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()},
           out / "encoder.pt")
@@ -275,5 +331,6 @@ def pretrain_med3d(spec: PretrainSpec, *, out_dir: str | Path, device: str | Non
         "files": {"encoder": str(out / "encoder.pt"), "heads": str(out / "heads.pt")},
         "use": f"--source file:{out / 'encoder.pt'}",
     }
-    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "pretrain.json", json.dumps(summary, indent=2))
+    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: nothing to resume
     return PretrainResult(out, summary)

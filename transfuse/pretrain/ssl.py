@@ -28,10 +28,8 @@ folder files) the pretraining drew.
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainSpec
-from ..errors import ConfigError, DivergedError, ModelError
+from ..errors import ConfigError, ModelError
 from ..models import create_model, get_stages
 from ..train.device import autocast, resolve_device, seed_everything
-from ..atomic import atomic_write
-from ..train.loop import lr_lambda, make_optimizer
+from ..atomic import atomic_write, write_text
+from ..train.loop import checkpoint_or_stop, lr_lambda, make_optimizer
+from ..train.parts import check_loss, progress_bar
+from ..train.resume import (RESUME_FILE, SigtermGuard, load_resume, restore_parts, resume_state,
+                            save_resume)
 from .ssl_config import SSLSpec
 from .ssl_data import UnlabelledImages, load_unlabelled
 from .ssl_views import Views
@@ -292,22 +293,61 @@ def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if not any(k == p or k.startswith(p + ".") for p in prefixes)}
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator):
+class IndexStream:
     """Indices of each batch: seeded permutations of ``range(n)``, epoch after epoch (the last
     incomplete batch of an epoch is dropped, as BatchNorm and NT-Xent want full batches). Fewer
     images than a batch (a few large volumes, cropped anew at every draw): each batch is the next
-    ``batch_size`` of a stream of permutations, so an image may appear more than once in it."""
-    if n < batch_size:
-        stream = np.empty(0, dtype=np.int64)
-        while True:
-            while len(stream) < batch_size:
-                stream = np.concatenate([stream, rng.permutation(n)])
-            yield stream[:batch_size]
-            stream = stream[batch_size:]
-    while True:
-        perm = rng.permutation(n)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i:i + batch_size]
+    ``batch_size`` of a stream of permutations, so an image may appear more than once in it.
+
+    A part of ``resume.pt``: :meth:`state_dict` holds the generator ``rng`` (which also draws the
+    crops) and the place in the current permutation.
+    """
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator) -> None:
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.perm = np.empty(0, dtype=np.int64)  # the current permutation (n >= batch_size) ...
+        self.i = 0  # ... and the next batch's start in it; n < batch_size: the stream's rest
+
+    def __iter__(self) -> IndexStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        bs = self.batch_size
+        if self.n < bs:
+            while len(self.perm) < bs:
+                self.perm = np.concatenate([self.perm, self.rng.permutation(self.n)])
+            out, self.perm = self.perm[:bs], self.perm[bs:]
+            return out
+        if self.i + bs > len(self.perm):  # the epoch is done (or none began): a new one
+            self.perm, self.i = self.rng.permutation(self.n), 0
+        out, self.i = self.perm[self.i:self.i + bs], self.i + bs
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": json.dumps(self.rng.bit_generator.state), "perm": torch.from_numpy(self.perm.copy()),
+                "i": self.i}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.perm, self.i = state["perm"].numpy().astype(np.int64), int(state["i"])
+
+
+@dataclass
+class _Tally:
+    """What the SSL loop counts (a part of ``resume.pt``): times each image was drawn, the loss of
+    every step, the training seconds of earlier attempts."""
+
+    seen: np.ndarray
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": torch.from_numpy(self.seen.copy()), "losses": list(self.losses),
+                "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = state["seen"].numpy().astype(np.int64)
+        self.losses, self.seconds = [float(v) for v in state["losses"]], float(state["seconds"])
 
 
 @dataclass
@@ -364,7 +404,7 @@ def _save(obj: Any, path: Path) -> None:
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def pretrain_ssl(spec: SSLSpec, *, out_dir: str | Path, device: str | None = None,
@@ -383,13 +423,16 @@ def pretrain_ssl(spec: SSLSpec, *, out_dir: str | Path, device: str | None = Non
     Returns:
         :class:`SSLResult`; ``skipped`` when ``out_dir`` already held this pretraining.
 
+    SIGTERM or Ctrl-C stops after the current step with ``out_dir/resume.pt`` (as ``fit``'s:
+    :mod:`transfuse.train.resume`) and :class:`~transfuse.errors.PreemptedError`; the same call
+    again continues from it, to the same result as an uninterrupted pretraining.
+
     Raises:
         ConfigError: a model that does not fit the data; ``out_dir`` holding another config.
         DataError: unreadable data.
         DivergedError: the loss became NaN/inf.
+        PreemptedError: stopped by a signal (rerun to resume).
     """
-    from tqdm.auto import tqdm
-
     out = Path(out_dir)
     if not force:
         done = finished(spec, out)
@@ -412,37 +455,48 @@ def pretrain_ssl(spec: SSLSpec, *, out_dir: str | Path, device: str | None = Non
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tspec, spec.steps))
     amp = dev.type == "cuda"
     rng = np.random.default_rng(spec.seed)  # batch order and crop corners
-    stream = _batches(len(images), spec.batch_size, rng)
-    seen = np.zeros(len(images), dtype=np.int64)
-    losses: list[float] = []
+    stream = IndexStream(len(images), spec.batch_size, rng)
+    tally = _Tally(np.zeros(len(images), dtype=np.int64))
+    # resume.pt: these parts' state_dict()s and the random states (fit's format)
+    parts = {"model": method, "optimizer": opt, "scheduler": sched, "stream": stream, "tally": tally}
+    fingerprint = json.dumps({"ssl": spec.to_dict()}, sort_keys=True)
+    ckpt = load_resume(out, fingerprint)
+    start = 0 if ckpt is None else restore_parts(ckpt, parts)  # steps done
 
-    bar = tqdm(total=spec.steps, disable=not progress, desc=f"ssl {spec.name}", unit="step",
-               leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    def checkpoint(step: int) -> None:
+        save_resume(out / RESUME_FILE, resume_state(fingerprint=fingerprint, step=step, parts=parts))
+
+    bar = progress_bar(spec.steps, start=start + 1, enabled=progress, desc=f"ssl {spec.name}")
     t0 = time.perf_counter()
     method.train()
-    for step in range(spec.steps):
-        idx = next(stream)
-        np.add.at(seen, idx, 1)
-        x = images.batch(idx, rng)
-        v = [t.to(dev, non_blocking=True) for t in views(x, seed=spec.seed, step=step)]
-        with autocast(dev, amp):
-            loss = method.loss(v, clean=x.to(dev) if spec.method == "restoration" else None)
-        value = float(loss.detach().float())
-        if not math.isfinite(value):
-            raise DivergedError(f"SSL loss is {value} at step {step + 1} (lr={spec.lr}); lower "
-                                f"lr (e.g. --set lr={spec.lr / 10:g}) or add warmup_steps")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        method.after_step(step, spec.steps, spec)
-        losses.append(round(value, 6))
-        bar.update(1)
-        bar.set_postfix({"loss": f"{value:.4f}"})
+    with SigtermGuard() as sigterm:
+        for step in range(start, spec.steps):
+            idx = next(stream)
+            np.add.at(tally.seen, idx, 1)
+            x = images.batch(idx, rng)
+            v = [t.to(dev, non_blocking=True) for t in views(x, seed=spec.seed, step=step)]
+            with autocast(dev, amp):
+                loss = method.loss(v, clean=x.to(dev) if spec.method == "restoration" else None)
+            value = check_loss(float(loss.detach().float()), "SSL loss", step + 1, tspec,
+                               prefix="", flag="--set lr=")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            method.after_step(step, spec.steps, spec)
+            tally.losses.append(round(value, 6))
+            bar.update(1)
+            bar.set_postfix({"loss": f"{value:.4f}"})
+            tally.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            # only on a stop request: a checkpoint costs about as much as a few steps
+            checkpoint_or_stop(step + 1, spec.steps, every=spec.steps, guard=sigterm,
+                               checkpoint=checkpoint, bar=bar)
     bar.close()
-    seconds = time.perf_counter() - t0
-    return SSLResult(out, _write(spec, method, images, out, losses=losses, seen=seen,
-                                 seconds=seconds, views=views, device=dev))
+    summary = _write(spec, method, images, out, losses=tally.losses, seen=tally.seen,
+                     seconds=tally.seconds, views=views, device=dev)
+    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: nothing to resume
+    return SSLResult(out, summary)
 
 
 def _write(spec: SSLSpec, method: SSLMethod, images: UnlabelledImages, out: Path, *,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, check_name
+from ..spec.init_names import source_ref
 from ..store import Store
 
 __all__ = ["pretrain_records"]
@@ -29,7 +30,7 @@ def pretrain_records(store: Store, study: str, *, prefix: str
     records, notes = [], []
     for src in sources:
         try:
-            name = check_name(src.split(":", 1)[1], field="source")
+            name = check_name(source_ref(src).arg, field="source")
         except ConfigError as e:
             notes.append(f"{src}: {e}")
             continue

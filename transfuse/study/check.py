@@ -37,6 +37,7 @@ from typing import Any
 from ..config import DataSpec, RunSpec, run_id, spec_from_dict
 from ..data.meta import DatasetMeta, dataset_meta
 from ..errors import ConfigError, TransfuseError
+from ..spec.init_names import source_ref
 from .spec import (EXTERNAL_PRETRAINS, SMOKE, StudySpec, is_linked, _overlap, _smoke_set,
                    external_sources, grid_cells)
 
@@ -277,7 +278,7 @@ class _Checker:
             return True  # spec validation reports it
         src = init.get("source")
         if isinstance(src, str) and src.startswith("pretrain:"):
-            name = src.split(":", 1)[1]
+            name = source_ref(src).arg
             if name in self.produced:
                 init["source"] = self.produced[name]
             else:

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..config import spec_from_dict, run_id
 from ..errors import ConfigError, check_name
+from ..spec.init_names import source_ref
 from ..atomic import write_bytes
 from ..store import RunBundle, RunBusyError, RunFinishedError, Store
 from .placement import Placement, ray_resources
@@ -183,9 +184,10 @@ def _node_id() -> str | None:
 def _source_payload(store: Store, source: str | None) -> tuple[str | None, RunBundle | None,
                                                                 dict[str, bytes]]:
     """What a run's source reads from the workspace: ``(key, run bundle, workspace files)``."""
-    if not source or ":" not in source:
+    ref = source_ref(source) if source else None
+    if ref is None:
         return None, None, {}
-    family, arg = source.split(":", 1)
+    family, arg = ref.family, ref.arg
     if family == "run":
         try:
             rec = store.get_run(arg)

@@ -50,6 +50,7 @@ from typing import Any
 
 from ..config import DataSpec, InitSpec, ModelSpec, RunSpec, TrainSpec, read_yaml_file, spec_from_dict
 from ..errors import ConfigError, check_name, did_you_mean
+from ..spec.init_names import parse_init_name, source_ref
 from ..decide.evaluation import Evaluation
 from ..spec import fields as spec_fields
 from ..spec.fields import spec_field
@@ -399,7 +400,7 @@ def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
     init = d.get("init") or {}
     src = init.get("source")
     if isinstance(src, str) and src.startswith("pretrain:"):
-        name = src.split(":", 1)[1]
+        name = source_ref(src).arg
         if name not in pre:
             raise ConfigError(f"{where}: init.source {src!r} names no entry of pretrain "
                               f"(have: {', '.join(pre) or 'none'})")
@@ -409,8 +410,8 @@ def _resolve_source(d: dict[str, Any], pre: dict[str, str], where: str) -> None:
         raise ConfigError(f"{where}: init.source {src!r}: a study names a source run by its full "
                           "id, run:<12 hex digits> (see `transfuse runs list`)")
     try:
-        parts = [p.strip().partition(":")[0] for p in str(init.get("name", "random")).split("+")]
-        needs = any(init_needs_source(n) for n in parts if n)
+        parts = [p.name for p in parse_init_name(str(init.get("name", "random")))]
+        needs = any(init_needs_source(n) for n in parts)
     except ConfigError:
         return  # an unknown init: spec validation reports it
     if not needs and src is not None:

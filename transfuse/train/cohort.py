@@ -47,13 +47,12 @@ from .augment import make_augment
 from .device import autocast, resolve_device
 from .finetune import plan_finetune
 from .clinical import clinical_metrics
-from ..atomic import atomic_write
 from .parts import preload as _preload
 from .loop import (FitResult, LogFn, _diverged, resume_fingerprint,
                    _save_predictions, _save_state, _targets, checkpoint_or_stop, loss_fn,
                    lr_lambda, make_optimizer, primary_metric, score_predictions)
 from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, load_resume,
-                     rng_state, set_rng_state)
+                     rng_state, save_resume, set_rng_state)
 
 __all__ = ["Member", "fit_cohort", "cohort_refusal", "COHORT_TRAIN_KEYS"]
 
@@ -356,7 +355,7 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
                      "loss_acc": float(loss_acc[i]), "first_bad": int(first_bad[i]), "seen": seen,
                      "history": [[st, sp, dict(m)] for st, sp, m in histories[i]],
                      "stream": streams[i].state(), "rng": rng}
-            atomic_write(Path(mb.run_dir) / RESUME_FILE, lambda tmp, s=state: torch.save(s, tmp))
+            save_resume(Path(mb.run_dir) / RESUME_FILE, state)
 
     from tqdm.auto import tqdm
 

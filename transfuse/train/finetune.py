@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainSpec, finetune_parts
+from ..config import TrainSpec
+from ..spec.finetune_names import finetune_parts
 from ..errors import ConfigError
 from ..models import get_stages, stage_of
 

@@ -42,9 +42,10 @@ from .averaging import make_averaging
 from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
 from .metrics import classification_metrics
-from .resume import RESUME_FILE, BatchStream, SigtermGuard, load_resume, rng_state, set_rng_state
+from .resume import (RESUME_FILE, BatchStream, SigtermGuard, load_resume, restore_parts, resume_state,
+                     save_resume)
 from .graph import make_step
-from .parts import FitState, diverged as _diverged, make_loaders, place_model
+from .parts import FitState, diverged as _diverged, make_loaders, place_model, progress_bar
 from .segment import evaluate_segmentation, segmentation_loss
 
 __all__ = ["fit", "FitResult", "evaluate", "make_optimizer", "lr_lambda", "loss_fn", "primary_metric"]
@@ -278,17 +279,16 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
     primary = primary_metric(task)
     batches = BatchStream(loaders.train, loaders.generator)
     fingerprint = resume_fingerprint(spec, seed, dist_info.world_size)
+    # resume.pt: these parts' state_dict()s, FitState's keys and the random states
+    parts = {"model": raw_model, "optimizer": opt, "scheduler": sched, "averaging": averaging, "stream": batches}
     ckpt = load_resume(run_dir, fingerprint)
     start = 1 if ckpt is None else int(ckpt["step"]) + 1
     if ckpt is not None:  # a killed or preempted attempt left a checkpoint: continue from it
         if finetune.switch_step is not None and start > finetune.switch_step:
             finetune.on_step(finetune.switch_step, raw_model, opt, sched)  # the groups, first
-        for part, key in ((raw_model, "model"), (opt, "optimizer"), (sched, "scheduler"), (averaging, "averaging")):
-            part.load_state_dict(ckpt.get(key))
+        restore_parts(ckpt, parts)
         st.restore(ckpt, record=record)
         st.best_state = _best_state(run_dir, st.best_step, dev)
-        batches.restore(ckpt["stream"])
-        set_rng_state(ckpt["rng"])
     else:
         if run_dir is not None and main:
             _save(raw_model, run_dir / "init.pt", 0)
@@ -296,13 +296,10 @@ def fit(model: nn.Module, data: PreparedData, spec: TrainSpec, *, seed: int = 0,
 
     def checkpoint(step: int) -> None:
         if run_dir is not None and main:
-            state = {"fingerprint": fingerprint, "step": step, "model": raw_model.state_dict(),
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     **st.saved(early_stop=spec.early_stop is not None),
-                     "stream": batches.state(), "rng": rng_state(), "averaging": averaging.state_dict()}
-            atomic_write(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
+            save_resume(run_dir / RESUME_FILE, resume_state(
+                fingerprint=fingerprint, step=step, parts=parts, **st.saved(early_stop=spec.early_stop is not None)))
 
-    bar = _progress_bar(total, start, enabled=progress and main)
+    bar = progress_bar(total, start=start, enabled=progress and main)
     t0, eval_seconds = time.perf_counter(), 0.0
     model.train()
     with SigtermGuard() as sigterm:
@@ -372,16 +369,6 @@ def _best_state(run_dir: Path | None, best_step: int, dev: torch.device) -> dict
         return None
     best = torch.load(run_dir / "best.pt", map_location=dev, weights_only=True)
     return best["state_dict"] if int(best["step"]) == best_step else None
-
-
-def _progress_bar(total: int, start: int, *, enabled: bool) -> Any:
-    """The training bar: redrawn 10×/s on a terminal; in logs (CI, nohup) one line every 10 s."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start - 1, disable=not enabled, desc="train", unit="step",
-                leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
 
 def _targets(ds: Any) -> np.ndarray:

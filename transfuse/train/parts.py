@@ -35,14 +35,44 @@ from .imbalance import (SkipBalancedSampler, balanced_class_weights, balanced_sa
                         training_targets)
 from .resume import SkipDistributedSampler, SkipRandomSampler
 
-__all__ = ["Placed", "Loaders", "FitState", "place_model", "make_loaders", "train_step", "preload", "diverged"]
+__all__ = ["Placed", "Loaders", "FitState", "place_model", "make_loaders", "train_step", "preload", "diverged",
+           "check_loss", "progress_bar"]
 
 
-def diverged(what: str, step: int, spec: TrainSpec) -> DivergedError:
-    """The one-line error of a run whose loss or predictions became NaN/inf at ``step``."""
-    return DivergedError(f"{what} at step {step} (train.lr={spec.lr}); lower train.lr (e.g. --lr "
-                         f"{spec.lr / 10:g}), add train.warmup_steps, or check the inputs for "
-                         "extreme values")
+def diverged(what: str, step: int, spec: TrainSpec, *, prefix: str = "train.", flag: str = "--lr ",
+             warmup: bool = True) -> DivergedError:
+    """The one-line error of a run whose loss or predictions became NaN/inf at ``step``.
+
+    Args:
+        prefix: where the settings live in the user's file (``"train."`` for a run, ``""`` for a
+            pretraining file).
+        flag: how to set the learning rate on the command line (``"--lr "``, ``"--set lr="``).
+        warmup: suggest ``warmup_steps`` (a setting the file has).
+    """
+    warm = f", add {prefix}warmup_steps," if warmup else ","
+    return DivergedError(f"{what} at step {step} ({prefix}lr={spec.lr}); lower {prefix}lr (e.g. "
+                         f"{flag}{spec.lr / 10:g}){warm} or check the inputs for extreme values")
+
+
+def check_loss(loss: float, what: str, step: int, spec: TrainSpec, **hint: Any) -> float:
+    """``loss`` when finite, else the :func:`diverged` error (``hint``: its keywords).
+
+    Raises:
+        DivergedError: ``"<what> is nan at step 3 (lr=0.1); lower lr ..."``.
+    """
+    if not math.isfinite(loss):
+        raise diverged(f"{what} is {loss}", step, spec, **hint)
+    return loss
+
+
+def progress_bar(total: int, *, start: int = 1, enabled: bool = True, desc: str = "train") -> Any:
+    """A loop's step bar: redrawn 10×/s on a terminal; in logs (CI, nohup) one line every 10 s."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start - 1, disable=not enabled, desc=desc, unit="step",
+                leave=False, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
 
 @dataclass

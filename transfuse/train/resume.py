@@ -31,16 +31,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .._signals import SigtermGuard
+from ..atomic import atomic_write
 
 __all__ = ["SkipRandomSampler", "SkipDistributedSampler", "BatchStream", "rng_state",
-           "set_rng_state", "SigtermGuard", "load_resume", "RESUME_FILE"]
+           "set_rng_state", "SigtermGuard", "load_resume", "RESUME_FILE", "Stateful", "resume_state",
+           "save_resume", "restore_parts"]
 
 RESUME_FILE = "resume.pt"
 
@@ -113,6 +115,9 @@ class BatchStream:
         sampler.skip = self.in_epoch * self.loader.batch_size
         self._start_epoch()
 
+    # as a part of resume.pt (:func:`resume_state`, :func:`restore_parts`)
+    state_dict, load_state_dict = state, restore
+
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU (and CUDA) random states, as tensors and plain lists (so the
@@ -155,3 +160,35 @@ def load_resume(run_dir: Path | None, fingerprint: str) -> dict[str, Any] | None
         p.unlink(missing_ok=True)
         return None
     return ckpt
+
+
+class Stateful(Protocol):
+    """A part of a loop's resume state: a model, an optimiser, a scheduler, a stream..."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any, /) -> Any: ...
+
+
+def resume_state(*, fingerprint: str, step: int, parts: dict[str, Stateful],
+                 **extra: Any) -> dict[str, Any]:
+    """The content of a ``resume.pt``: the ``fingerprint`` it must match, the last ``step`` done,
+    each part's ``state_dict()`` under its name, the ``extra`` keys and the random states
+    (``"rng"``, :func:`rng_state`). Everything loads with ``weights_only=True``."""
+    return {"fingerprint": fingerprint, "step": step,
+            **{name: part.state_dict() for name, part in parts.items()}, **extra, "rng": rng_state()}
+
+
+def save_resume(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (:func:`resume_state`) to ``path`` atomically: a kill mid-write leaves the
+    previous checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def restore_parts(ckpt: dict[str, Any], parts: dict[str, Stateful]) -> int:
+    """Load each part from ``ckpt`` (as :func:`resume_state` wrote it, in ``parts``' order), then
+    the random states; returns the step the checkpoint was taken after."""
+    for name, part in parts.items():
+        part.load_state_dict(ckpt.get(name))
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])

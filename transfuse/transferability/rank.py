@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..spec.init_names import source_ref
 from .estimators import ESTIMATORS
 
 __all__ = ["SourceScores", "rank_sources", "score_spec", "check_ranking", "Agreement"]
@@ -160,7 +161,8 @@ def rank_sources(*, dataset: str, model: str, sources: Sequence[str], workspace:
     out = []
     data = None
     for s in sources:
-        is_init = s.split(":", 1)[0] in INITS and s.split(":", 1)[0] != "pretrained"
+        head = ref.family if (ref := source_ref(s)) else s
+        is_init = head in INITS and head != "pretrained"
         init = InitSpec(name=s) if is_init else InitSpec(name="pretrained", source=s)
         spec = RunSpec(data=dspec, model=ModelSpec(name=model), init=init, seed=0)
         if data is None:

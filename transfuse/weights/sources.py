@@ -30,6 +30,7 @@ import torch
 
 from .._registry import Registry
 from ..errors import ConfigError, TransfuseError, check_name
+from ..spec.init_names import parse_source
 from .io import WeightsError, clean_keys, load_state_dict
 
 __all__ = ["SourceWeights", "SOURCES", "register_source", "resolve_source", "list_sources"]
@@ -105,14 +106,8 @@ def resolve_source(name: str, *, workspace: str | Path | None = None) -> SourceW
         ConfigError: unknown family or malformed name.
         WeightsError: the weights cannot be found (missing file, unfinished run).
     """
-    if name.endswith((".pt", ".pth", ".bin", ".safetensors")) and ":" not in name.split("/")[0]:
-        family, arg = "file", name
-    else:
-        family, sep, arg = name.partition(":")
-        if not sep or not arg:
-            raise ConfigError(f"source {name!r} must look like family:argument, e.g. "
-                              "imagenet:efficientnet_lite0, torchvision:resnet50.IMAGENET1K_V2, "
-                              "file:/path/to/ckpt.pt or run:<run_id>")
+    ref = parse_source(name)
+    family, arg = ref.family, ref.arg
     if family not in SOURCES:
         import difflib
 
