@@ -278,6 +278,11 @@ def test_analysis_blocks_render_from_their_json_and_their_codes_can_be_cited(tmp
     assert "| 0.900 [0.800, 1.000] |" in out and "+0.200 [+0.100, +0.300]" in out
     assert "Changing less tracks the parameter count best here." in out
     assert "| leep | 1 of 1 | +1.00 | 1 | 0 | 0 |" in out and "Highest mean τ: `leep` (+1.00)." in out
+    tie = {"agreements": [{"model": "m", "size": "all", "estimator": e, "arms": ["a", "b", "c"],
+                           "tau": 1 / 3, "ci_low": -1 / 3, "ci_high": 1.0, "n_seeds": 3}
+                          for e in ("probe", "logme")], "skipped": {}}
+    assert "Highest mean τ: `logme` and `probe` (+0.33, tied)." in \
+        render.render_transferability("transfusion", tie)
     ok = out + f"\nThe larger CBR changed less at block3, which helped [transfusion {code}].\n"
     assert render.lint(ok, root) == []
     bad = out + f"\nThe head barely changes [transfusion {render.change_code(und)}].\n"

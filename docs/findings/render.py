@@ -331,8 +331,7 @@ def change_code(q: dict) -> str:
 
 
 def forgetting_code(kind: str, c: dict) -> str:
-    """A strategy-vs-full forgetting verdict's code, ``F`` and 4 hex digits of a hash of what it
-    compares (``kind``: ``source`` for the source-task curves, ``imagenet`` for the photos')."""
+    """A strategy-vs-full forgetting verdict's code, ``F`` + 4 hex; ``kind``: ``source`` or ``imagenet``."""
     key = "|".join([kind, *(str(c[k]) for k in ("model", "size", "arm")), str(c["verdict"]["versus"])])
     return "F" + hashlib.sha1(key.encode()).hexdigest()[:4]
 
@@ -425,9 +424,11 @@ def render_transferability(study: str, d: dict) -> str:
         summary.append((mean if mean is not None else -9, est))
         lines.append(f"| {est} | {len(taus)} of {len(gs)} | {'–' if mean is None else f'{mean:+.2f}'} | "
                      f"{above} | {below} | {len(taus) - above - below} |")
-    if summary:
-        best = max(summary)
-        lines += ["", f"Highest mean τ: `{best[1]}`" + ("" if best[0] == -9 else f" ({best[0]:+.2f}).")]
+    if summary:  # every estimator within 1e-9 of the highest mean is named: a tie is a tie
+        top = max(m for m, _ in summary)
+        best = sorted(e for m, e in summary if abs(m - top) < 1e-9)
+        lines += ["", "Highest mean τ: " + " and ".join(f"`{e}`" for e in best)
+                  + ("." if top == -9 else f" ({top:+.2f}{', tied' if len(best) > 1 else ''}).")]
     lines += ["", "| model | n_train | estimator | τ | 95 % interval | arms | seeds |",
               "|---|---|---|---|---|---|---|"]
     for g in ag:
