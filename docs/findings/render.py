@@ -464,9 +464,9 @@ def render_forgetting(study: str, d: dict) -> str:
                   "(`none`: the source itself):", "", *_curve_lines(d["curves"], study, "source")]
     if d.get("imagenet"):
         im = d["imagenet"]
-        lines += ["", f"ImageNet: mean log-probability of the hand-labelled classes of {im['n_photos']} "
-                      "scikit-image photos (a tiny set; 0 is certainty):", "",
-                  *_curve_lines(im["curves"], study, "imagenet")]
+        lines += [""] * bool(d.get("curves")) + [  # no blank line twice when there is no source curve
+            f"ImageNet: mean log-probability of the hand-labelled classes of {im['n_photos']} "
+            "scikit-image photos (a tiny set; 0 is certainty):", "", *_curve_lines(im["curves"], study, "imagenet")]
     return "\n".join(lines)
 
 
