@@ -106,10 +106,10 @@ def test_every_strategy_arm_is_compared_with_full_fine_tuning_layer_decay_includ
     # train.finetune, and was left without a verdict
     from transfuse.analysis.forgetting import RunForgetting, arm_curves
 
-    arms = {"pretrained": 0.0, "pretrained · linear_probe": 0.0, "pretrained · lpft:50": 0.0,
-            "pretrained · freeze:block1": 0.0, "pretrained · surgical:block1": 0.0,
-            "pretrained · layer_decay=0.7": 0.0, "pretrained · head_lr_mult=10": 0.0,
-            "pretrained · augment=basic": 0.0, "pretrained · layer_decay=0.7 · augment=basic": 0.0}
+    arms = ("pretrained", "pretrained · linear_probe", "pretrained · lpft:50",
+            "pretrained · freeze:block1", "pretrained · surgical:block1",
+            "pretrained · layer_decay=0.7", "pretrained · head_lr_mult=10",
+            "pretrained · augment=basic", "pretrained · layer_decay=0.7 · augment=basic")
     runs = [RunForgetting(f"{arm}-{s}", arm, "m", "all", s, "run:x", ("none", "stem"),
                           (0.9, 0.8 + 0.001 * s)) for arm in arms for s in range(3)]
     by = {c.arm: c for c in arm_curves(runs)}
