@@ -278,9 +278,43 @@ def test_analysis_blocks_render_from_their_json_and_their_codes_can_be_cited(tmp
     assert "| 0.900 [0.800, 1.000] |" in out and "+0.200 [+0.100, +0.300]" in out
     assert "Changing less tracks the parameter count best here." in out
     assert "| leep | 1 of 1 | +1.00 | 1 | 0 | 0 |" in out and "Highest mean τ: `leep` (+1.00)." in out
+    tie = {"agreements": [{"model": "m", "size": "all", "estimator": e, "arms": ["a", "b", "c"],
+                           "tau": 1 / 3, "ci_low": -1 / 3, "ci_high": 1.0, "n_seeds": 3}
+                          for e in ("probe", "logme")], "skipped": {}}
+    assert "Highest mean τ: `logme` and `probe` (+0.33, tied)." in \
+        render.render_transferability("transfusion", tie)
     ok = out + f"\nThe larger CBR changed less at block3, which helped [transfusion {code}].\n"
     assert render.lint(ok, root) == []
     bad = out + f"\nThe head barely changes [transfusion {render.change_code(und)}].\n"
     assert len(render.lint(bad, root)) == 1
     with pytest.raises(SystemExit, match="needs .*forgetting.json"):
         render.render("<!-- BEGIN generated: transfusion/forgetting -->\n<!-- END generated -->\n", root)
+
+
+def test_decided_forgetting_verdicts_get_a_citable_code(tmp_path):
+    # issue 31: a decided strategy-vs-full forgetting verdict is cited like a change verdict
+    import shutil
+
+    root = tmp_path / "findings"
+    (root / "transfusion").mkdir(parents=True)
+    shutil.copy(ROOT / "docs/findings/transfusion/results.json", root / "transfusion")
+
+    def curve(arm, verdict):
+        v = {"versus": "pretrained", "verdict": verdict, "mean": -0.2, "ci_low": -0.3,
+             "ci_high": -0.1, "n": 2, "margin": 0.1} if verdict else {}
+        return {"model": "m", "size": "all", "arm": arm, "stages": ["none", "stem"], "seeds": [0, 1],
+                "mean": [-1.0, -1.2], "ci_low": [-1.1, -1.3], "ci_high": [-0.9, -1.1],
+                "monotone": True, "verdict": v}
+    decided, und = curve("pretrained · layer_decay=0.7", "worse_beyond_margin"), \
+        curve("pretrained · linear_probe", "undecided")
+    (root / "transfusion" / "forgetting.json").write_text(json.dumps({
+        "curves": [], "imagenet": {"n_photos": 6, "curves": [curve("pretrained", None), decided, und]}}))
+    out = render.render("# F\n\n<!-- BEGIN generated: transfusion/forgetting -->\n"
+                        "<!-- END generated -->\n", root)
+    code = render.forgetting_code("imagenet", decided)
+    assert code.startswith("F") and code != render.forgetting_code("source", decided)
+    assert f"**[transfusion {code}]** worse_beyond_margin -0.200 [-0.300, -0.100]" in out
+    assert out.count("**[transfusion F") == 1  # the undecided verdict has no code
+    assert render.lint(out + f"\nLayer decay hurt ImageNet [transfusion {code}].\n", root) == []
+    und_code = render.forgetting_code("imagenet", und)
+    assert len(render.lint(out + f"\nLinear probing helped [transfusion {und_code}].\n", root)) == 1

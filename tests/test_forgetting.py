@@ -99,3 +99,25 @@ def test_a_study_without_a_run_source_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(tmp_path / "ws"), "--study", "plain", "--forgetting"]) == 2
     assert "no finished run initialised from a run: source" in capsys.readouterr().err
+
+
+def test_every_strategy_arm_is_compared_with_full_fine_tuning_layer_decay_included():
+    # issue 31: the layer_decay arm differs from full fine-tuning by train.layer_decay, not
+    # train.finetune, and was left without a verdict
+    from transfuse.analysis.forgetting import RunForgetting, arm_curves
+
+    arms = ("pretrained", "pretrained · linear_probe", "pretrained · lpft:50",
+            "pretrained · freeze:block1", "pretrained · surgical:block1",
+            "pretrained · layer_decay=0.7", "pretrained · head_lr_mult=10",
+            "pretrained · augment=basic", "pretrained · layer_decay=0.7 · augment=basic")
+    runs = [RunForgetting(f"{arm}-{s}", arm, "m", "all", s, "run:x", ("none", "stem"),
+                          (0.9, 0.8 + 0.001 * s)) for arm in arms for s in range(3)]
+    by = {c.arm: c for c in arm_curves(runs)}
+    assert by["pretrained · layer_decay=0.7"].verdict["versus"] == "pretrained"
+    assert by["pretrained · head_lr_mult=10"].verdict["versus"] == "pretrained"
+    assert by["pretrained · layer_decay=0.7 · augment=basic"].verdict["versus"] == \
+        "pretrained · augment=basic"
+    for arm in ("pretrained · linear_probe", "pretrained · lpft:50", "pretrained · freeze:block1",
+                "pretrained · surgical:block1"):
+        assert by[arm].verdict["versus"] == "pretrained"
+    assert not by["pretrained"].verdict and not by["pretrained · augment=basic"].verdict

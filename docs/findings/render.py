@@ -24,8 +24,9 @@ Analysis blocks (issue 31), ``<!-- BEGIN generated: <study>/<analysis> -->``, re
 analysis commands write into ``docs/findings/<study>/`` (:data:`ANALYSES`): ``change.json``
 (``transfuse analyze --change --json``), ``transferability.json`` (``transfuse rank-sources
 --check-against ... --json``) and ``forgetting.json`` (``transfuse analyze --forgetting --json``).
-A decided size verdict of ``change.json`` has a code ``[<study> Cxxxx]`` (:func:`change_code`)
-that prose may cite like a study verdict's.
+A decided size verdict of ``change.json`` has a code ``[<study> Cxxxx]`` (:func:`change_code`),
+a decided strategy-vs-full verdict of ``forgetting.json`` one ``[<study> Fxxxx]``
+(:func:`forgetting_code`); prose may cite either like a study verdict's.
 
 The lint (:func:`lint`) holds prose outside the blocks to that: every sentence with a result word
 (:data:`RESULT_WORDS`: better, worse, helped, hurt, matched, as good as, faster, beat, ...) must
@@ -70,7 +71,7 @@ END = "<!-- END generated -->"
 RESULT_WORDS = re.compile(
     r"\b(better|worse|help|helps|helped|hurt|hurts|matched|as good|faster|slower|beat|beats|"
     r"barely changes?|cost nothing|sped up|initiali[sz]e at random)\b", re.I)
-CITE = re.compile(r"\[(?P<study>[\w.-]+) (?P<code>[DC][0-9a-f]+)\]")
+CITE = re.compile(r"\[(?P<study>[\w.-]+) (?P<code>[DCF][0-9a-f]+)\]")
 # analysis blocks, ``<!-- BEGIN generated: <study>/<analysis> -->``: the JSON file each renders
 ANALYSES = {"change": "change.json", "transferability": "transferability.json",
             "forgetting": "forgetting.json"}
@@ -133,26 +134,18 @@ def _is_speed(c: dict) -> bool:
 
 
 def _show(c: dict, x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{math.exp(x):.2f}×" if _is_speed(c) else f"{x:+.3f}"
+    return "–" if x is None else f"{math.exp(x):.2f}×" if _is_speed(c) else f"{x:+.3f}"
 
 
 def _endpoint(c: dict) -> str:
     e = c["endpoint"]
-    if e == "final":
-        return c.get("unit") or "final score"
-    if e == "area":
-        return "area under the validation curve"
     if e.startswith("speed@"):
         return f"speed-up to validation {e.split('@', 1)[1]}"
-    return e
+    return {"final": c.get("unit") or "final score", "area": "area under the validation curve"}.get(e, e)
 
 
 def _interval(c: dict) -> str:
-    if c.get("ci_low") is None:
-        return ""
-    return f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
+    return "" if c.get("ci_low") is None else f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
 
 
 def sentence(c: dict) -> str:
@@ -173,10 +166,8 @@ def sentence(c: dict) -> str:
 
 # ---------------------------------------------------------------- rendering a block
 
-def _cell_text(cell: dict | None) -> str:
-    if not cell or cell.get("mean") is None:
-        return "–"
-    return f"{cell['mean']:.3f} ± {cell['sd'] or 0:.3f} ({cell['n']})"
+def _cell_text(c: dict | None) -> str:
+    return "–" if not c or c.get("mean") is None else f"{c['mean']:.3f} ± {c['sd'] or 0:.3f} ({c['n']})"
 
 
 def _verdict_text(c: dict | None, code_of: dict[str, str]) -> str:
@@ -185,7 +176,7 @@ def _verdict_text(c: dict | None, code_of: dict[str, str]) -> str:
     code, label, _ = verdict_of(c)
     if c.get("mean") is None:
         return f"{label}: {c['reason']}"
-    ci = "" if c.get("ci_low") is None else f" [{_show(c, c['ci_low'])}, {_show(c, c['ci_high'])}]"
+    ci = _interval(c)
     if not code.startswith("undecided"):
         return f"**{label}** {code_of[c['id']]}: {_show(c, c['mean'])}{ci}"
     if not ci:  # a mean without an interval: the verdict's reason says why (a gate, too few seeds)
@@ -293,7 +284,6 @@ def averaging_lines(res: dict, metric: str) -> list[str]:
 
     def f(x: float | None, fmt: str) -> str:
         return "–" if x is None else format(x, fmt)
-
     out = ["", f"Weight averaging: the paired SD of the final-{metric} difference (arm − "
                "reference) over the same seeds, without and with averaging; ratio = with ÷ "
                "without (the seeds a decision needs scale by ratio²):", "",
@@ -340,13 +330,28 @@ def change_code(q: dict) -> str:
     return "C" + hashlib.sha1(key.encode()).hexdigest()[:4]
 
 
+def forgetting_code(kind: str, c: dict) -> str:
+    """A strategy-vs-full forgetting verdict's code, ``F`` + 4 hex; ``kind``: ``source`` or ``imagenet``."""
+    key = "|".join([kind, *(str(c[k]) for k in ("model", "size", "arm")), str(c["verdict"]["versus"])])
+    return "F" + hashlib.sha1(key.encode()).hexdigest()[:4]
+
+
+def _decided_curves(d: dict) -> list[tuple[str, dict]]:
+    kinds = (("source", d.get("curves") or []), ("imagenet", (d.get("imagenet") or {}).get("curves") or []))
+    return [(k, c) for k, cs in kinds for c in cs
+            if c.get("verdict") and not str(c["verdict"]["verdict"]).startswith("undecided")]
+
+
 def change_codes(study: str, root: Path = HERE) -> dict[str, dict]:
-    """``{code: comparison}`` of the decided size comparisons of ``study``'s change.json (if any)."""
-    p = root / study / ANALYSES["change"]
-    if not p.is_file():
-        return {}
-    return {change_code(q): q for q in json.loads(p.read_text())["comparisons"]
-            if not str(q["verdict"]).startswith("undecided")}
+    """``{code: comparison}`` of the decided size comparisons of ``study``'s change.json and the
+    decided strategy-vs-full verdicts of its forgetting.json (if any)."""
+    out, p, f = {}, root / study / ANALYSES["change"], root / study / ANALYSES["forgetting"]
+    if p.is_file():
+        out = {change_code(q): q for q in json.loads(p.read_text())["comparisons"]
+               if not str(q["verdict"]).startswith("undecided")}
+    if f.is_file():
+        out.update({forgetting_code(k, c): c for k, c in _decided_curves(json.loads(f.read_text()))})
+    return out
 
 
 def _ci(s: dict, nd: int = 3) -> str:
@@ -358,9 +363,7 @@ def _ci(s: dict, nd: int = 3) -> str:
 
 
 def _signed_iv(m: float | None, lo: float | None, hi: float | None) -> str:
-    if m is None:
-        return "–"
-    return f"{m:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else "")
+    return "–" if m is None else f"{m:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else "")
 
 
 def _head(study: str, analysis: str) -> list[str]:
@@ -421,9 +424,11 @@ def render_transferability(study: str, d: dict) -> str:
         summary.append((mean if mean is not None else -9, est))
         lines.append(f"| {est} | {len(taus)} of {len(gs)} | {'–' if mean is None else f'{mean:+.2f}'} | "
                      f"{above} | {below} | {len(taus) - above - below} |")
-    if summary:
-        best = max(summary)
-        lines += ["", f"Highest mean τ: `{best[1]}`" + ("" if best[0] == -9 else f" ({best[0]:+.2f}).")]
+    if summary:  # every estimator within 1e-9 of the highest mean is named: a tie is a tie
+        top = max(m for m, _ in summary)
+        best = sorted(e for m, e in summary if abs(m - top) < 1e-9)
+        lines += ["", "Highest mean τ: " + " and ".join(f"`{e}`" for e in best)
+                  + ("." if top == -9 else f" ({top:+.2f}{', tied' if len(best) > 1 else ''}).")]
     lines += ["", "| model | n_train | estimator | τ | 95 % interval | arms | seeds |",
               "|---|---|---|---|---|---|---|"]
     for g in ag:
@@ -436,7 +441,7 @@ def render_transferability(study: str, d: dict) -> str:
     return "\n".join(lines)
 
 
-def _curve_lines(curves: list[dict]) -> list[str]:
+def _curve_lines(curves: list[dict], study: str, kind: str) -> list[str]:
     out = ["| model | n_train | arm | seeds | score after keeping stem..stage k [95 % CI] | monotone | vs full |",
            "|---|---|---|---|---|---|---|"]
     for c in curves:
@@ -444,6 +449,8 @@ def _curve_lines(curves: list[dict]) -> list[str]:
                         for s, m, lo, hi in zip(c["stages"], c["mean"], c["ci_low"], c["ci_high"]))
         v = c.get("verdict") or {}
         vs = f"{v['verdict']} {_signed_iv(v['mean'], v['ci_low'], v['ci_high'])}" if v else "–"
+        if v and not str(v["verdict"]).startswith("undecided"):
+            vs = f"**[{study} {forgetting_code(kind, c)}]** {vs}"
         out.append(f"| {c['model']} | {c['size']} | {c['arm']} | {len(c['seeds'])} | {pts} | "
                    f"{'yes' if c['monotone'] else 'no'} | {vs} |")
     return out
@@ -454,11 +461,12 @@ def render_forgetting(study: str, d: dict) -> str:
     lines = _head(study, "forgetting")
     if d.get("curves"):
         lines += ["Source-task macro AUC with the source's head on the fine-tuned stem..stage k "
-                  "(`none`: the source itself):", "", *_curve_lines(d["curves"])]
+                  "(`none`: the source itself):", "", *_curve_lines(d["curves"], study, "source")]
     if d.get("imagenet"):
         im = d["imagenet"]
-        lines += ["", f"ImageNet: mean log-probability of the hand-labelled classes of {im['n_photos']} "
-                      "scikit-image photos (a tiny set; 0 is certainty):", "", *_curve_lines(im["curves"])]
+        lines += [""] * bool(d.get("curves")) + [  # no blank line twice when there is no source curve
+            f"ImageNet: mean log-probability of the hand-labelled classes of {im['n_photos']} "
+            "scikit-image photos (a tiny set; 0 is certainty):", "", *_curve_lines(im["curves"], study, "imagenet")]
     return "\n".join(lines)
 
 

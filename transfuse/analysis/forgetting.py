@@ -258,12 +258,21 @@ def arm_curves(runs: Sequence[RunForgetting], *, margin: float = 0.01, alpha: fl
     return curves
 
 
+#: label parts that make an arm a fine-tuning strategy other than full fine-tuning: the
+#: ``train.finetune`` values and the per-stage learning-rate and BatchNorm settings
+#: (``layer_decay=0.7`` trains everything, but not as full fine-tuning does)
+_STRATEGY_PARTS = ("linear_probe", "freeze_bn")
+_STRATEGY_SETTINGS = ("layer_decay=", "head_lr_mult=")  # and every ``kind:arg`` of ARG_KINDS
+
+
 def _full_arm(arm: str, reference: str) -> str | None:
     """The full fine-tuning arm of the same init and settings: the label without its strategy
-    (``pretrained · linear_probe · augment=basic`` → ``pretrained · augment=basic``)."""
+    (``pretrained · linear_probe · augment=basic`` → ``pretrained · augment=basic``,
+    ``pretrained · layer_decay=0.7`` → ``pretrained``)."""
     parts = arm.split(" · ")
-    rest = [p for p in parts[1:] if not (p in ("linear_probe", "freeze_bn") or p.partition(":")[0] in
-                                          ARG_KINDS)]
+    rest = [p for p in parts[1:]
+            if not (p in _STRATEGY_PARTS or p.partition(":")[0] in ARG_KINDS
+                    or p.startswith(_STRATEGY_SETTINGS))]
     if reference != "full" or len(rest) == len(parts) - 1:
         return None  # no strategy part: this is a full fine-tuning arm
     return " · ".join([parts[0], *rest])
