@@ -98,3 +98,38 @@ def test_import_loads_no_loader():
             "'transfuse.selftrain.spec', 'transfuse.pretrain.config')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_section_tables_cover_what_their_loaders_read():
+    from dataclasses import fields
+
+    from transfuse.selftrain.spec import SMOKE, SmokeSection, StudentSection
+    from transfuse.study.spec import DECISION_KEYS, EVAL_KEYS, EvaluationSection
+
+    assert {f.name for f in fields(EvaluationSection)} == {*EVAL_KEYS, "dice_thresholds", *DECISION_KEYS}
+    assert {f.name for f in fields(StudentSection)} == {"model", "init", "train", "noise", "finetune"}
+
+    def dotted(cls, prefix=""):
+        for f in fields(cls):
+            sub = f.default_factory if f.default_factory is not MISSING else None
+            yield from dotted(sub, f"{prefix}{f.name}.") if sub else [f"{prefix}{f.name}"]
+
+    from dataclasses import MISSING
+
+    assert set(dotted(SmokeSection)) == set(SMOKE)
+
+
+@pytest.mark.parametrize("kind, edit, message", [
+    ("chain", {"smoke": {"train.stepz": 2}},
+     "unknown key smoke.train.stepz; did you mean smoke.train.steps?"),
+    ("chain", {"student": {"modle": {"name": "cbr_tiny"}}},
+     "unknown key student.modle; did you mean student.model?"),
+    ("study", {"evaluation": {"marign": 0.1}}, "unknown key evaluation.marign; did you mean evaluation.margin?"),
+    ("study", {"evaluation": {"auc_thresholds": 0.9}}, "evaluation.auc_thresholds=0.9 must be a list"),
+])
+def test_sections_name_the_key_and_the_file(tmp_path, kind, edit, message):
+    f = tmp_path / f"{kind}.yaml"
+    f.write_text(yaml.safe_dump({**yaml.safe_load(MINIMAL[kind][0]), **edit}))
+    with pytest.raises(ConfigError) as e:
+        load_file(kind, f)
+    assert str(e.value).startswith(f"{f}: {message}"), str(e.value)

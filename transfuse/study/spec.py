@@ -62,7 +62,8 @@ __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrai
 #: ``study check`` or ``study status`` build a million specs.
 MAX_CELLS = 10_000
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
-DECISION_KEYS = ("margin", "area_margin", "speed_margin", "reference", "multiplicity", "alpha", "power")
+#: the decision settings of ``evaluation`` (the fields of Evaluation)
+DECISION_KEYS = tuple(f.name for f in fields(Evaluation))
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
 RUN_KEYS = ("seed",)
 #: top-level keys whose empty value (``grid:``) is their default
