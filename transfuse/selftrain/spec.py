@@ -58,11 +58,11 @@ class StudentSection:
     """The keys of a chain file's ``student`` section (values read by :func:`student_spec`:
     run sections of the student, its noise, its fine-tuning)."""
 
-    model: Any = None
-    init: Any = None
-    train: Any = None
-    noise: Any = None
-    finetune: Any = None
+    model: dict[str, Any] | None = None
+    init: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    noise: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
 
 
 def _dotted_table(name: str, keys: list[str]) -> type:
