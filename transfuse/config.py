@@ -17,10 +17,10 @@ from typing import Any
 from .errors import ConfigError
 from .spec.fields import check_fields, spec_field, validate
 from .spec.finetune_names import FINETUNE_FORMS, finetune_parts  # noqa: F401 (re-exported)
-from .yaml_files import MAX_YAML_VALUES, check_top_keys, read_yaml_file, where  # noqa: F401 (re-exported)
+from .yaml_files import MAX_YAML_VALUES, read_yaml_file, where  # noqa: F401 (re-exported)
 
 __all__ = ["DataSpec", "ModelSpec", "InitSpec", "TrainSpec", "RunSpec", "run_id", "spec_from_dict",
-           "where", "read_yaml_file", "check_top_keys", "finetune_parts", "AUGMENTS"]
+           "where", "read_yaml_file", "finetune_parts", "AUGMENTS"]
 
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 OPTIMIZERS = ("sgd", "adam", "adamw")

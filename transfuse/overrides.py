@@ -46,6 +46,7 @@ from .spec.fields import split_items as _split_items
 
 __all__ = ["parse_set", "coerce", "apply_overrides", "override_run", "override_study",
            "load_chain_overridden", "load_pretrain_overridden", "load_ssl_overridden",
+           "load_study_overridden", "load_run", "load_run_overridden", "run_schema", "study_schema", "chain_schema", "pretrain_schema",
            "describe_type"]
 
 _KEY = re.compile(r"[A-Za-z_][\w-]*(\[\d+\])*(\.[A-Za-z_][\w-]*(\[\d+\])*)*")
@@ -231,9 +232,36 @@ def _run_sections() -> dict[str, Any]:
     return {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
 
 
+def run_schema(parsed: Any = None) -> dict[str, Any]:
+    """The ``--set`` keys of a run spec: :class:`~transfuse.config.RunSpec`'s fields."""
+    from .config import RunSpec
+
+    return field_types(RunSpec)
+
+
 def override_run(spec: Any, *, sets: Sequence[str]) -> Any:
     """A :class:`~transfuse.config.RunSpec` with ``sets`` applied (``transfuse train``)."""
     return apply_overrides(spec, sets=sets)
+
+
+def load_run(path: str | Path) -> Any:
+    """Read and validate a run spec file (a :class:`~transfuse.config.RunSpec` as a mapping).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or has an invalid key (named with the file).
+    """
+    from .config import read_yaml_file, spec_from_dict, where
+
+    raw = read_yaml_file(path, what="run spec")
+    try:
+        return spec_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(where(str(path), str(e))) from None
+
+
+def load_run_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
+    """:func:`load_run` with ``sets`` applied (:func:`override_run`)."""
+    return override_run(load_run(path), sets=sets)
 
 
 def _axis_fields(study: Any) -> list[tuple[str, str]]:
@@ -327,7 +355,6 @@ def override_study(study: Any, *, sets: Sequence[str]) -> Any:
         ConfigError: one line naming the ``--set``.
     """
     from .errors import check_name
-    from .decide.evaluation import Evaluation
 
     base_schema = {**_run_sections(), "seed": int}
     for text in sets:
@@ -365,9 +392,7 @@ def override_study(study: Any, *, sets: Sequence[str]) -> Any:
                 raise ConfigError(f"--set {text}: {key} must be a list of numbers in (0, 1]")
             study = dataclasses.replace(study, **{_THRESHOLDS[key]: vals})
             continue
-        pre = {n: _run_sections() | {"seed": int} for n, p in study.pretrain.items() if "med3d" not in p}
-        schema = {"name": str, "description": str, "base": base_schema, "evaluation": Evaluation,
-                  "pretrain": pre}
+        schema = study_schema(study)
         study = _apply(study, _tokens(key), value, raw, schema, text=text, done="", root=schema)
         if key.startswith("evaluation."):
             study.evaluation.check(where=f"--set {text}")
@@ -377,6 +402,47 @@ def override_study(study: Any, *, sets: Sequence[str]) -> Any:
             except ConfigError as e:
                 raise ConfigError(f"--set {text}: {e}") from None
     return study
+
+
+def study_schema(study: Any) -> dict[str, Any]:
+    """The ``--set`` keys of a :class:`~transfuse.study.spec.StudySpec` besides ``grid.*``,
+    ``smoke.*`` and the ``evaluation`` thresholds (:func:`override_study`)."""
+    from .decide.evaluation import Evaluation
+
+    base_schema = {**_run_sections(), "seed": int}
+    pre = {n: _run_sections() | {"seed": int} for n, p in study.pretrain.items() if "med3d" not in p}
+    return {"name": str, "description": str, "base": base_schema, "evaluation": Evaluation,
+            "pretrain": pre}
+
+
+def load_study_overridden(path: str | Path, *, sets: Sequence[str], validate: bool = True) -> Any:
+    """Read a study file (``validate``: its cells checked, as :func:`~transfuse.study.spec.load_study`
+    does) and apply ``sets`` (:func:`override_study`; the overridden cells are checked when the
+    study is expanded)."""
+    from .study.spec import load_study
+
+    return override_study(load_study(path, validate=validate), sets=sets)
+
+
+def chain_schema(parsed: Any = None) -> dict[str, Any]:
+    """The ``--set`` keys of a self-training chain file (:func:`load_chain_overridden`)."""
+    from .selftrain.noise import NoiseSpec
+    from .selftrain.pseudo import PseudoSpec
+
+    sec = _run_sections()
+    return {"name": str, "description": str, "base": sec, "labelled_fraction": float,
+            "labelled_subset": str, "generations": int, "seeds": list[int],
+            "unlabelled_limit": int | None, "pseudo": PseudoSpec, "baselines": list[str],
+            "student": {"model": sec["model"], "init": sec["init"], "train": sec["train"],
+                        "noise": NoiseSpec, "finetune": sec["train"]}}
+
+
+def pretrain_schema(parsed: Any = None) -> dict[str, Any]:
+    """The ``--set`` keys of a Med3D pretraining file (:func:`load_pretrain_overridden`)."""
+    from .pretrain.config import DatasetEntry, PretrainSpec
+
+    top = {k: v for k, v in _fields_of(PretrainSpec).items() if k not in ("datasets", "smoke")}  # type: ignore[union-attr]
+    return {**top, "datasets": [DatasetEntry]}
 
 
 def load_chain_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
@@ -391,20 +457,12 @@ def load_chain_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
         :class:`~transfuse.selftrain.spec.ChainSpec`.
     """
     from .config import read_yaml_file
-    from .selftrain.noise import NoiseSpec
-    from .selftrain.pseudo import PseudoSpec
     from .selftrain.spec import chain_from_dict
 
     raw = read_yaml_file(path, what="chain")
-    sec = _run_sections()
-    schema = {"name": str, "description": str, "base": sec, "labelled_fraction": float,
-              "labelled_subset": str, "generations": int, "seeds": list[int],
-              "unlabelled_limit": int | None, "pseudo": PseudoSpec, "baselines": list[str],
-              "student": {"model": sec["model"], "init": sec["init"], "train": sec["train"],
-                          "noise": NoiseSpec, "finetune": sec["train"]}}
-    sets = [f"base.{s}" if s.split(".")[0].strip() in sec else s for s in sets]
+    sets = [f"base.{s}" if s.split(".")[0].strip() in _run_sections() else s for s in sets]
     if isinstance(raw, dict):
-        raw = apply_overrides(raw, sets=sets, schema=schema)
+        raw = apply_overrides(raw, sets=sets, schema=chain_schema(raw))
     return chain_from_dict(raw, path=str(path))
 
 
@@ -416,13 +474,11 @@ def load_pretrain_overridden(path: str | Path, *, sets: Sequence[str]) -> Any:
         :class:`~transfuse.pretrain.config.PretrainSpec`.
     """
     from .config import read_yaml_file
-    from .pretrain.config import DatasetEntry, PretrainSpec, pretrain_from_dict
+    from .pretrain.config import pretrain_from_dict
 
     raw = read_yaml_file(path, what="pretraining")
-    top = {k: v for k, v in _fields_of(PretrainSpec).items() if k not in ("datasets", "smoke")}  # type: ignore[union-attr]
-    schema = {**top, "datasets": [DatasetEntry]}
     if isinstance(raw, dict):
-        raw = apply_overrides(raw, sets=sets, schema=schema)
+        raw = apply_overrides(raw, sets=sets, schema=pretrain_schema(raw))
     return pretrain_from_dict(raw, path=str(Path(path)))
 
 

@@ -2,7 +2,8 @@
 
 A safe loader that refuses a key given twice, refuses alias bombs before expanding them
 (:data:`MAX_YAML_VALUES`), and turns every parser error into one line naming the file; plus the
-top-level key check and the ``"<path>: <message>"`` form every spec error takes.
+``"<path>: <message>"`` form every spec error takes (keys are checked by
+:func:`transfuse.spec.fields.validate`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["MAX_YAML_VALUES", "check_top_keys", "read_yaml_file", "where"]
+__all__ = ["MAX_YAML_VALUES", "read_yaml_file", "where"]
 
 
 def where(path: str, message: str) -> str:
@@ -135,24 +136,3 @@ def read_yaml_file(path: Any, *, what: str) -> Any:
         raise ConfigError(f"{p}: not valid YAML ({first})") from None
     except RecursionError:  # `[[[[...` thousands deep: the parser recurses once per level
         raise ConfigError(f"{p}: values nested too deeply to read; flatten the file") from None
-
-
-def check_top_keys(raw: Any, *, path: str, what: str, allowed: tuple[str, ...],
-                   required: tuple[str, ...]) -> dict[str, Any]:
-    """``raw`` as a mapping with only ``allowed`` keys and every ``required`` one.
-
-    Raises:
-        ConfigError: not a mapping, an unknown key or a missing key (named, after ``path``).
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(where(path, f"a {what} file is a mapping with keys {', '.join(allowed)}"))
-    bad = sorted(set(raw) - set(allowed))
-    if bad:
-        from .errors import did_you_mean
-
-        raise ConfigError(where(path, f"unknown key {bad[0]!r}{did_you_mean(bad[0], allowed)} "
-                                      f"(valid keys: {', '.join(allowed)})"))
-    for key in required:
-        if key not in raw:
-            raise ConfigError(where(path, f"missing key {key!r}"))
-    return raw

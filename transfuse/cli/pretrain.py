@@ -48,14 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(a: argparse.Namespace) -> int:
-    from ..pretrain import default_out_dir, load_pretrain, pretrain_med3d
+    from ..pretrain import default_out_dir, pretrain_med3d
+    from ..spec.kinds import load_file
 
-    if a.set:
-        from ..overrides import load_pretrain_overridden
-
-        spec = load_pretrain_overridden(a.file, sets=a.set)
-    else:
-        spec = load_pretrain(a.file)
+    spec = load_file("med3d", a.file, sets=a.set or ())
     spec = spec.shrink() if a.smoke else spec
     _check_mlflow(a)
     out = pretrain_med3d(spec, out_dir=a.out or default_out_dir(spec, workspace_of(a)),
@@ -69,14 +65,9 @@ def _pretrain(a: argparse.Namespace) -> int:
 
 
 def _ssl(a: argparse.Namespace) -> int:
-    if a.set:
-        from ..overrides import load_ssl_overridden
+    from ..spec.kinds import load_file
 
-        spec = load_ssl_overridden(a.file, sets=a.set)
-    else:
-        from ..pretrain.ssl_config import load_ssl
-
-        spec = load_ssl(a.file)  # parsed and checked before torch loads
+    spec = load_file("ssl", a.file, sets=a.set or ())  # parsed and checked before torch loads
     spec = spec.shrink() if a.smoke else spec
     _check_mlflow(a)
     from ..pretrain.ssl import default_out_dir, pretrain_ssl

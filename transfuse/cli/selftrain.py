@@ -26,16 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _selftrain(a: argparse.Namespace) -> int:
-    from ..selftrain import chain_status, load_chain, run_chain
+    from ..selftrain import chain_status, run_chain
+    from ..spec.kinds import load_file
     from ..report.selftrain import chain_rows, chain_verdict, format_rows
     from ..store import Store
 
-    if a.set:
-        from ..overrides import load_chain_overridden
-
-        chain = load_chain_overridden(a.file, sets=a.set)
-    else:
-        chain = load_chain(a.file)
+    chain = load_file("chain", a.file, sets=a.set or ())
     if a.status:
         for seed, role, gen, rid, status in chain_status(chain, workspace=workspace_of(a), smoke=a.smoke):
             what = f"generation {gen}" if gen is not None else f"baseline {role}"

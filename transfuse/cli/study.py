@@ -151,14 +151,13 @@ def _print_left_out(workspace: str, name: str, ids: set[str]) -> None:
 
 
 def _study(a: argparse.Namespace) -> int:
-    from ..study import expand, load_study, study_status
+    from ..spec.kinds import load_file
+    from ..study import expand, study_status
 
     # run/check report every cell's problems at once (study.check), not the first bad cell
-    study = load_study(a.file, validate=a.study_cmd not in ("run", "check"))
+    study = load_file("study", a.file, sets=a.set or (),
+                      validate=a.study_cmd not in ("run", "check"))
     if a.set:
-        from ..overrides import override_study
-
-        study = override_study(study, sets=a.set)
         if a.study_cmd == "plan":
             expand(study, smoke=a.smoke)  # the overridden cells are valid run specs
     if a.study_cmd == "check":  # (run: run_study checks first, the same way)

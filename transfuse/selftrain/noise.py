@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..spec.fields import check_fields, spec_field
 
 __all__ = ["NoiseSpec", "make_augment", "apply_stochastic_depth", "ChainDataset"]
 
@@ -50,8 +51,8 @@ class NoiseSpec:
     augment: bool = True
     ops: int = 2
     magnitude: int = 9
-    dropout: float = 0.5
-    drop_path: float = 0.2
+    dropout: float = spec_field(0.5, ge=0, lt=1)
+    drop_path: float = spec_field(0.2, ge=0, lt=1)
 
     def __post_init__(self) -> None:
         if isinstance(self.ops, bool) or not isinstance(self.ops, int) or self.ops < 1:
@@ -59,10 +60,7 @@ class NoiseSpec:
         if isinstance(self.magnitude, bool) or not isinstance(self.magnitude, int) \
                 or not 0 <= self.magnitude <= 30:
             raise ConfigError(f"student.noise.magnitude={self.magnitude!r} must be an integer in 0..30")
-        for nm in ("dropout", "drop_path"):
-            v = getattr(self, nm)
-            if not 0 <= v < 1:
-                raise ConfigError(f"student.noise.{nm}={v} must be in [0, 1)")
+        check_fields(self, prefix="student.noise.")  # dropout, drop_path: their metadata
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..spec.fields import check_fields, spec_field
 
 __all__ = ["PseudoSpec", "PseudoLabels", "teacher_probs", "select_pseudo_labels",
            "pseudo_label_quality"]
@@ -47,19 +48,14 @@ class PseudoSpec:
         balance: duplicate classes with fewer than ``K`` examples up to ``K``.
     """
 
-    mode: str = "soft"
-    temperature: float = 1.0
-    threshold: float = 0.0
+    mode: str = spec_field("soft", choices=MODES)
+    temperature: float = spec_field(1.0, gt=0)
+    threshold: float = spec_field(0.0, ge=0, lt=1)
     per_class: int | None = None
     balance: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"pseudo.mode={self.mode!r} is not valid; choose one of hard, soft")
-        if not self.temperature > 0:
-            raise ConfigError(f"pseudo.temperature={self.temperature} must be > 0")
-        if not 0 <= self.threshold < 1:
-            raise ConfigError(f"pseudo.threshold={self.threshold} must be in [0, 1)")
+        check_fields(self, prefix="pseudo.")  # mode, temperature, threshold: their metadata
         if self.per_class is not None and (isinstance(self.per_class, bool) or self.per_class < 1):
             raise ConfigError(f"pseudo.per_class={self.per_class!r} must be an integer >= 1 or null")
 

@@ -33,13 +33,13 @@ labelled subset; generation ``n`` carries ``parent = {"teacher": <run id of gene
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import RunSpec, TrainSpec, read_yaml_file, run_id, spec_from_dict
 from ..config import where as _where
-from ..errors import ConfigError, check_name, did_you_mean
+from ..errors import ConfigError, check_name
 from ..spec.fields import spec_field, validate
 from .noise import NoiseSpec
 from .pseudo import PseudoSpec
@@ -47,11 +47,53 @@ from .pseudo import PseudoSpec
 __all__ = ["ChainSpec", "load_chain", "chain_from_dict", "teacher_spec", "student_spec",
            "baseline_specs", "finetune_spec", "SMOKE"]
 
-STUDENT_KEYS = ("model", "init", "train", "noise", "finetune")
 BASELINES = ("labelled", "full")
 SMOKE: dict[str, Any] = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 16,
                          "train.warmup_steps": 0, "finetune.steps": 2, "generations": 2,
                          "unlabelled_limit": 256, "full.n_train": 64}
+
+
+@dataclass(frozen=True)
+class StudentSection:
+    """The keys of a chain file's ``student`` section (values read by :func:`student_spec`:
+    run sections of the student, its noise, its fine-tuning)."""
+
+    model: dict[str, Any] | None = None
+    init: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    noise: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+
+
+def _dotted_table(name: str, keys: list[str]) -> type:
+    """A dataclass whose (nested) fields are the dotted ``keys`` (``train.steps`` → a ``train``
+    section with a ``steps`` field), values any: the key table of a dotted-overrides section."""
+    heads = dict.fromkeys(k.split(".", 1)[0] for k in keys)
+    fields_: list[tuple[str, Any, Any]] = []
+    for h in heads:
+        sub = [k.split(".", 1)[1] for k in keys if k.startswith(h + ".")]
+        if sub:
+            tp = _dotted_table(f"{name}_{h}", sub)
+            fields_.append((h, tp, field(default_factory=tp)))
+        else:
+            fields_.append((h, Any, None))
+    return make_dataclass(name, fields_, frozen=True, namespace={"__module__": __name__})
+
+
+def _nest(d: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.steps": 4}`` → ``{"train": {"steps": 4}}`` (a key with no dot kept as is)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        head, _, rest = str(k).partition(".")
+        if rest and isinstance(out.setdefault(head, {}), dict):
+            out[head] = {**out[head], **_nest({rest: v})}
+        elif not rest:
+            out[head] = v
+    return out
+
+
+#: The keys of a chain file's ``smoke`` section: those of :data:`SMOKE` (values any).
+SmokeSection = _dotted_table("SmokeSection", list(SMOKE))
 
 
 @dataclass(frozen=True)
@@ -123,6 +165,18 @@ def _dataclass(cls: type, d: Any, path: str, key: str) -> Any:
         raise ConfigError(_where(path, str(e))) from None
 
 
+def _section(cls: type, d: Any, path: str, key: str, *, dotted: bool = False) -> dict[str, Any]:
+    """A mapping section's keys (did-you-mean) checked against ``cls``'s fields (``dotted``:
+    its keys are dotted paths, ``train.steps``); returned as given (its values are read by
+    :func:`student_spec` and :meth:`ChainSpec.shrink`)."""
+    d = _mapping(d, _where(path, key))
+    try:
+        validate(cls, _nest(d) if dotted else d, where=key, partial=True)
+    except ConfigError as e:
+        raise ConfigError(_where(path, str(e))) from None
+    return d
+
+
 def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
     """Validate a chain mapping (parsed YAML) into a :class:`ChainSpec`.
 
@@ -157,21 +211,11 @@ def chain_from_dict(raw: Any, *, path: str = "") -> ChainSpec:
         raise ConfigError(_where(path, "seeds must be a non-empty list of integers"))
     subset = raw.get("labelled_subset", "per_seed")
     limit = raw.get("unlabelled_limit")
-    student = _mapping(raw.get("student"), _where(path, "student"))
-    bad = sorted(set(student) - set(STUDENT_KEYS))
-    if bad:
-        raise ConfigError(_where(path, f"unknown key student.{bad[0]}"
-                                       f"{did_you_mean(bad[0], STUDENT_KEYS, prefix='student.')} "
-                                       f"(valid keys: {', '.join(STUDENT_KEYS)})"))
+    student = _section(StudentSection, raw.get("student"), path, "student")
     baselines = raw.get("baselines", list(BASELINES)) or []
     if not isinstance(baselines, (list, tuple)) or any(b not in BASELINES for b in baselines):
         raise ConfigError(_where(path, f"baselines must be a list of {', '.join(BASELINES)}"))
-    smoke = _mapping(raw.get("smoke"), _where(path, "smoke"))
-    bad = sorted(set(smoke) - set(SMOKE))
-    if bad:
-        raise ConfigError(_where(path, f"unknown key smoke.{bad[0]}"
-                                       f"{did_you_mean(bad[0], list(SMOKE), prefix='smoke.')} "
-                                       f"(valid keys: {', '.join(SMOKE)})"))
+    smoke = _section(SmokeSection, raw.get("smoke"), path, "smoke", dotted=True)
     finetune = student.pop("finetune", None)
     chain = ChainSpec(
         name=name.strip(), base=base, labelled_fraction=float(frac), generations=gens,

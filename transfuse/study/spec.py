@@ -63,7 +63,8 @@ __all__ = ["StudySpec", "load_study", "expand", "pretrain_specs", "med3d_pretrai
 #: ``study check`` or ``study status`` build a million specs.
 MAX_CELLS = 10_000
 EVAL_KEYS = ("auc_thresholds", "relative_thresholds")
-DECISION_KEYS = ("margin", "area_margin", "speed_margin", "reference", "multiplicity", "alpha", "power")
+#: the decision settings of ``evaluation`` (the fields of Evaluation)
+DECISION_KEYS = tuple(f.name for f in fields(Evaluation))
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "init": InitSpec, "train": TrainSpec}
 RUN_KEYS = ("seed",)
 #: top-level keys whose empty value (``grid:``) is their default
@@ -113,6 +114,26 @@ class StudySpec:
     # its file form (dice_thresholds, the thresholds) is read by load_study
     evaluation: Evaluation = spec_field(default_factory=Evaluation, nested=False)
     max_cells: int = spec_field(MAX_CELLS, ge=1)
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    """The keys of a study file's ``evaluation`` section (checked by
+    :func:`transfuse.spec.fields.validate` before :func:`load_study` reads them): the
+    steps-to-threshold lists (``dice_thresholds`` is ``auc_thresholds`` of a segmentation
+    study; they land on :class:`StudySpec`) and the decision settings of
+    :class:`~transfuse.decide.evaluation.Evaluation` (which checks their values)."""
+
+    auc_thresholds: tuple[float, ...] | None = None
+    relative_thresholds: tuple[float, ...] | None = None
+    dice_thresholds: tuple[float, ...] | None = None
+    margin: float | None = None
+    area_margin: float | None = None
+    speed_margin: float = 1.2
+    reference: str = "random"
+    multiplicity: str = "holm"
+    alpha: float = 0.05
+    power: float = 0.8
 
 
 def check_grid_size(grid: dict[str, Any], *, limit: int, where: str) -> int:
@@ -240,23 +261,23 @@ def load_study(path: str | Path, *, validate: bool = True) -> StudySpec:
             spec_from_dict({**copy.deepcopy(pspec), "study": "x"})
         except ConfigError as e:
             raise ConfigError(f"{path}: pretrain.{pname}: {e}") from None
-    ev = dict(raw.get("evaluation") or {})
+    try:  # keys (with did-you-mean) and types of the section: EvaluationSection's field table
+        ev = spec_fields.validate(EvaluationSection, raw.get("evaluation") or {}, where="evaluation",
+                                  partial=True)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     if "dice_thresholds" in ev:  # segmentation studies: the same absolute thresholds, on Dice
         if "auc_thresholds" in ev:
             raise ConfigError(f"{path}: evaluation.dice_thresholds and evaluation.auc_thresholds "
                               "are the same setting (the study's metric); give one")
         ev["auc_thresholds"] = ev.pop("dice_thresholds")
-    bad = sorted(set(ev) - set(EVAL_KEYS) - set(DECISION_KEYS))
-    if bad:
-        valid = [*EVAL_KEYS, "dice_thresholds", *DECISION_KEYS]
-        raise ConfigError(f"{path}: unknown key evaluation.{bad[0]}"
-                          f"{did_you_mean(bad[0], valid, prefix='evaluation.')}; valid: "
-                          f"{', '.join(EVAL_KEYS)}, dice_thresholds, {', '.join(DECISION_KEYS)}")
     decision = Evaluation.from_dict({k: ev[k] for k in DECISION_KEYS if k in ev})
     decision.check(where=str(path))
     thr = {}
     for k in EVAL_KEYS:
-        vals = ev.get(k, StudySpec.__dataclass_fields__[k].default)
+        vals = ev.get(k)
+        if vals is None:
+            vals = StudySpec.__dataclass_fields__[k].default
         try:
             vals = tuple(float(x) for x in vals)
         except (TypeError, ValueError):
@@ -334,9 +355,9 @@ EXTERNAL_PRETRAINS = {"med3d": "Med3D", "ssl": "self-supervised"}
 
 
 def _load_external(kind: str, file: str | Path) -> Any:
-    from ..pretrain import load_pretrain, load_ssl
+    from ..spec.kinds import load_file
 
-    return (load_pretrain if kind == "med3d" else load_ssl)(file)
+    return load_file(kind, file)  # the file kinds med3d, ssl
 
 
 def _is_external(pspec: dict[str, Any]) -> bool:
