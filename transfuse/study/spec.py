@@ -117,23 +117,16 @@ class StudySpec:
 
 
 @dataclass(frozen=True)
-class EvaluationSection:
+class EvaluationSection(Evaluation):
     """The keys of a study file's ``evaluation`` section (checked by
-    :func:`transfuse.spec.fields.validate` before :func:`load_study` reads them): the
-    steps-to-threshold lists (``dice_thresholds`` is ``auc_thresholds`` of a segmentation
-    study; they land on :class:`StudySpec`) and the decision settings of
-    :class:`~transfuse.decide.evaluation.Evaluation` (which checks their values)."""
+    :func:`transfuse.spec.fields.validate` before :func:`load_study` reads them): the decision
+    settings of :class:`~transfuse.decide.evaluation.Evaluation` (inherited; it checks their values)
+    and the steps-to-threshold lists (``dice_thresholds`` is ``auc_thresholds`` of a segmentation
+    study; they land on :class:`StudySpec`)."""
 
     auc_thresholds: tuple[float, ...] | None = None
     relative_thresholds: tuple[float, ...] | None = None
     dice_thresholds: tuple[float, ...] | None = None
-    margin: float | None = None
-    area_margin: float | None = None
-    speed_margin: float = 1.2
-    reference: str = "random"
-    multiplicity: str = "holm"
-    alpha: float = 0.05
-    power: float = 0.8
 
 
 def check_grid_size(grid: dict[str, Any], *, limit: int, where: str) -> int:
