@@ -58,6 +58,20 @@ def test_rank_sources_prints_every_estimator_with_its_cost(tmp_path, capsys):
     assert not (tmp_path / "ws" / "transfuse.db").exists()  # scoring stores nothing
 
 
+def test_an_estimator_that_cannot_score_leaves_the_others_scoring(tmp_path, capsys):
+    # 4 examples of the tissue classes: some class has one, too few for the probe's folds;
+    # LogME still scores every source (before, the whole source was dropped)
+    out = tmp_path / "r.json"
+    assert main(["rank-sources", "builtin:brain_tissue", "--model", "cbr_tiny", "--source",
+                 "random", "--source", "gabor", "--n-train", "4", "--estimators", "logme,probe",
+                 "-w", str(tmp_path / "ws"), "--json", str(out)]) == 0
+    assert "probe: not scored (the probe needs at least 2 examples of every class)" in \
+        capsys.readouterr().out
+    for r in json.loads(out.read_text()):
+        assert math.isfinite(r["scores"]["logme"]) and r["scores"]["probe"] is None
+        assert r["errors"] == {"probe": "the probe needs at least 2 examples of every class"}
+
+
 def test_check_against_a_workspace_and_its_results_json(tmp_path, capsys):
     f = tmp_path / "s.yaml"
     f.write_text(STUDY)

@@ -94,6 +94,8 @@ def _rank(a: argparse.Namespace) -> int:
     for r in rows:
         cells = "  ".join(f"{n} {_fmt(r.scores[n])} [{r.seconds.get(n, 0):.2f}s]" for n in names)
         print(f"  {r.label:32s} {cells}  (features {r.feature_seconds:.1f}s, dim {r.dim})")
+        for n, why in r.errors.items():
+            print(f"    {n}: not scored ({why})")
     if a.json:
         Path(a.json).write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
     return 0

@@ -33,11 +33,13 @@ __all__ = ["SourceScores", "rank_sources", "score_spec", "check_ranking", "Agree
 
 @dataclass
 class SourceScores:
-    """One candidate's estimator scores (``None``: the estimator needs a source head it lacks)."""
+    """One candidate's estimator scores (``None``: the estimator needs a source head it lacks, or
+    cannot score these data; ``errors`` says why for the latter)."""
 
     label: str
     scores: dict[str, float | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
     feature_seconds: float = 0.0
     n: int = 0
     dim: int = 0
@@ -133,7 +135,10 @@ def score_spec(spec: Any, *, workspace: str | Path, estimators: Sequence[str] | 
             continue
         t = time.perf_counter()
         x = feats if e.meta["needs"] == "features" else probs
-        out.scores[e.name] = float(e.fn(x, labels))
+        try:  # one estimator that cannot score these data (a class too rare for the probe's
+            out.scores[e.name] = float(e.fn(x, labels))  # folds) leaves the others scoring
+        except DataError as err:
+            out.scores[e.name], out.errors[e.name] = None, str(err)
         out.seconds[e.name] = round(time.perf_counter() - t, 4)
     return out
 
