@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .spec.fields import coerce, describe_type, field_types
+from .spec.fields import coerce, describe_type, field_types, file_keys
 from .spec.fields import split_items as _split_items
 
 __all__ = ["parse_set", "coerce", "apply_overrides", "override_run", "override_study",
@@ -425,14 +425,13 @@ def load_study_overridden(path: str | Path, *, sets: Sequence[str], validate: bo
 
 
 def chain_schema(parsed: Any = None) -> dict[str, Any]:
-    """The ``--set`` keys of a self-training chain file (:func:`load_chain_overridden`)."""
+    """The ``--set`` keys of a self-training chain file (:func:`load_chain_overridden`): the
+    file keys of :class:`~transfuse.selftrain.spec.ChainSpec`, its run-spec sections typed."""
     from .selftrain.noise import NoiseSpec
-    from .selftrain.pseudo import PseudoSpec
+    from .selftrain.spec import ChainSpec
 
-    sec = _run_sections()
-    return {"name": str, "description": str, "base": sec, "labelled_fraction": float,
-            "labelled_subset": str, "generations": int, "seeds": list[int],
-            "unlabelled_limit": int | None, "pseudo": PseudoSpec, "baselines": list[str],
+    sec, types_ = _run_sections(), field_types(ChainSpec)
+    return {**{k: types_[k] for k in file_keys(ChainSpec) if k != "smoke"}, "base": sec,
             "student": {"model": sec["model"], "init": sec["init"], "train": sec["train"],
                         "noise": NoiseSpec, "finetune": sec["train"]}}
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..errors import ConfigError, did_you_mean
 
-__all__ = ["spec_field", "validate", "check_fields", "field_types", "check_type", "coerce",
+__all__ = ["spec_field", "validate", "check_fields", "field_types", "file_keys", "check_type", "coerce",
            "describe_type", "split_items"]
 
 _META = "transfuse.spec"
@@ -102,7 +102,8 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _file_keys(cls: type) -> list[str]:
+def file_keys(cls: type) -> list[str]:
+    """The keys a file may set for ``cls``: its fields but those marked ``file_key=False``."""
     return [f.name for f in dataclasses.fields(cls) if _constraint(f).file_key]
 
 
@@ -267,7 +268,7 @@ def validate(cls: type, mapping: Any, *, where: str, partial: bool = False,
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{where or 'the file'} must be a mapping, got {type(mapping).__name__}")
     types_ = field_types(cls)
-    valid = _file_keys(cls)
+    valid = file_keys(cls)
     for k in mapping:
         if k not in valid:
             raise _unknown_key(str(k), valid, prefix)
