@@ -156,6 +156,65 @@ def test_interrupted_cohort_resumes_whole_and_a_member_resumes_alone(tmp_path):
     assert _rel(_last(tmp_path / "m1"), _last(tmp_path / "u1")) < 1e-10
 
 
+@pytest.mark.parametrize("phase", ["write", "rename"])
+def test_a_kill_inside_a_cohort_checkpoint_leaves_one_step_for_all(tmp_path, monkeypatch, phase):
+    """A kill while the cohort writes its members' checkpoints (between two members' files, or
+    between two renames) is settled before the rerun: every member resumes from the same step —
+    the previous checkpoint (writing cut short) or the new one (renaming begun) — as one cohort,
+    and ends bit for bit as the uninterrupted cohort."""
+    import transfuse.train.resume as resume
+
+    data = _data()
+    spec = TrainSpec(steps=10, batch_size=4, eval_every=5, lr=0.05, amp=False, checkpoint_every=3)
+    combos = COMBOS[:3]
+    full = fit_cohort([Member(_model(i, s), s, tmp_path / f"u{i}{s}") for i, s in combos], data,
+                      spec, device="cpu", progress=False)
+
+    class Kill(BaseException):
+        pass
+
+    calls = {"n": 0}
+    target = resume.save_resume if phase == "write" else resume.promote
+
+    def dies_on_second_call_at_step_6(*args, **kwargs):
+        if phase == "write":  # save_resume(path, state): the second member's file at step 6
+            counted = args[1]["step"] == 6
+        else:  # promote(pending, path): step 3's 3 renames, then the second of step 6
+            counted = True
+        calls["n"] += counted
+        if counted and calls["n"] == (2 if phase == "write" else 5):
+            raise Kill()
+        return target(*args, **kwargs)
+
+    if phase == "write":
+        monkeypatch.setattr(resume, "save_resume", dies_on_second_call_at_step_6)
+    else:
+        monkeypatch.setattr(resume, "promote", dies_on_second_call_at_step_6)
+    dirs = [tmp_path / f"k{i}{s}" for i, s in combos]
+    with pytest.raises(Kill):
+        fit_cohort([Member(_model(i, s), s, d) for (i, s), d in zip(combos, dirs)], data, spec,
+                   device="cpu", progress=False)
+    monkeypatch.undo()
+    steps = [torch.load(d / RESUME_FILE, weights_only=True)["step"] for d in dirs]
+    pending = [(d / resume.RESUME_NEXT).exists() for d in dirs]
+    if phase == "write":  # member 0's new file pending, every resume.pt still at step 3
+        assert steps == [3, 3, 3] and pending == [True, False, False]
+    else:  # member 0 renamed to step 6; members 1 and 2 pending at step 6
+        assert steps == [6, 3, 3] and pending == [False, True, True]
+    assert resume.settle_cohort_resume(dirs) == ("discarded" if phase == "write" else "committed")
+    want = 3 if phase == "write" else 6
+    assert [torch.load(d / RESUME_FILE, weights_only=True)["step"] for d in dirs] == [want] * 3
+    assert not any((d / resume.RESUME_NEXT).exists() for d in dirs)
+    assert resume.settle_cohort_resume(dirs) is None  # nothing pending now
+    again = fit_cohort([Member(_model(i, s), s, d) for (i, s), d in zip(combos, dirs)], data,
+                       spec, device="cpu", progress=False)
+    for (i, s), d, a, b in zip(combos, dirs, again, full):
+        assert a.resumed_from == want
+        assert _rel(_last(d), _last(tmp_path / f"u{i}{s}")) == 0.0
+        assert a.test == b.test
+        assert not (d / RESUME_FILE).exists() and not (d / resume.RESUME_NEXT).exists()
+
+
 def test_cohort_refuses_settings_it_does_not_implement(monkeypatch):
     import transfuse.train.cohort as cohort
 

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_bytes", "write_text"]
+__all__ = ["atomic_write", "write_bytes", "write_text", "promote"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, suffix: str = ".tmp",
@@ -74,3 +74,11 @@ def write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> Path:
 def write_text(path: str | Path, text: str, *, fsync: bool = False) -> Path:
     """:func:`atomic_write` of ``text`` (UTF-8)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync=fsync)
+
+
+def promote(pending: str | Path, path: str | Path) -> Path:
+    """Rename ``pending``, a whole file that :func:`atomic_write` wrote under a name of its own,
+    onto ``path``: the second half of a commit of several files (each written first, then each
+    promoted; :func:`transfuse.train.resume.save_cohort_resume`)."""
+    os.replace(pending, path)
+    return Path(path)

@@ -28,7 +28,7 @@ from .train.device import resolve_device, seed_everything
 from .train.finetune import plan_finetune
 from .train.graph import check_cuda_graph
 from .train.loop import fit
-from .train.resume import RESUME_FILE
+from .train.resume import drop_resume
 from .weights import SourceWeights, resolve_source
 
 __all__ = ["train_run", "RunOutcome", "check_compatible", "check_sizes", "environment",
@@ -158,7 +158,7 @@ def record_failure(store: Store, rid: str, run_dir: Path, e: BaseException) -> B
     if isinstance(e, Exception) and not isinstance(e, PreemptedError):
         # a failure would only recur from a checkpoint taken just before it: start over next
         # time (a stop — SIGTERM, Ctrl-C — keeps it)
-        (run_dir / RESUME_FILE).unlink(missing_ok=True)
+        drop_resume(run_dir)
     if isinstance(e, (PreemptedError, KeyboardInterrupt)):
         # stopped, not failed: the run keeps its checkpoint and stays resumable ("stale")
         msg = f"run {rid} {e}" if isinstance(e, PreemptedError) else f"run {rid} interrupted"

@@ -53,7 +53,7 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
     from .train.cohort import Member, cohort_refusal, fit_cohort
     from .train.device import resolve_device
     from .train.loop import resume_fingerprint
-    from .train.resume import load_resume
+    from .train.resume import load_resume, settle_cohort_resume
 
     out: dict[str, Outcome | None] = {}
     store = Store(workspace)
@@ -82,7 +82,10 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
             out[rid] = (rid, "failed", str(e))
         except Exception as e:  # a crash in one run is reported, the study goes on
             out[rid] = (rid, "failed", traceback.format_exception_only(type(e), e)[-1].strip())
-    # members resume together only from checkpoints at the same step: group them by it
+    # a cohort checkpoint that a kill cut short is completed or undone first (not while another
+    # live process trains these runs), so the members find one step; group them by it
+    if joined and not any(_busy(store, run_id(spec)) for spec, _ in joined):
+        settle_cohort_resume([store.run_dir(run_id(spec)) for spec, _ in joined])
     groups: dict[int | None, list[tuple[RunSpec, Any]]] = {}
     for spec, built in joined:
         ck = load_resume(store.run_dir(run_id(spec)), resume_fingerprint(spec.train, spec.seed, 1))
@@ -99,6 +102,14 @@ def train_cohort(specs: list[RunSpec], *, workspace: str | Path, device: str | N
     for spec in solo:
         out[run_id(spec)] = None
     return [out[run_id(s)] for s in specs]
+
+
+def _busy(store: Any, rid: str) -> bool:
+    """Is another live process training this run right now?"""
+    try:
+        return store.get_run(rid).state == "running"
+    except TransfuseError:  # not in the store yet
+        return False
 
 
 def _train_group(group: list[tuple[RunSpec, Any]], data: Any, *, store: Any, workspace: str | Path,

@@ -410,7 +410,8 @@ class Store:
                for k in _BUNDLE_COLUMNS}
         folder = self.run_dir(rec.run_id)
         if files is None:
-            paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "resume.pt"
+            paths = [p for p in sorted(folder.rglob("*")) if p.is_file()
+                     and p.name not in ("resume.pt", "resume.next.pt")
                      and not p.name.endswith(".tmp")] if folder.is_dir() else []
         else:
             paths = [folder / f for f in files if (folder / f).is_file()]

@@ -21,7 +21,10 @@ trains alone instead of silently differently. Random layers (dropout) draw from 
 the whole cohort: members are then statistically, not bitwise, equivalent to their solo runs.
 
 ``resume.pt`` of a member is in ``fit()``'s format (its own slice of the stacked state), so a
-cohort resumes as a whole, and a member can also resume alone.
+cohort resumes as a whole, and a member can also resume alone. The members' files are written as
+one commit (:func:`~transfuse.train.resume.save_cohort_resume`: all to ``resume.next.pt``, then
+renamed), so a kill inside a checkpoint still leaves one step for every member once
+:func:`~transfuse.train.resume.settle_cohort_resume` has run.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ from .parts import preload as _preload
 from .loop import (FitResult, LogFn, _diverged, resume_fingerprint,
                    _save_predictions, _save_state, _targets, checkpoint_or_stop, loss_fn,
                    lr_lambda, make_optimizer, primary_metric, score_predictions)
-from .resume import (RESUME_FILE, BatchStream, SigtermGuard, SkipRandomSampler, load_resume,
-                     rng_state, save_resume, set_rng_state)
+from .resume import (BatchStream, SigtermGuard, SkipRandomSampler, drop_resume, load_resume,
+                     rng_state, save_cohort_resume, set_rng_state)
 
 __all__ = ["Member", "fit_cohort", "cohort_refusal", "COHORT_TRAIN_KEYS"]
 
@@ -277,7 +280,7 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
     def fail(i: int, e: BaseException) -> None:
         active[i], results[i] = False, e
         if members[i].run_dir is not None:
-            (Path(members[i].run_dir) / RESUME_FILE).unlink(missing_ok=True)
+            drop_resume(Path(members[i].run_dir))
         if members[i].on_fail is not None:
             members[i].on_fail(e)
 
@@ -346,16 +349,15 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
     def checkpoint(step: int) -> None:
         rng = rng_state()
         sched_state = sched.state_dict()
-        for i, mb in enumerate(members):
-            if not active[i] or mb.run_dir is None:
-                continue
-            state = {"fingerprint": fingerprints[i], "step": step, "model": coh.member_state(i),
-                     "optimizer": coh.member_opt_state(i), "scheduler": sched_state,
-                     "best_score": best_score[i], "best_step": best_step[i],
-                     "loss_acc": float(loss_acc[i]), "first_bad": int(first_bad[i]), "seen": seen,
-                     "history": [[st, sp, dict(m)] for st, sp, m in histories[i]],
-                     "stream": streams[i].state(), "rng": rng}
-            save_resume(Path(mb.run_dir) / RESUME_FILE, state)
+        save_cohort_resume(  # one commit: a kill leaves every member at the same step
+            (Path(mb.run_dir), {
+                "fingerprint": fingerprints[i], "step": step, "model": coh.member_state(i),
+                "optimizer": coh.member_opt_state(i), "scheduler": sched_state,
+                "best_score": best_score[i], "best_step": best_step[i],
+                "loss_acc": float(loss_acc[i]), "first_bad": int(first_bad[i]), "seen": seen,
+                "history": [[st, sp, dict(m)] for st, sp, m in histories[i]],
+                "stream": streams[i].state(), "rng": rng})
+            for i, mb in enumerate(members) if active[i] and mb.run_dir is not None)
 
     from tqdm.auto import tqdm
 
@@ -446,7 +448,7 @@ def fit_cohort(members: list[Member], data: PreparedData, spec: TrainSpec, *,
                                             _targets(data.test), rule=spec.operating_point))
         if mb.run_dir is not None:
             _save_predictions(Path(mb.run_dir) / "test_predictions.npz", data, probs)
-            (Path(mb.run_dir) / RESUME_FILE).unlink(missing_ok=True)
+            drop_resume(Path(mb.run_dir))
         results[i] = FitResult(test=metrics, best_step=best_step[i], steps=total,
                                history=histories[i], train_seconds=seconds,
                                examples_per_second=(seen / seconds) if seconds else 0.0,

@@ -42,8 +42,8 @@ from .averaging import make_averaging
 from .clinical import clinical_metrics
 from .device import autocast, init_distributed, resolve_device
 from .metrics import classification_metrics
-from .resume import (RESUME_FILE, BatchStream, SigtermGuard, load_resume, restore_parts, resume_state,
-                     save_resume)
+from .resume import (RESUME_FILE, BatchStream, SigtermGuard, drop_resume, load_resume,
+                     restore_parts, resume_state, save_resume)
 from .graph import make_step
 from .parts import FitState, diverged as _diverged, make_loaders, place_model, progress_bar
 from .segment import evaluate_segmentation, segmentation_loss
@@ -358,7 +358,7 @@ def _final_test(raw_model: nn.Module, st: FitState, *, evaluate_on: Callable[...
                                              _targets(data.test), rule=spec.operating_point))
     if run_dir is not None:
         _save_predictions(run_dir / "test_predictions.npz", data, test_probs)
-        (run_dir / RESUME_FILE).unlink(missing_ok=True)  # done: nothing to resume
+        drop_resume(run_dir)  # done: nothing to resume
     return test_metrics
 
 

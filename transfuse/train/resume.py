@@ -29,7 +29,7 @@ from just before it would fail again.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,13 +38,15 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .._signals import SigtermGuard
-from ..atomic import atomic_write
+from ..atomic import atomic_write, promote
 
 __all__ = ["SkipRandomSampler", "SkipDistributedSampler", "BatchStream", "rng_state",
            "set_rng_state", "SigtermGuard", "load_resume", "RESUME_FILE", "Stateful", "resume_state",
-           "save_resume", "restore_parts"]
+           "save_resume", "restore_parts", "RESUME_NEXT", "save_cohort_resume", "settle_cohort_resume",
+           "drop_resume"]
 
 RESUME_FILE = "resume.pt"
+RESUME_NEXT = "resume.next.pt"  #: a cohort member's checkpoint, written but not yet committed
 
 
 class _Skip:
@@ -183,6 +185,59 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (:func:`resume_state`) to ``path`` atomically: a kill mid-write leaves the
     previous checkpoint."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_cohort_resume(states: Iterable[tuple[Path, dict[str, Any]]]) -> None:
+    """Write a cohort's checkpoints, one ``(run folder, state)`` per member, as one commit:
+    every member's state goes to ``resume.next.pt`` first, then each is renamed onto
+    ``resume.pt``. A kill while writing leaves every ``resume.pt`` at the previous step; a kill
+    while renaming leaves a commit that :func:`settle_cohort_resume` completes. Either way the
+    members resume together, from one step (members whose checkpoints disagree could only resume
+    alone)."""
+    written = []
+    for run_dir, state in states:
+        save_resume(run_dir / RESUME_NEXT, state)
+        written.append(run_dir)
+    for run_dir in written:
+        promote(run_dir / RESUME_NEXT, run_dir / RESUME_FILE)
+
+
+def _step_of(path: Path) -> int | None:
+    """The ``step`` of a checkpoint file (memory-mapped: the tensors are not read), or ``None``."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return None
+
+
+def settle_cohort_resume(run_dirs: list[Path]) -> str | None:
+    """Finish or undo a cohort checkpoint (:func:`save_cohort_resume`) that a kill interrupted,
+    before the members resume: if any member's ``resume.pt`` already holds the step of the
+    pending ``resume.next.pt`` files, the renaming had begun, so every pending file is renamed
+    onto ``resume.pt``; otherwise the writing was cut short and the pending files are removed.
+
+    Returns:
+        ``"committed"``, ``"discarded"``, or ``None`` when nothing was pending.
+    """
+    pending = [d for d in run_dirs if (d / RESUME_NEXT).is_file()]
+    if not pending:
+        return None
+    new = {_step_of(d / RESUME_NEXT) for d in pending}
+    done = [d for d in run_dirs if d not in pending and (d / RESUME_FILE).is_file()]
+    begun = len(new) == 1 and None not in new and any(_step_of(d / RESUME_FILE) in new for d in done)
+    for d in pending:
+        if begun:
+            promote(d / RESUME_NEXT, d / RESUME_FILE)
+        else:
+            (d / RESUME_NEXT).unlink(missing_ok=True)
+    return "committed" if begun else "discarded"
+
+
+def drop_resume(run_dir: Path) -> None:
+    """Remove a run's checkpoints (``resume.pt`` and a pending cohort ``resume.next.pt``): the
+    run finished, or failed in a way a checkpoint would only repeat."""
+    for name in (RESUME_FILE, RESUME_NEXT):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def restore_parts(ckpt: dict[str, Any], parts: dict[str, Stateful]) -> int:
