@@ -60,6 +60,45 @@ def test_cohorts_group_cells_that_differ_only_in_seed_and_init(tmp_path):
     assert parse_cohort("off") == "off" and parse_cohort("8") == 8
 
 
+def test_auto_cohort_size_from_the_saved_tensors_of_a_batch(monkeypatch):
+    """`auto` on CUDA sizes cohorts by free memory over one member's need, the need counted on
+    the meta device (what autograd saves for a batch: the same bytes as on real tensors), the
+    largest architecture of the study setting the size."""
+    import torch
+
+    from transfuse.config import spec_from_dict
+    from transfuse.models import create_model
+    from transfuse.study.cohorts import AUTO_MAX, _member_bytes, _saved_bytes
+
+    model = create_model("cbr_tiny", spatial_dims=2, in_channels=3, num_classes=10).train()
+    params = {id(p) for p in model.parameters()}
+    real: dict[int, int] = {}
+
+    def pack(t):
+        if id(t) not in params:
+            real[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(torch.randn(16, 3, 28, 28))
+    assert _saved_bytes(model, (16, 3, 28, 28)) == sum(real.values()) + out.numel() * 4
+
+    def spec(name, side):
+        return spec_from_dict({"data": {"name": "builtin:brain_tissue", "image_size": side},
+                               "model": {"name": name}, "train": {"batch_size": 64}})
+
+    small, lite0 = spec("cbr_small", 28), spec("timm:efficientnet_lite0", 64)
+    assert 50 * 2**20 < _member_bytes(small) < _member_bytes(lite0) < 2 * 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 * 10**9, 80 * 10**9))
+    auto = lambda specs: resolve_cohort("auto", device=None, executor="local", specs=specs)  # noqa: E731
+    assert auto([small]) == AUTO_MAX
+    assert 16 <= auto([lite0]) < AUTO_MAX  # ~0.85 GB a member: ~56 (the old bound gave 3)
+    assert auto([small, lite0]) == auto([lite0]) == int(0.6 * 80 * 10**9 // _member_bytes(lite0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2 * 10**9, 80 * 10**9))
+    assert auto([lite0]) == 1  # a nearly full GPU: runs alone
+
+
 def test_bad_cohort_value_exits_2(tmp_path, capsys):
     rc = main(["study", "run", str(_write(tmp_path, TINY)), "-w", str(tmp_path / "ws"),
                "--cohort", "zero", "--no-progress"])

@@ -34,17 +34,44 @@ def parse_cohort(value: str | int | None) -> str | int:
     return n
 
 
+def _saved_bytes(model: Any, shape: tuple[int, ...]) -> int:
+    """What autograd keeps for the backward pass of one training batch of ``shape`` (bytes,
+    fp32), counted on the meta device: the forward runs on sizes alone, nothing is allocated."""
+    import torch
+
+    model = model.to("meta").train()
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in params:  # the weights an op keeps are counted once, as parameters
+            saved[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(torch.empty(shape, device="meta"))
+    return sum(saved.values()) + out.numel() * out.element_size()
+
+
 def _member_bytes(spec: RunSpec) -> int:
-    """A rough upper estimate of one member's device memory: weights, gradients, optimiser state
-    and best weights (×5 the parameters), plus activations of a batch (×64 floats per input value
-    per parameter tensor layer, a generous bound for small convnets)."""
+    """An upper estimate of one member's device memory: weights, gradients, optimiser state and
+    best weights (×5 the parameters), plus twice what autograd saves for the backward pass of a
+    batch (:func:`_saved_bytes`; the backward's temporaries and the allocator's slack take the
+    second copy). Where the model cannot run on the meta device, a generous bound for small
+    convnets stands in for the saved tensors (×64 floats per input value per four modules)."""
     from ..models import create_model
 
-    model = create_model(spec.model.name, spatial_dims=spec.model.spatial_dims or 2,
-                         in_channels=3, num_classes=10)
+    dims = spec.model.spatial_dims or 2
+    model = create_model(spec.model.name, spatial_dims=dims, in_channels=3, num_classes=10)
     params = sum(p.numel() for p in model.parameters())
     side = spec.data.image_size or 28
-    acts = spec.train.batch_size * 3 * side * side * 4 * 64 * max(1, len(list(model.modules())) // 4)
+    shape = (spec.train.batch_size, 3) + (side,) * dims
+    try:
+        acts = 2 * _saved_bytes(model, shape)
+    except Exception:  # an operation without a meta kernel: the old bound
+        acts = 4 * 64 * max(1, len(list(model.modules())) // 4)
+        for n in shape:
+            acts *= n
     return params * 4 * 5 + acts
 
 
@@ -70,7 +97,9 @@ def resolve_cohort(value: str | int | None, *, device: str | None, executor: str
         return 1
     try:
         free, _ = torch.cuda.mem_get_info()
-        need = max(_member_bytes(s) for s in specs[:1]) if specs else 1
+        shapes = {(s.model.name, s.model.spatial_dims, s.data.image_size, s.train.batch_size): s
+                  for s in specs}  # each architecture once; the largest need sets the size
+        need = max((_member_bytes(s) for s in shapes.values()), default=1)
     except Exception:  # no estimate: a moderate cohort
         return 8
     return max(1, min(AUTO_MAX, int(free * 0.6 // max(need, 1))))
