@@ -95,8 +95,29 @@ def test_auto_cohort_size_from_the_saved_tensors_of_a_batch(monkeypatch):
     assert auto([small]) == AUTO_MAX
     assert 16 <= auto([lite0]) < AUTO_MAX  # ~0.85 GB a member: ~56 (the old bound gave 3)
     assert auto([small, lite0]) == auto([lite0]) == int(0.6 * 80 * 10**9 // _member_bytes(lite0))
+    shared = resolve_cohort("auto", device=None, executor="local", specs=[lite0], sharing=8)
+    assert shared == int(0.6 * 80 * 10**9 / 8 // _member_bytes(lite0))  # 8 workers on one GPU
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2 * 10**9, 80 * 10**9))
     assert auto([lite0]) == 1  # a nearly full GPU: runs alone
+
+
+@pytest.mark.parametrize("slots,want", [(["0"] * 8, 8), (["0", "1"] * 4, 4), ([""] * 2, 1)])
+def test_cohorts_of_workers_that_share_a_gpu_share_its_memory(tmp_path, monkeypatch, slots, want):
+    """`study run --runs-per-device K` puts K workers on a GPU: auto cohorts split its memory."""
+    import transfuse.study.runner as runner
+
+    class Seen(Exception):
+        pass
+
+    def spy(*a, **k):
+        raise Seen(k["sharing"])
+
+    monkeypatch.setattr(runner, "local_slots", lambda placement, workers: (len(slots), slots))
+    monkeypatch.setattr(runner, "resolve_cohort", spy)
+    with pytest.raises(Seen) as e:
+        run_study(load_study(_write(tmp_path, TINY)), workspace=tmp_path / "ws", workers=None,
+                  progress=False)
+    assert e.value.args == (want,)
 
 
 def test_bad_cohort_value_exits_2(tmp_path, capsys):

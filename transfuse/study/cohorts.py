@@ -76,8 +76,11 @@ def _member_bytes(spec: RunSpec) -> int:
 
 
 def resolve_cohort(value: str | int | None, *, device: str | None, executor: str,
-                   specs: list[RunSpec], task_gpus: float | None = None) -> int:
+                   specs: list[RunSpec], task_gpus: float | None = None, sharing: int = 1) -> int:
     """The largest cohort to form (``1``: none).
+
+    ``auto`` on a local GPU: 60 % of its free memory, split between the ``sharing`` workers that
+    train on it at once (``--runs-per-device``), over the largest member need of the study.
 
     On Ray (``executor="ray"``, resolved by the driver once the cluster is known) ``auto`` forms
     cohorts of up to :data:`RAY_AUTO` where each task gets a GPU (``task_gpus > 0``), since the
@@ -102,7 +105,7 @@ def resolve_cohort(value: str | int | None, *, device: str | None, executor: str
         need = max((_member_bytes(s) for s in shapes.values()), default=1)
     except Exception:  # no estimate: a moderate cohort
         return 8
-    return max(1, min(AUTO_MAX, int(free * 0.6 // max(need, 1))))
+    return max(1, min(AUTO_MAX, int(free * 0.6 / max(1, sharing) // max(need, 1))))
 
 
 def group_cohorts(tasks: list[Any], size: int, *, auto: bool = False) -> list[Any]:

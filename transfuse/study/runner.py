@@ -282,7 +282,10 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         "run_ids": [run_id(s) for s in specs], "evaluation": study.evaluation.to_dict(),
         "sequential": sequential}, study=name)
     done = {r.run_id for r in store.list_runs(status="finished")}
-    cohort_size = resolve_cohort(cohort, device=device, executor=executor, specs=specs)
+    gpu_slots = [x for x in slots or [] if x]  # local workers' GPUs: cohorts on one GPU share it
+    sharing = max(map(gpu_slots.count, gpu_slots), default=1) if device is None else workers
+    cohort_size = resolve_cohort(cohort, device=device, executor=executor, specs=specs,
+                                 sharing=sharing)
     outcome = StudyOutcome(study=name, total=len(specs) + len(pre))
     threads = max(1, (os.cpu_count() or 1) // workers)
 
