@@ -83,6 +83,23 @@ def test_compile_wraps_the_model_and_checkpoints_keep_plain_keys(brain, tmp_path
     assert res.history == ref.history  # the wrapper computes what the model computes
 
 
+@pytest.mark.parametrize("value,kwargs", [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}),
+                                          ("max-autotune", {"mode": "max-autotune"})])
+def test_compile_takes_a_torch_compile_mode(brain, monkeypatch, value, kwargs):
+    """``train.compile: reduce-overhead`` (CUDA: inductor's CUDA graphs, the alternative to
+    ``train.cuda_graph``) reaches torch.compile; the run id does not depend on it; another
+    word is a one-line error that names the choices."""
+    calls = []
+    monkeypatch.setattr(loop.torch, "compile", lambda model, **kw: calls.append(kw) or _Wrapped(model))
+    _fit(brain, compile=value)
+    assert calls == [kwargs]
+    base = dict(data=DataSpec(name="d"), model=ModelSpec(name="cbr_tiny"))
+    assert run_id(RunSpec(**base, train=TrainSpec(compile=value))) == run_id(RunSpec(**base, train=TrainSpec()))
+    with pytest.raises(ConfigError, match=r"^train.compile='fast' must be true, false or a "
+                                          r"torch.compile mode: default, reduce-overhead, max-autotune$"):
+        TrainSpec(compile="fast")
+
+
 class _Wrapped(torch.nn.Module):
     """What torch.compile returns, minus the compiling: a module holding ``_orig_mod``."""
 

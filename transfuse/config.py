@@ -49,6 +49,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"finetune": "full", "layer_decay": 1.0, "he
 _EXECUTION_KEYS = ("checkpoint_every", "compile", "preload", "cuda_graph")
 PRELOADS = ("auto", "always", "never")
 CUDA_GRAPHS = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  #: train.compile's torch.compile modes
 
 
 def parse_operating_point(text: str) -> tuple[str, float | None]:
@@ -215,7 +216,10 @@ class TrainSpec:
             (``None``: at every evaluation); a rerun of a killed run resumes from it, with the
             same result (see :mod:`transfuse.train.resume`). Not part of the run id.
         compile: ``torch.compile`` the model for training and evaluation (checkpoints keep the
-            plain model's keys). Not part of the run id.
+            plain model's keys); ``true`` is its default mode, or name one: ``reduce-overhead``
+            (on CUDA, inductor's own CUDA graphs of the compiled forward and backward: the
+            alternative to ``cuda_graph``, which ``bench/train_overhead.py --reduce-overhead``
+            compares), ``max-autotune``, ``default``. Not part of the run id.
         preload: ``auto`` puts an in-memory training set on the training device once, when it
             fits (on CUDA: a quarter of the free memory), and draws batches by index there —
             the same batches as the data loader, without its per-example collation; ``always``
@@ -273,7 +277,9 @@ class TrainSpec:
     augment: str = spec_field("none", choices=AUGMENTS)
     checkpoint_every: int | None = spec_field(None, ge=1,
                                               hint=" (or leave it out: at every evaluation)")
-    compile: bool = False
+    compile: bool | str = spec_field(False, choices=(False, True, *COMPILE_MODES),
+                                     words="true, false or a torch.compile mode: "
+                                           "default, reduce-overhead, max-autotune")
     preload: str = spec_field("auto", choices=PRELOADS)
     # YAML 1.1 reads a bare on/off as a bool: normalised in __post_init__
     cuda_graph: str | bool = spec_field("auto", choices=CUDA_GRAPHS)

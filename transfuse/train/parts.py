@@ -110,8 +110,8 @@ def place_model(model: nn.Module, spec: TrainSpec, *, device: torch.device, worl
         raw.to(memory_format=torch.channels_last)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if spec.compile:
-        model = torch.compile(model)
+    if spec.compile:  # true: torch.compile's default mode; else the mode named
+        model = torch.compile(model) if spec.compile is True else torch.compile(model, mode=spec.compile)
     return Placed(model, raw, finetune, channels_last)
 
 
