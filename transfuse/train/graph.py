@@ -146,6 +146,7 @@ class _GraphedStep(_Eager):
         self.graph: Any = None
         self.idx: torch.Tensor | None = None
         self.loss: torch.Tensor | None = None
+        self.grads: list[tuple[nn.Parameter, torch.Tensor]] = []
         self.side = torch.cuda.Stream(device)
 
     def __call__(self, batch: Any, step: int) -> tuple[torch.Tensor, int]:
@@ -161,7 +162,10 @@ class _GraphedStep(_Eager):
         if self.graph is None and not self._capture(len(batch)):
             return self.eager(batch, step=step)
         if len(batch) != self.idx.shape[0]:  # cannot happen with drop_last; never wrong if it did
-            return self.eager(batch, step=step)
+            out = self.eager(batch, step=step)  # its zero_grad(set_to_none) drops the graph's
+            for p, g in self.grads:  # .grad tensors: point the parameters back at them, or the
+                p.grad = g  # next replay's gradients would never reach the optimiser
+            return out
         self.idx.copy_(batch, non_blocking=True)
         self.graph.replay()
         self.opt.step()
@@ -195,4 +199,6 @@ class _GraphedStep(_Eager):
             self.opt.zero_grad(set_to_none=True)
             return False
         self.graph = graph
+        # the .grad tensors the replays write into (the graph's pool), kept to restore them
+        self.grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
         return True
