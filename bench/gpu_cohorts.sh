@@ -16,6 +16,8 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$PWD"
 OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
 export TRANSFUSE_DATA=${TRANSFUSE_DATA:-$PWD/.gpudata}
+# the built-in datasets' cache that bench/gpu_prepare.sh built (no pydicom-data needed here)
+[ -d "$PWD/.gpudata/cache" ] && export TRANSFUSE_CACHE=${TRANSFUSE_CACHE:-$PWD/.gpudata/cache}
 PY=${PY:-python3}
 T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

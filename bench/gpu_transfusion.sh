@@ -26,6 +26,8 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$PWD"
 OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
 export TRANSFUSE_DATA=${TRANSFUSE_DATA:-$PWD/.gpudata}
+# the built-in datasets' cache that bench/gpu_prepare.sh built (no pydicom-data needed here)
+[ -d "$PWD/.gpudata/cache" ] && export TRANSFUSE_CACHE=${TRANSFUSE_CACHE:-$PWD/.gpudata/cache}
 WS=${WS:-$PWD/.gpuws/transfusion}
 BUDGET=${BUDGET:-500}
 PY=${PY:-python3}
