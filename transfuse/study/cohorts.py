@@ -9,6 +9,7 @@ the GPU's free memory; ``off`` (and ``auto`` on the CPU) runs every run alone, e
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..config import RunSpec, spec_from_dict
@@ -69,9 +70,7 @@ def _member_bytes(spec: RunSpec) -> int:
     try:
         acts = 2 * _saved_bytes(model, shape)
     except Exception:  # an operation without a meta kernel: the old bound
-        acts = 4 * 64 * max(1, len(list(model.modules())) // 4)
-        for n in shape:
-            acts *= n
+        acts = math.prod(shape) * 4 * 64 * max(1, len(list(model.modules())) // 4)
     return params * 4 * 5 + acts
 
 

@@ -10,6 +10,7 @@ skipped, so two runners never duplicate work).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -283,7 +284,7 @@ def run_study(study: StudySpec, *, workspace: str | Path, workers: int | None = 
         "sequential": sequential}, study=name)
     done = {r.run_id for r in store.list_runs(status="finished")}
     gpu_slots = [x for x in slots or [] if x]  # local workers' GPUs: cohorts on one GPU share it
-    sharing = max(map(gpu_slots.count, gpu_slots), default=1) if device is None else workers
+    sharing = max(Counter(gpu_slots).values(), default=1) if device is None else workers
     cohort_size = resolve_cohort(cohort, device=device, executor=executor, specs=specs,
                                  sharing=sharing)
     outcome = StudyOutcome(study=name, total=len(specs) + len(pre))
